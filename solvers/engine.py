@@ -1,0 +1,171 @@
+r"""Run a method on an oracle for many seeds at once and record trajectories.
+
+At every evaluation point (iteration 0, every ``eval_every`` steps, and the last)
+the engine records per run: the iteration, epochs (gradient evaluations in full
+passes), bits, time, loss, :math:`f - f^*`, :math:`\|\nabla f\|_F^2`,
+:math:`\|W - W^*\|_F^2`, and the running statistics the theorems bound,
+
+.. math::
+
+    \overline{g}_T = \frac1T\sum_{t<T}\|\nabla f(W_t)\|^2,\quad
+    \min_{t\le T}\|\nabla f(W_t)\|^2,\quad
+    \frac1T\sum_{t<T}(f(W_t)-f^*),\quad \min_{t\le T}(f(W_t) - f^*),
+
+computed from every iterate when ``track_every_step`` (else NaN). A run whose
+iterate or loss stops being finite, or whose loss exceeds ``divergence_factor``
+times its start, is marked diverged and frozen; the other runs go on.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+FIELDS = ("iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
+          "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap", "diverged")
+
+
+@dataclass
+class Trajectory:
+    """Recorded trajectories: ``data[field]`` is a numpy array (runs, n_points)."""
+
+    data: dict
+    seeds: np.ndarray
+    W: torch.Tensor  # final iterates (R, m, n)
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def to_records(self):
+        """One dict per (run, evaluation point)."""
+        R, P = self.data["iteration"].shape
+        out = []
+        for r in range(R):
+            for k in range(P):
+                row = {f: self.data[f][r, k].item() for f in FIELDS}
+                row["seed"] = int(self.seeds[r])
+                out.append(row)
+        return out
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _loss_and_grad(oracle, W):
+    if hasattr(oracle, "loss_and_grad"):
+        return oracle.loss_and_grad(W)
+    grad = oracle.subgradient if hasattr(oracle, "subgradient") and not hasattr(oracle, "grad") else oracle.grad
+    return oracle.loss(W), grad(W)
+
+
+def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=None, W_star=None,
+        track_every_step: bool = True, divergence_factor: float = 1e12, progress=None) -> Trajectory:
+    """Run ``method`` for ``steps`` iterations on all runs of the batch.
+
+    Parameters
+    ----------
+    method : object with ``init(W0, oracle, seeds)`` and ``step(W, state, oracle)``.
+    oracle : the problem (see ARCHITECTURE.md).
+    W0 : tensor (m, n) shared by all runs, or (R, m, n).
+    seeds : sequence of R ints; run k's randomness depends on seeds[k] only.
+    steps, eval_every : ints >= 1 (eval_every >= 1; the last step is always recorded).
+    f_star, W_star : optimal value and minimiser (default: the oracle's, if any).
+    progress : optional callable(step, steps) called at evaluation points.
+    """
+    if not (isinstance(steps, int) and steps >= 0):
+        raise ValueError(f"steps: must be an integer >= 0, got {steps}")
+    if not (isinstance(eval_every, int) and eval_every >= 1):
+        raise ValueError(f"eval_every: must be an integer >= 1, got {eval_every}")
+    seeds = torch.as_tensor(seeds, dtype=torch.int64)
+    R = int(seeds.shape[0])
+    if R < 1:
+        raise ValueError("seeds: need at least one run")
+    W = W0 if W0.ndim == 3 else W0.expand(R, *W0.shape).clone()
+    if W.shape[0] != R:
+        raise ValueError(f"W0: has {W.shape[0]} runs but {R} seeds were given")
+    seeds = seeds.to(W.device)
+    f_star = getattr(oracle, "f_star", None) if f_star is None else f_star
+    f_star = float(f_star) if f_star is not None and math.isfinite(float(f_star)) else float("nan")
+    W_star = getattr(oracle, "W_star", None) if W_star is None else W_star
+    device = W.device
+    nan = torch.full((R,), float("nan"), dtype=torch.float64, device=device)
+
+    _sync(device)
+    t0 = time.perf_counter()
+    state = method.init(W, oracle, seeds)
+    loss, grad = _loss_and_grad(oracle, W)
+    f_start = loss.abs().clamp_min(1.0)
+    sum_g = torch.zeros(R, dtype=torch.float64, device=device)
+    sum_f = torch.zeros_like(sum_g)
+    min_g = torch.full_like(sum_g, float("inf"))
+    min_f = torch.full_like(sum_g, float("inf"))
+    diverged = torch.zeros(R, dtype=torch.bool, device=device)
+    records = {f: [] for f in FIELDS}
+    eval_time = 0.0
+
+    def accumulate(loss, grad):
+        nonlocal sum_g, sum_f, min_g, min_f
+        g2 = (grad.to(torch.float64) ** 2).sum((-2, -1))
+        gap = loss.to(torch.float64) - f_star
+        sum_g = sum_g + g2
+        sum_f = sum_f + gap
+        min_g = torch.minimum(min_g, g2)
+        min_f = torch.minimum(min_f, gap)
+        return g2
+
+    def record(t, loss, grad, g2):
+        nonlocal eval_time
+        _sync(device)
+        now = time.perf_counter() - t0 - eval_time
+        e0 = time.perf_counter()
+        if g2 is None:
+            g2 = (grad.to(torch.float64) ** 2).sum((-2, -1))
+        dist = ((W - W_star) ** 2).sum((-2, -1)).to(torch.float64) if W_star is not None else nan
+        tracked = track_every_step and t > 0
+        values = {
+            "iteration": torch.full((R,), t, dtype=torch.float64), "epochs": state.est.epochs,
+            "bits": state.est.bits, "time_s": torch.full((R,), now, dtype=torch.float64),
+            "loss": loss.to(torch.float64), "f_gap": loss.to(torch.float64) - f_star,
+            "grad_norm_sq": g2, "dist_sq": dist,
+            "avg_grad_norm_sq": sum_g / t if tracked else nan, "min_grad_norm_sq": min_g if tracked else nan,
+            "avg_f_gap": sum_f / t if tracked else nan, "min_f_gap": min_f if tracked else nan,
+            "diverged": diverged,
+        }
+        for key, v in values.items():
+            records[key].append(v.detach().to("cpu", torch.float64).numpy().copy())
+        eval_time += time.perf_counter() - e0
+        if progress is not None:
+            progress(t, steps)
+
+    g2 = None
+    record(0, loss, grad, None)
+    for t in range(1, steps + 1):
+        # the running sums cover iterates 0..t-1: add W_{t-1} before stepping
+        if track_every_step:
+            accumulate(loss, grad)
+        W, state = method.step(W, state, oracle)
+        need = track_every_step or t % eval_every == 0 or t == steps
+        if need:
+            if getattr(method, "estimator", None) is not None and getattr(method.estimator, "exact_gradient", False) \
+                    and not hasattr(oracle, "loss_and_grad"):
+                loss, grad = oracle.loss(W), state.est.G
+            else:
+                loss, grad = _loss_and_grad(oracle, W)
+            bad = ~torch.isfinite(loss) | (loss.abs() > divergence_factor * f_start) \
+                | ~torch.isfinite(W).all(-1).all(-1)
+            newly = bad & ~diverged
+            if bool(newly.any()):
+                diverged = diverged | newly
+                state = state._replace(active=state.active & ~diverged)
+        if t % eval_every == 0 or t == steps:
+            record(t, loss, grad, None)
+        if bool(diverged.all()):
+            break
+    data = {k: np.stack(v, axis=1) for k, v in records.items()}
+    data["diverged"] = data["diverged"].astype(bool)
+    return Trajectory(data=data, seeds=seeds.cpu().numpy(), W=W)

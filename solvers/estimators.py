@@ -1,0 +1,213 @@
+r"""Gradient estimators :math:`G_t` of the smooth Bernoulli-LoRA variants.
+
+optax-like: ``state = est.init(W0, oracle, seeds)`` gives :math:`G_0`, and
+``state = est.update(W_new, W_old, state, oracle, seeds, step)`` gives
+:math:`G_{t+1}` from :math:`W_{t+1}` (``W_new``) and :math:`W_t` (``W_old``).
+The estimate drawn at iterate ``t`` uses randomness of step index ``t`` only
+(``init`` is step 0), from the streams MINIBATCH, NOISE and ESTIMATOR, so e.g.
+SGD and MVR with momentum 1 see the very same minibatches.
+
+``state.epochs`` counts gradient evaluations in units of full passes: a full
+gradient costs 1, a minibatch of size b costs b/N (N samples). For problems that
+are not finite sums a full gradient (or a noisy one) costs 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+
+from solvers import rng
+
+
+class EstimatorState(NamedTuple):
+    G: torch.Tensor  # (R, m, n) current gradient estimate
+    epochs: torch.Tensor  # (R,) gradient evaluations so far, in full passes
+    bits: torch.Tensor  # (R,) bits sent by all clients so far (distributed variants)
+    extra: Optional[torch.Tensor] = None  # variant-specific (EF21: per-client G_i)
+
+
+def _zeros(W):
+    return torch.zeros(W.shape[0], dtype=torch.float64, device=W.device)
+
+
+def _start(G, epochs, W):
+    return EstimatorState(G=G, epochs=epochs, bits=_zeros(W))
+
+
+def _sample_size(oracle) -> int:
+    n = getattr(oracle, "n_samples", None)
+    if not n:
+        raise ValueError("estimator: this estimator needs a finite-sum problem (n_samples), "
+                         "use sgd with noise instead")
+    return int(n)
+
+
+def _check_batch(batch, oracle):
+    n = _sample_size(oracle)
+    if not 1 <= batch <= n:
+        raise ValueError(f"batch: must lie in [1, {n}] (the number of samples), got {batch}")
+    return n
+
+
+@dataclass(frozen=True)
+class GD:
+    r"""Full gradient: :math:`G_t = \nabla f(W_t)`."""
+
+    name = "gd"
+    exact_gradient = True
+
+    def init(self, W, oracle, seeds):
+        return _start(oracle.grad(W), _zeros(W) + 1.0, W)
+
+    def update(self, W_new, W_old, state, oracle, seeds, step):
+        return state._replace(G=oracle.grad(W_new), epochs=state.epochs + 1.0)
+
+
+@dataclass(frozen=True)
+class SGD:
+    r"""Unbiased stochastic gradient.
+
+    * ``batch`` given (finite sums): :math:`G_t = \frac1b\sum_{i\in I_t}\nabla f_i(W_t)`,
+      :math:`I_t` drawn uniformly without replacement.
+    * ``noise`` given: additive-noise oracle :math:`G_t = \nabla f(W_t) + \frac{\sigma}{\sqrt{mn}} Z_t`,
+      :math:`Z_t` standard Gaussian, so :math:`\mathbb{E}\|G_t - \nabla f(W_t)\|^2 = \sigma^2`.
+    """
+
+    batch: Optional[int] = None
+    noise: Optional[float] = None
+    name = "sgd"
+    exact_gradient = False
+
+    def __post_init__(self):
+        if (self.batch is None) == (self.noise is None):
+            raise ValueError("sgd: give exactly one of batch (minibatch SGD) or noise (additive-noise oracle)")
+        if self.noise is not None and not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"noise: must be a finite number >= 0, got {self.noise}")
+
+    def _draw(self, W, oracle, seeds, step):
+        if self.batch is not None:
+            n = _check_batch(self.batch, oracle)
+            idx = rng.subset(seeds, rng.Stream.MINIBATCH, step, n, self.batch, device=W.device)
+            return oracle.minibatch_grad(W, idx), self.batch / n
+        m, n = W.shape[-2:]
+        z = rng.normal(seeds, rng.Stream.NOISE, step, (m, n), device=W.device, dtype=W.dtype)
+        return oracle.grad(W) + (self.noise / math.sqrt(m * n)) * z, 1.0
+
+    def init(self, W, oracle, seeds):
+        G, cost = self._draw(W, oracle, seeds, 0)
+        return _start(G, _zeros(W) + cost, W)
+
+    def update(self, W_new, W_old, state, oracle, seeds, step):
+        G, cost = self._draw(W_new, oracle, seeds, step)
+        return state._replace(G=G, epochs=state.epochs + cost)
+
+
+@dataclass(frozen=True)
+class PAGE:
+    r"""PAGE (Li et al., 2021): with probability q a full gradient, otherwise a
+    recursive minibatch correction on the same minibatch at both points,
+
+    .. math::
+
+        G_{t+1} = \begin{cases} \nabla f(W_{t+1}) & \text{w.p. } q\\
+        G_t + \frac1b\sum_{i\in I}(\nabla f_i(W_{t+1}) - \nabla f_i(W_t)) & \text{otherwise.}\end{cases}
+
+    :math:`G_0 = \nabla f(W_0)`. ``q=None`` uses the paper code's q = b/(b+N).
+    With q = 1 it is GD exactly.
+    """
+
+    batch: int = 1
+    q: Optional[float] = None
+    name = "page"
+    exact_gradient = False
+
+    def __post_init__(self):
+        if self.q is not None and not 0.0 < self.q <= 1.0:
+            raise ValueError(f"q: must lie in (0, 1], got {self.q}")
+
+    def prob(self, n_samples):
+        return self.q if self.q is not None else self.batch / (self.batch + n_samples)
+
+    def init(self, W, oracle, seeds):
+        if self.q is None or self.q < 1:
+            _check_batch(self.batch, oracle)
+        return _start(oracle.grad(W), _zeros(W) + 1.0, W)
+
+    def update(self, W_new, W_old, state, oracle, seeds, step):
+        n = getattr(oracle, "n_samples", None)
+        q = self.prob(n) if n else self.q
+        coin = rng.bernoulli(seeds, rng.Stream.ESTIMATOR, step, q, device=W_new.device)
+        G, cost = state.G, torch.zeros_like(state.epochs)
+        if bool(coin.any()):
+            full = oracle.grad(W_new)
+            G = torch.where(coin[:, None, None], full, G)
+            cost = torch.where(coin, torch.ones_like(cost), cost)
+        if not bool(coin.all()):
+            idx = rng.subset(seeds, rng.Stream.MINIBATCH, step, n, self.batch, device=W_new.device)
+            diff = oracle.minibatch_grad(W_new, idx) - oracle.minibatch_grad(W_old, idx)
+            G = torch.where(coin[:, None, None], G, state.G + diff)
+            cost = torch.where(coin, cost, torch.full_like(cost, 2.0 * self.batch / n))
+        return state._replace(G=G, epochs=state.epochs + cost)
+
+
+@dataclass(frozen=True)
+class MVR:
+    r"""MVR / STORM momentum variance reduction with momentum ``b`` in (0, 1]:
+
+    .. math:: G_{t+1} = g(W_{t+1};\xi_{t+1}) + (1-b)\,(G_t - g(W_t;\xi_{t+1})),
+
+    the same sample :math:`\xi_{t+1}` at both points. ``g`` is the minibatch
+    gradient of size ``batch`` (or the noisy oracle if ``noise`` is given, whose
+    noise then cancels exactly in the difference). ``init='sample'`` takes
+    :math:`G_0 = g(W_0;\xi_0)` (then b = 1 is SGD exactly), ``init='full'`` takes
+    :math:`\nabla f(W_0)`.
+    """
+
+    momentum: float = 0.1
+    batch: Optional[int] = None
+    noise: Optional[float] = None
+    init_with: str = "sample"
+    name = "mvr"
+    exact_gradient = False
+
+    def __post_init__(self):
+        if not 0.0 < self.momentum <= 1.0:
+            raise ValueError(f"momentum: must lie in (0, 1], got {self.momentum}")
+        if self.init_with not in ("sample", "full"):
+            raise ValueError(f"init_with: expected 'sample' or 'full', got {self.init_with!r}")
+        SGD(batch=self.batch, noise=self.noise)  # validates batch/noise choice
+
+    def _sgd(self):
+        return SGD(batch=self.batch, noise=self.noise)
+
+    def init(self, W, oracle, seeds):
+        if self.init_with == "full":
+            return _start(oracle.grad(W), _zeros(W) + 1.0, W)
+        return self._sgd().init(W, oracle, seeds)
+
+    def update(self, W_new, W_old, state, oracle, seeds, step):
+        sgd = self._sgd()
+        g_new, cost = sgd._draw(W_new, oracle, seeds, step)
+        if self.momentum == 1.0:
+            return state._replace(G=g_new, epochs=state.epochs + cost)
+        g_old, _ = sgd._draw(W_old, oracle, seeds, step)
+        G = g_new + (1.0 - self.momentum) * (state.G - g_old)
+        return state._replace(G=G, epochs=state.epochs + 2.0 * cost)
+
+
+ESTIMATORS = {"gd": GD, "sgd": SGD, "page": PAGE, "mvr": MVR}
+
+
+def make_estimator(name: str, **params):
+    """Estimator by name (gd, sgd, page, mvr; the distributed and subgradient
+    estimators register themselves in :mod:`solvers.distributed` and
+    :mod:`solvers.subgradient`)."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"estimator: unknown name {name!r}; choose one of {sorted(ESTIMATORS)}")
+    try:
+        return ESTIMATORS[name](**params)
+    except TypeError as exc:
+        raise ValueError(f"estimator {name}: {exc}") from None

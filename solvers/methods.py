@@ -1,0 +1,276 @@
+r"""Bernoulli-LoRA and its baselines, optax-like and batched over runs.
+
+``state = method.init(W0, oracle, seeds)``; ``W, state = method.step(W, state, oracle)``.
+``W`` has shape (R, m, n); ``seeds`` (R,) int64, one per run. The random numbers of
+run ``k`` depend only on ``seeds[k]`` (see :mod:`solvers.rng`).
+
+Weight-space methods (:class:`BernoulliLoRA`, :class:`FPFT`) update
+
+.. math:: W_{t+1} = W_t - \gamma_t\,\hat H_t(G_t),\qquad
+    \hat H_t(G) = \begin{cases} H_{B} G & c_t = 1 \ (\text{prob. } p)\\ G H_{A} & c_t = 0\end{cases}
+
+with fresh sketches each step (:mod:`solvers.sketches`), :math:`G_t` from the
+estimator. p = 1 and p = 0 are the two RAC-LoRA methods; FPFT uses
+:math:`\hat H = \mathrm{Id}`. Factor-space baselines (:class:`LoRA`,
+:class:`AsymmLoRA`, :class:`COLA`) run gradient steps on the factors of
+:math:`f(W_\mathrm{base} + \tfrac{\alpha}{r} B A)`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Optional
+
+import torch
+
+from solvers import rng
+from solvers.projections import project_left, project_right
+from solvers.sketches import GaussianSketch, Sketch, make_sketch
+
+
+class MethodState(NamedTuple):
+    step: int
+    seeds: torch.Tensor  # (R,)
+    est: Any  # estimator state (has .G, .epochs, .bits)
+    active: torch.Tensor  # (R,) bool; False once a run has diverged
+    left: torch.Tensor  # (R,) bool, the last coin (True: B sampled, A trained)
+    factors: Optional[tuple] = None  # (base, B, A) for factor-space methods
+
+
+def _check_positive(name, value):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: must be a finite number > 0, got {value}")
+
+
+def _check_rank(rank, m, n):
+    if not (isinstance(rank, int) and 1 <= rank <= min(m, n)):
+        raise ValueError(f"rank: must be an integer in [1, min(m, n) = {min(m, n)}], got {rank}")
+
+
+def _seeds_tensor(seeds, device):
+    seeds = torch.as_tensor(seeds, dtype=torch.int64, device=device)
+    if seeds.ndim != 1:
+        raise ValueError("seeds: expected a 1-D sequence of integers, one per run")
+    return seeds
+
+
+def _check_W0(W0):
+    if W0.ndim != 3:
+        raise ValueError(f"W0: expected shape (runs, m, n), got {tuple(W0.shape)}")
+    if not bool(torch.isfinite(W0).all()):
+        raise ValueError("W0: contains non-finite values")
+
+
+@dataclass(frozen=True)
+class _WeightSpace:
+    """Shared init/step of the weight-space methods; subclasses define ``direction``."""
+
+    estimator: Any = None
+    stepsize: float = 1.0  # gamma (absolute), or the Polyak factor for stepsize_rule='polyak'
+    stepsize_rule: str = "constant"
+    f_star: Optional[float] = None  # needed by the Polyak rule
+
+    def _validate(self, m, n):
+        _check_positive("stepsize", self.stepsize)
+        if self.stepsize_rule not in ("constant", "polyak"):
+            raise ValueError(f"stepsize.rule: expected 'constant' or 'polyak', got {self.stepsize_rule!r}")
+        if self.stepsize_rule == "polyak" and (self.f_star is None or not math.isfinite(self.f_star)):
+            raise ValueError("stepsize.rule: 'polyak' needs the optimal value f_star of the problem")
+
+    def init(self, W0, oracle, seeds):
+        _check_W0(W0)
+        m, n = W0.shape[-2:]
+        self._validate(m, n)
+        seeds = _seeds_tensor(seeds, W0.device)
+        if seeds.shape[0] != W0.shape[0]:
+            raise ValueError(f"seeds: need one per run ({W0.shape[0]}), got {seeds.shape[0]}")
+        ones = torch.ones(W0.shape[0], dtype=torch.bool, device=W0.device)
+        return MethodState(step=0, seeds=seeds, est=self.estimator.init(W0, oracle, seeds), active=ones, left=ones)
+
+    def direction(self, G, seeds, step):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def gamma(self, W, D, state, oracle):
+        """Stepsize per run, shape (R, 1, 1)."""
+        if self.stepsize_rule == "constant":
+            return torch.full((W.shape[0], 1, 1), float(self.stepsize), dtype=W.dtype, device=W.device)
+        # Polyak: gamma_t = factor * (f(W_t) - f*) / ||G_t||^2 (factor = lmin_p / lmax_p in theory)
+        gap = (oracle.loss(W) - self.f_star).clamp_min(0)
+        norm_sq = (state.est.G ** 2).sum((-2, -1))
+        g = torch.where(norm_sq > 0, self.stepsize * gap / norm_sq.clamp_min(1e-300), torch.zeros_like(gap))
+        return g[:, None, None].to(W.dtype)
+
+    def step(self, W, state, oracle):
+        D, left = self.direction(state.est.G, state.seeds, state.step)
+        W_new = W - self.gamma(W, D, state, oracle) * D
+        W_new = torch.where(state.active[:, None, None], W_new, W)
+        est = self.estimator.update(W_new, W, state.est, oracle, state.seeds, state.step + 1)
+        return W_new, state._replace(step=state.step + 1, est=est, left=left)
+
+
+@dataclass(frozen=True)
+class FPFT(_WeightSpace):
+    """Full-parameter fine-tuning: :math:`W_{t+1} = W_t - \\gamma G_t`."""
+
+    name = "fpft"
+
+    def direction(self, G, seeds, step):
+        return G, torch.ones(G.shape[0], dtype=torch.bool, device=G.device)
+
+
+@dataclass(frozen=True)
+class BernoulliLoRA(_WeightSpace):
+    r"""Bernoulli-LoRA: each step a Bernoulli(p) coin per run picks the left
+    sketch (B sampled and frozen, A trained: :math:`H_B G`) or the right sketch
+    (A sampled and frozen, B trained: :math:`G H_A`). p = 1: RAC-LoRA training A;
+    p = 0: RAC-LoRA training B.
+
+    Parameters (keyword-only)
+    ----------
+    p : float in [0, 1]; rank : int in [1, min(m, n)]; sketch : name or Sketch;
+    estimator : gradient estimator; stepsize : gamma > 0;
+    stepsize_rule : 'constant' or 'polyak' (then ``stepsize`` is the Polyak factor).
+    """
+
+    p: float = 0.5
+    rank: int = 1
+    sketch: Any = "gaussian"
+    name = "bernoulli_lora"
+
+    def _validate(self, m, n):
+        super()._validate(m, n)
+        if not (isinstance(self.p, (int, float)) and 0.0 <= self.p <= 1.0):
+            raise ValueError(f"p: must lie in [0, 1], got {self.p}")
+        _check_rank(self.rank, m, n)
+        make_sketch(self.sketch)
+
+    def direction(self, G, seeds, step):
+        sketch = make_sketch(self.sketch)
+        m, n = G.shape[-2:]
+        left = rng.bernoulli(seeds, rng.Stream.COIN, step, float(self.p), device=G.device)
+        n_left = int(left.sum())
+        if n_left == G.shape[0]:
+            B = sketch.sample_left(seeds, step, m, self.rank, device=G.device, dtype=G.dtype)
+            return project_left(B, G), left
+        if n_left == 0:
+            A = sketch.sample_right(seeds, step, self.rank, n, device=G.device, dtype=G.dtype)
+            return project_right(A, G), left
+        # mixed batch: project each run on its own side (sketches of the other
+        # side are never used, and are drawn from a separate sub-stream)
+        D = torch.empty_like(G)
+        B = sketch.sample_left(seeds[left], step, m, self.rank, device=G.device, dtype=G.dtype)
+        A = sketch.sample_right(seeds[~left], step, self.rank, n, device=G.device, dtype=G.dtype)
+        D[left] = project_left(B, G[left])
+        D[~left] = project_right(A, G[~left])
+        return D, left
+
+
+# --------------------------------------------------------------------------- factor space
+
+
+@dataclass(frozen=True)
+class _FactorSpace:
+    r"""Gradient steps on the factors of :math:`F(B, A) = f(W_\mathrm{base} + s BA)`,
+    :math:`s = \alpha/r`: :math:`\nabla_B F = s\,G A^\top`, :math:`\nabla_A F = s\,B^\top G`
+    with :math:`G` the estimator's gradient at the current W."""
+
+    estimator: Any = None
+    stepsize: float = 1.0
+    rank: int = 1
+    alpha: float = 1.0
+    init_scale: float = 1.0  # std of the Gaussian factor's entries is init_scale / sqrt(dim)
+    train_A: bool = True
+    train_B: bool = True
+    random_A: bool = True  # which factor starts random (the other starts at zero)
+    merge_every: int = 0  # COLA: merge and re-initialise every k steps (0: never)
+
+    def _random(self, seeds, step, shape, device, dtype):
+        dim = shape[0] if shape[1] == self.rank else shape[1]
+        z = rng.normal(seeds, rng.Stream.INIT, step, shape, device=device, dtype=dtype)
+        return z * (self.init_scale / math.sqrt(dim))
+
+    def _fresh_factors(self, seeds, step, m, n, device, dtype):
+        R = seeds.shape[0]
+        if self.random_A:
+            A = self._random(seeds, step, (self.rank, n), device, dtype)
+            B = torch.zeros(R, m, self.rank, device=device, dtype=dtype)
+        else:
+            B = self._random(seeds, step, (m, self.rank), device, dtype)
+            A = torch.zeros(R, self.rank, n, device=device, dtype=dtype)
+        return B, A
+
+    def init(self, W0, oracle, seeds):
+        _check_W0(W0)
+        m, n = W0.shape[-2:]
+        _check_positive("stepsize", self.stepsize)
+        _check_rank(self.rank, m, n)
+        _check_positive("alpha", self.alpha)
+        seeds = _seeds_tensor(seeds, W0.device)
+        B, A = self._fresh_factors(seeds, 0, m, n, W0.device, W0.dtype)
+        ones = torch.ones(W0.shape[0], dtype=torch.bool, device=W0.device)
+        return MethodState(step=0, seeds=seeds, est=self.estimator.init(W0, oracle, seeds),
+                           active=ones, left=ones, factors=(W0.clone(), B, A))
+
+    def step(self, W, state, oracle):
+        base, B, A = state.factors
+        s = self.alpha / self.rank
+        G = state.est.G
+        act = state.active[:, None, None]
+        gB = s * (G @ A.transpose(-1, -2)) if self.train_B else None
+        gA = s * (B.transpose(-1, -2) @ G) if self.train_A else None
+        if gB is not None:
+            B = torch.where(act, B - self.stepsize * gB, B)
+        if gA is not None:
+            A = torch.where(act, A - self.stepsize * gA, A)
+        W_new = base + s * (B @ A)
+        t = state.step + 1
+        if self.merge_every and t % self.merge_every == 0:
+            base = W_new
+            B, A = self._fresh_factors(state.seeds, t, *W.shape[-2:], W.device, W.dtype)
+        est = self.estimator.update(W_new, W, state.est, oracle, state.seeds, t)
+        return W_new, state._replace(step=t, est=est, factors=(base, B, A))
+
+
+@dataclass(frozen=True)
+class LoRA(_FactorSpace):
+    """LoRA: A and B trained jointly, no merging. ``random_A=True``: A Gaussian and
+    B zero (the PEFT default); ``random_A=False``: B Gaussian and A zero."""
+
+    name = "lora"
+
+
+@dataclass(frozen=True)
+class AsymmLoRA(_FactorSpace):
+    """AsymmLoRA: one factor random and fixed, the other trained from zero."""
+
+    name = "asymm_lora"
+
+    def __post_init__(self):
+        object.__setattr__(self, "train_A", not self.random_A)
+        object.__setattr__(self, "train_B", self.random_A)
+
+
+@dataclass(frozen=True)
+class COLA(_FactorSpace):
+    """COLA (chain of LoRA): both factors trained, merged into the base and
+    re-initialised every ``merge_every`` steps."""
+
+    merge_every: int = 10
+    name = "cola"
+
+    def __post_init__(self):
+        if not (isinstance(self.merge_every, int) and self.merge_every >= 1):
+            raise ValueError(f"merge_every: must be an integer >= 1, got {self.merge_every}")
+
+
+METHODS = {"bernoulli_lora": BernoulliLoRA, "fpft": FPFT, "lora": LoRA, "asymm_lora": AsymmLoRA, "cola": COLA}
+
+
+def make_method(name: str, **params):
+    """Method by name: bernoulli_lora, fpft, lora, asymm_lora, cola."""
+    if name not in METHODS:
+        raise ValueError(f"method: unknown name {name!r}; choose one of {sorted(METHODS)}")
+    try:
+        return METHODS[name](**params)
+    except TypeError as exc:
+        raise ValueError(f"method {name}: {exc}") from None

@@ -1,0 +1,141 @@
+"""Counter-based random numbers, one stream per source of randomness, per run.
+
+Every random number a solver draws is a pure function of
+``(seed of the run, stream, step, element index)``: a 32-bit integer hash
+(Wellons' *lowbias32*, applied in rounds) evaluated on integer tensors. Hence
+
+* a run's trajectory depends only on its own seed: bitwise the same whether it
+  runs alone or inside a batch of any size, and on a rerun;
+* the streams (coin, sketch, minibatch, noise, compressor, ...) are independent
+  of each other, so e.g. changing the estimator does not change the coin flips;
+* sampling is vectorised over the leading run axis (no Python loop over runs
+  and no per-run ``torch.Generator``), so it costs a few elementwise kernels on
+  CPU and GPU alike.
+
+All integer arithmetic is done on int64 tensors holding 32-bit values, and every
+product is split so that it stays below 2**63: no reliance on signed overflow.
+"""
+from __future__ import annotations
+
+import enum
+import math
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+class Stream(enum.IntEnum):
+    """Identifiers of the independent sources of randomness."""
+
+    COIN = 1  # the Bernoulli(p) left/right choice
+    SKETCH = 2  # the sketch matrix (left and right use distinct sub-streams)
+    MINIBATCH = 3  # sample indices of stochastic gradients
+    NOISE = 4  # additive gradient noise
+    COMPRESSOR = 5  # randomised compressors
+    ESTIMATOR = 6  # estimator coins (PAGE / MARINA probability q)
+    INIT = 7  # random initialisation of factors (LoRA, COLA, AsymmLoRA)
+    DATA = 8  # problem generation
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``(x * c) mod 2**32`` for 0 <= x < 2**32, without int64 overflow."""
+    lo = x * (c & 0xFFFF)
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _MASK32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """Wellons' lowbias32 integer hash on int64 tensors holding uint32 values."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    x = x ^ (x >> 16)
+    return x
+
+
+def _as_seed_tensor(seeds, device) -> torch.Tensor:
+    seeds = torch.as_tensor(seeds, dtype=torch.int64, device=device)
+    if seeds.ndim != 1:
+        raise ValueError("seeds: expected a 1-D sequence of integers (one per run)")
+    return seeds
+
+
+def _keys(seeds: torch.Tensor, stream: int, step: int, sub: int) -> torch.Tensor:
+    """Per-run 32-bit key for (seed, stream, step, sub-stream); shape (R,)."""
+    s = seeds & _MASK32
+    stream_key = hash32(torch.tensor(int(stream) * 0x9E3779B1 & _MASK32, dtype=torch.int64)).item()
+    k = hash32(hash32(s) ^ stream_key)
+    k = hash32(k + (int(step) & _MASK32))
+    k = hash32(k ^ ((int(step) >> 32) & _MASK32) ^ (int(sub) * 0x85EBCA6B & _MASK32))
+    return k
+
+
+def random_bits(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None) -> torch.Tensor:
+    """Uniform 32-bit integers (as int64), shape ``(R, *shape)``."""
+    device = device if device is not None else getattr(seeds, "device", None)
+    seeds = _as_seed_tensor(seeds, device)
+    shape = tuple(int(s) for s in shape)
+    count = math.prod(shape)
+    key = _keys(seeds, stream, step, sub)  # (R,)
+    idx = torch.arange(count, dtype=torch.int64, device=seeds.device)
+    bits = hash32(hash32(key[:, None] ^ hash32(idx)[None, :]) + 0x27D4EB2F)
+    return bits.reshape((seeds.shape[0],) + shape)
+
+
+def uniform(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, dtype=torch.float64) -> torch.Tensor:
+    """Uniform numbers in the open interval (0, 1), shape ``(R, *shape)``.
+
+    Two 32-bit words give a 53-bit mantissa, as in numpy's ``random_sample``.
+    """
+    shape = tuple(int(s) for s in shape)
+    words = random_bits(seeds, stream, step, shape + (2,), sub=sub, device=device)
+    a = (words[..., 0] >> 5).to(torch.float64)
+    b = (words[..., 1] >> 6).to(torch.float64)
+    u = (a * 67108864.0 + b + 0.5) / 9007199254740992.0
+    return u.to(dtype)
+
+
+def normal(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, dtype=torch.float64) -> torch.Tensor:
+    """Standard normal numbers (Box-Muller), shape ``(R, *shape)``."""
+    shape = tuple(int(s) for s in shape)
+    u = uniform(seeds, stream, step, shape + (2,), sub=sub, device=device)
+    radius = torch.sqrt(-2.0 * torch.log(u[..., 0]))
+    return (radius * torch.cos(2.0 * math.pi * u[..., 1])).to(dtype)
+
+
+def bernoulli(seeds, stream: int, step: int, prob, *, sub: int = 0, device=None) -> torch.Tensor:
+    """One Bernoulli(prob) draw per run, shape ``(R,)``, dtype bool.
+
+    ``prob`` is a float or a tensor of shape ``(R,)`` (runs may have different p).
+    prob = 1 gives True and prob = 0 gives False surely.
+    """
+    u = uniform(seeds, stream, step, (), sub=sub, device=device)
+    prob = torch.as_tensor(prob, dtype=torch.float64, device=u.device)
+    return u < prob
+
+
+def signs(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, dtype=torch.float64) -> torch.Tensor:
+    """Rademacher (+1/-1 with probability 1/2 each), shape ``(R, *shape)``."""
+    bits = random_bits(seeds, stream, step, shape, sub=sub, device=device)
+    return ((bits >> 31) * 2 - 1).to(dtype)
+
+
+def subset(seeds, stream: int, step: int, population: int, size: int, *, sub: int = 0, device=None) -> torch.Tensor:
+    """``size`` distinct indices from ``range(population)`` per run, uniformly
+    without replacement; shape ``(R, size)``, dtype int64, sorted order of the
+    random keys (i.e. a uniformly random ordered sample)."""
+    if not 1 <= size <= population:
+        raise ValueError(f"batch size: need 1 <= size <= {population}, got {size}")
+    keys = random_bits(seeds, stream, step, (population,), sub=sub, device=device)
+    # ties between 32-bit keys are broken by index (stable sort), which keeps
+    # the result deterministic; their bias is O(population / 2**32).
+    return torch.argsort(keys, dim=1, stable=True)[:, :size]
+
+
+def integers(seeds, stream: int, step: int, high: int, shape, *, sub: int = 0, device=None) -> torch.Tensor:
+    """Uniform integers in ``range(high)`` (with replacement), shape ``(R, *shape)``."""
+    u = uniform(seeds, stream, step, shape, sub=sub, device=device)
+    return torch.clamp((u * high).to(torch.int64), max=high - 1)
