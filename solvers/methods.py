@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 
 from solvers import rng
+from solvers.linalg import bmm
 from solvers.projections import project_left, project_right
 from solvers.sketches import GaussianSketch, Sketch, make_sketch
 
@@ -216,13 +217,13 @@ class _FactorSpace:
         s = self.alpha / self.rank
         G = state.est.G
         act = state.active[:, None, None]
-        gB = s * (G @ A.transpose(-1, -2)) if self.train_B else None
-        gA = s * (B.transpose(-1, -2) @ G) if self.train_A else None
+        gB = s * bmm(G, A.transpose(-1, -2)) if self.train_B else None
+        gA = s * bmm(B.transpose(-1, -2), G) if self.train_A else None
         if gB is not None:
             B = torch.where(act, B - self.stepsize * gB, B)
         if gA is not None:
             A = torch.where(act, A - self.stepsize * gA, A)
-        W_new = base + s * (B @ A)
+        W_new = base + s * bmm(B, A)
         t = state.step + 1
         if self.merge_every and t % self.merge_every == 0:
             base = W_new

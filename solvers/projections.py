@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from solvers.linalg import bmm
+
 # relative cut-off for the eigenvalues of the r x r Gram matrix: a Gram matrix
 # squares the condition number, so sqrt(eps) ~ 1e-8 separates exact rank
 # deficiency (eigenvalues ~ eps * ||B||^2) from genuinely small directions.
@@ -27,20 +29,20 @@ _RTOL = 1e-10
 
 def _gram_pinv(S: torch.Tensor) -> torch.Tensor:
     """Pseudo-inverse of the batched Gram matrix ``S^T S`` of shape (..., r, r)."""
-    gram = S.transpose(-1, -2) @ S
+    gram = bmm(S.transpose(-1, -2), S)
     r = gram.shape[-1]
     return torch.linalg.pinv(gram, hermitian=True, rtol=_RTOL * r)
 
 
 def project_left(B: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     r"""Return :math:`H_B G` for left sketches ``B`` (R, m, r) and ``G`` (R, m, n)."""
-    return B @ (_gram_pinv(B) @ (B.transpose(-1, -2) @ G))
+    return bmm(B, bmm(_gram_pinv(B), bmm(B.transpose(-1, -2), G)))
 
 
 def project_right(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     r"""Return :math:`G H_A` for right sketches ``A`` (R, r, n) and ``G`` (R, m, n)."""
     At = A.transpose(-1, -2)  # (R, n, r)
-    return ((G @ At) @ _gram_pinv(At)) @ A
+    return bmm(bmm(bmm(G, At), _gram_pinv(At)), A)
 
 
 def dense_projector_left(B: torch.Tensor) -> torch.Tensor:
