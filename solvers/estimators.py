@@ -211,3 +211,23 @@ def make_estimator(name: str, **params):
         return ESTIMATORS[name](**params)
     except TypeError as exc:
         raise ValueError(f"estimator {name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Subgradient:
+    r"""Subgradient oracle for non-smooth convex problems: :math:`G_t \in \partial f(W_t)`."""
+
+    name = "subgradient"
+    exact_gradient = False
+
+    def _sub(self, oracle, W):
+        return oracle.subgradient(W) if hasattr(oracle, "subgradient") else oracle.grad(W)
+
+    def init(self, W, oracle, seeds):
+        return _start(self._sub(oracle, W), _zeros(W) + 1.0, W)
+
+    def update(self, W_new, W_old, state, oracle, seeds, step):
+        return state._replace(G=self._sub(oracle, W_new), epochs=state.epochs + 1.0)
+
+
+ESTIMATORS["subgradient"] = Subgradient

@@ -38,9 +38,30 @@ class MethodState(NamedTuple):
     factors: Optional[tuple] = None  # (base, B, A) for factor-space methods
 
 
+def _values(value):
+    """A scalar or a per-run sequence, as a tuple of floats."""
+    if isinstance(value, (int, float)):
+        return (float(value),)
+    try:
+        return tuple(float(v) for v in value)
+    except TypeError:
+        return (value,)
+
+
+def _per_run(value, W):
+    """Scalar or per-run sequence -> tensor broadcastable to (R,)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    t = torch.as_tensor(list(value), dtype=torch.float64, device=W.device)
+    if t.shape[0] != W.shape[0]:
+        raise ValueError(f"per-run parameter: got {t.shape[0]} values for {W.shape[0]} runs")
+    return t
+
+
 def _check_positive(name, value):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: must be a finite number > 0, got {value}")
+    for v in _values(value):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name}: must be a finite number > 0, got {value}")
 
 
 def _check_rank(rank, m, n):
@@ -94,11 +115,14 @@ class _WeightSpace:
     def gamma(self, W, D, state, oracle):
         """Stepsize per run, shape (R, 1, 1)."""
         if self.stepsize_rule == "constant":
-            return torch.full((W.shape[0], 1, 1), float(self.stepsize), dtype=W.dtype, device=W.device)
+            g = _per_run(self.stepsize, W)
+            if isinstance(g, float):
+                return torch.full((W.shape[0], 1, 1), g, dtype=W.dtype, device=W.device)
+            return g.to(W.dtype)[:, None, None]
         # Polyak: gamma_t = factor * (f(W_t) - f*) / ||G_t||^2 (factor = lmin_p / lmax_p in theory)
         gap = (oracle.loss(W) - self.f_star).clamp_min(0)
         norm_sq = (state.est.G ** 2).sum((-2, -1))
-        g = torch.where(norm_sq > 0, self.stepsize * gap / norm_sq.clamp_min(1e-300), torch.zeros_like(gap))
+        g = torch.where(norm_sq > 0, _per_run(self.stepsize, W) * gap / norm_sq.clamp_min(1e-300), torch.zeros_like(gap))
         return g[:, None, None].to(W.dtype)
 
     def step(self, W, state, oracle):
@@ -128,8 +152,8 @@ class BernoulliLoRA(_WeightSpace):
 
     Parameters (keyword-only)
     ----------
-    p : float in [0, 1]; rank : int in [1, min(m, n)]; sketch : name or Sketch;
-    estimator : gradient estimator; stepsize : gamma > 0;
+    p : float in [0, 1] (or one per run); rank : int in [1, min(m, n)]; sketch : name or Sketch;
+    estimator : gradient estimator; stepsize : gamma > 0 (or one per run);
     stepsize_rule : 'constant' or 'polyak' (then ``stepsize`` is the Polyak factor).
     """
 
@@ -140,7 +164,7 @@ class BernoulliLoRA(_WeightSpace):
 
     def _validate(self, m, n):
         super()._validate(m, n)
-        if not (isinstance(self.p, (int, float)) and 0.0 <= self.p <= 1.0):
+        if not all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in _values(self.p)):
             raise ValueError(f"p: must lie in [0, 1], got {self.p}")
         _check_rank(self.rank, m, n)
         make_sketch(self.sketch)
@@ -148,7 +172,7 @@ class BernoulliLoRA(_WeightSpace):
     def direction(self, G, seeds, step):
         sketch = make_sketch(self.sketch)
         m, n = G.shape[-2:]
-        left = rng.bernoulli(seeds, rng.Stream.COIN, step, float(self.p), device=G.device)
+        left = rng.bernoulli(seeds, rng.Stream.COIN, step, _per_run(self.p, G), device=G.device)
         n_left = int(left.sum())
         if n_left == G.shape[0]:
             B = sketch.sample_left(seeds, step, m, self.rank, device=G.device, dtype=G.dtype)

@@ -151,3 +151,12 @@ def test_bad_estimator_and_method_names_and_batch():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="^W0"):
         run(BernoulliLoRA(p=0.5, rank=1, estimator=GD(), stepsize=0.1), prob, bad, [0], steps=2)
+
+
+def test_per_run_p_and_stepsize_equal_separate_runs():
+    prob = Isotropic(5, 4)
+    ps, gs = (0.1, 0.9, 0.5), (0.2, 0.3, 0.25)
+    mixed = run(BernoulliLoRA(p=ps, rank=2, estimator=GD(), stepsize=gs), prob, prob.W0, [4, 5, 6], steps=8)
+    for k in range(3):
+        alone = run(BernoulliLoRA(p=ps[k], rank=2, estimator=GD(), stepsize=gs[k]), prob, prob.W0, [4 + k], steps=8)
+        assert torch.equal(alone.W[0], mixed.W[k])

@@ -1,0 +1,148 @@
+"""From a plain configuration mapping to the objects of one job.
+
+Used by the Hydra app (:mod:`experiments.run`) and by the Hydra-free batch entry
+point (:mod:`experiments.sweep`), so both run exactly the same code. The mapping
+has the canonical keys of DESIGN.md section 6::
+
+    problem: {name, m, n, mu, L, seed, ...}     method: {name, p, rank, alpha, ...}
+    estimator: {name, batch, noise, q, momentum, ...}   sketch: {name}
+    compressor: {name, k, s}    stepsize: {rule, factor}
+    steps, seeds, seed, eval_every, device, size, track_every_step
+
+The stepsize is ``gamma = factor / L`` for smooth problems. For non-smooth ones
+(L unknown) the constant stepsize is ``gamma = factor * ||W0 - W*|| / (L0 sqrt(T))``
+(the minimiser of the bound of theory item 8 when lambda_min^p = lambda_max^p),
+and the Polyak rule uses ``factor * lambda_min^p / lambda_max^p``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from solvers.estimators import make_estimator
+from solvers.methods import make_method
+from solvers.sketches import lambda_p
+
+# keys of each group that are not parameters of the object it builds
+_PROBLEM_META = {"name"}
+_FACTOR_METHODS = {"lora", "asymm_lora", "cola"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; 'cuda' without a GPU fails early."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not str(name).startswith("cuda:"):
+        raise ValueError(f"device: expected auto, cpu or cuda, got {name!r}")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _clean(d) -> dict:
+    return {k: v for k, v in dict(d or {}).items() if v is not None}
+
+
+def build_problem(cfg):
+    from experiments.problems import make_problem
+
+    pc = _clean(cfg["problem"])
+    name = pc.pop("name")
+    if "size" not in pc and cfg.get("size") is not None and name in ("linreg",):
+        pc["size"] = cfg["size"]
+    return make_problem(name, **pc)
+
+
+def build_estimator(cfg, problem):
+    ec = _clean(cfg["estimator"])
+    name = ec.pop("name")
+    if name in ("qgd", "marina", "ef21"):
+        from solvers.compressors import make_compressor
+        from solvers.distributed import make_distributed_estimator
+
+        cc = _clean(cfg.get("compressor") or {"name": "identity"})
+        comp = make_compressor(cc.pop("name"), **cc)
+        return make_distributed_estimator(name, compressor=comp, **ec)
+    return make_estimator(name, **ec)
+
+
+@dataclass
+class Job:
+    """Everything one job runs: the problem on its device, the method, seeds."""
+
+    problem: Any
+    method: Any
+    estimator: Any
+    seeds: list
+    gamma: float
+    lmin_p: float
+    lmax_p: float
+    device: torch.device
+
+
+def _validate_run_keys(cfg):
+    for key in ("steps", "seeds", "eval_every"):
+        v = cfg.get(key)
+        if not (isinstance(v, int) and v >= (0 if key == "steps" else 1)):
+            raise ValueError(f"{key}: must be an integer >= {0 if key == 'steps' else 1}, got {v!r}")
+    if not isinstance(cfg.get("seed"), int) or cfg["seed"] < 0:
+        raise ValueError(f"seed: must be an integer >= 0, got {cfg.get('seed')!r}")
+
+
+def build_job(cfg) -> Job:
+    """Validate the whole configuration (before any work) and build the job."""
+    _validate_run_keys(cfg)
+    device = resolve_device(cfg.get("device", "auto"))
+    mc = _clean(cfg["method"])
+    mname = mc.pop("name")
+    sketch = (cfg.get("sketch") or {}).get("name", "gaussian")
+    st = cfg.get("stepsize") or {}
+    rule, factor = st.get("rule", "constant"), st.get("factor", 1.0)
+    if rule not in ("constant", "polyak"):
+        raise ValueError(f"stepsize.rule: expected constant or polyak, got {rule!r}")
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+        raise ValueError(f"stepsize.factor: must be a finite number > 0, got {factor!r}")
+    p = mc.get("p", 1.0)
+    if mname == "bernoulli_lora" and not (isinstance(p, (int, float)) and 0 <= p <= 1):
+        raise ValueError(f"method.p: must lie in [0, 1], got {p!r}")
+    problem = build_problem(cfg)
+    m, n = problem.shape
+    rank = mc.get("rank", 1)
+    if mname != "fpft" and not (isinstance(rank, int) and 1 <= rank <= min(m, n)):
+        raise ValueError(f"method.rank: must be an integer in [1, min(m, n) = {min(m, n)}], got {rank!r}")
+    problem = problem.to(device, torch.float64)
+    estimator = build_estimator(cfg, problem)
+    if mname == "bernoulli_lora":
+        lmin, lmax = lambda_p(sketch, float(p), m, n, rank)
+    elif mname == "fpft":
+        lmin = lmax = 1.0
+    else:
+        lmin = lmax = float("nan")
+    L = getattr(problem, "L", float("nan"))
+    if L is not None and math.isfinite(L):
+        gamma = factor / L
+    else:  # non-smooth: gamma = factor * ||W0 - W*|| / (L0 sqrt(T))
+        dist0 = float(torch.linalg.norm(problem.W0 - problem.W_star))
+        gamma = factor * dist0 / (problem.L0 * math.sqrt(max(cfg["steps"], 1)))
+    if rule == "polyak":
+        if mname not in ("bernoulli_lora", "fpft"):
+            raise ValueError("stepsize.rule: polyak is implemented for bernoulli_lora and fpft only")
+        step_value = factor * lmin / lmax
+    else:
+        step_value = gamma
+    if mname in ("bernoulli_lora", "fpft"):
+        kw = dict(estimator=estimator, stepsize=step_value, stepsize_rule=rule, f_star=getattr(problem, "f_star", None))
+        if mname == "bernoulli_lora":
+            kw.update(p=float(p), rank=rank, sketch=sketch)
+        method = make_method(mname, **kw)
+    elif mname in _FACTOR_METHODS:
+        mc.pop("p", None)
+        method = make_method(mname, estimator=estimator, stepsize=gamma, **mc)
+    else:
+        method = make_method(mname)  # raises the clear unknown-name error
+    seeds = list(range(cfg["seed"], cfg["seed"] + cfg["seeds"]))
+    return Job(problem=problem, method=method, estimator=estimator, seeds=seeds, gamma=gamma,
+               lmin_p=lmin, lmax_p=lmax, device=device)

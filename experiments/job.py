@@ -1,0 +1,157 @@
+"""One job: a configuration with all its seeds batched -> a results table.
+
+``run_job(cfg, out_dir, results_root)`` validates and builds the job, skips it
+when a complete result with the same config hash exists under ``results_root``,
+runs the engine, attaches to every row the bound of the matching theorem
+(:func:`theory.dispatch.bound_for`, from the problem's own constants), and writes
+``results.parquet`` and ``config.yaml`` atomically.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from experiments.build import build_job
+from solvers.engine import FIELDS, run
+
+log = logging.getLogger(__name__)
+
+NAN = float("nan")
+
+
+def _f(x):
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return NAN
+    return x
+
+
+def sample_variance_at(problem, W, batch):
+    """Exact E||g_b(W) - grad f(W)||^2 for a minibatch of size b drawn without
+    replacement from N samples: (N - b) / (b (N - 1)) * mean_i ||grad f_i - grad f||^2."""
+    N = problem.n_samples
+    G = problem.minibatch_grad(W.expand(N, *W.shape).contiguous(), torch.arange(N, device=W.device)[:, None])
+    var = float(((G - G.mean(0, keepdim=True)) ** 2).sum((-2, -1)).mean())
+    return (N - batch) / (batch * max(N - 1, 1)) * var
+
+
+def theory_constants(job, cfg):
+    """The numbers the bounds need, NaN where unknown."""
+    from theory.dispatch import Constants
+
+    prob, est = job.problem, job.estimator
+    W0 = prob.W0[None]
+    f0 = float(prob.loss(W0)[0])
+    f_star, f_inf = _f(getattr(prob, "f_star", NAN)), _f(getattr(prob, "f_inf", NAN))
+    if math.isnan(f_inf):
+        f_inf = f_star
+    W_star = getattr(prob, "W_star", None)
+    dist0 = float(((prob.W0 - W_star) ** 2).sum()) if W_star is not None else NAN
+    ec = cfg["estimator"]
+    name = ec["name"]
+    sigma2, g0_err = NAN, NAN
+    noise, batch = ec.get("noise"), ec.get("batch")
+    N = getattr(prob, "n_samples", None)
+    if noise is not None:
+        sigma2 = float(noise) ** 2
+    if name in ("gd", "page") or (name == "mvr" and ec.get("init_with") == "full"):
+        g0_err = 0.0
+    elif name in ("sgd", "mvr"):
+        g0_err = sigma2 if noise is not None else (sample_variance_at(prob, prob.W0, int(batch)) if N else NAN)
+    q = ec.get("q")
+    if name == "page" and q is None and N:
+        q = batch / (batch + N)
+    comp = getattr(est, "compressor", None)
+    return Constants(
+        L=_f(getattr(prob, "L", NAN)), mu=_f(getattr(prob, "mu", NAN)), L_avg=_f(getattr(prob, "L_avg", NAN)),
+        L_max=_f(getattr(prob, "L_max", NAN)), L0=_f(getattr(prob, "L0", NAN)),
+        f0_gap=f0 - f_star, delta0=f0 - f_inf, dist0_sq=dist0, sigma2=sigma2,
+        lmin_p=job.lmin_p, lmax_p=job.lmax_p, q=_f(q), batch=_f(batch), n_samples=_f(N),
+        momentum=_f(ec.get("momentum")), omega=_f(getattr(comp, "omega", NAN)),
+        alpha=_f(getattr(comp, "alpha", NAN)), n_clients=_f(getattr(prob, "n_clients", NAN)),
+        G0_err=_f(getattr(est, "initial_error", lambda p: g0_err)(prob) if comp is not None else g0_err),
+        delta_inf=_f(getattr(prob, "delta_inf", NAN)),
+    )
+
+
+def attach_bounds(table: pd.DataFrame, job, cfg) -> pd.DataFrame:
+    from theory.dispatch import bound_for
+
+    mname = cfg["method"]["name"]
+    if mname not in ("bernoulli_lora", "fpft"):
+        table["bound"], table["bound_metric"] = NAN, "none"
+        table["bound_status"] = f"not applicable: no theorem for {mname} (factor space)"
+        return table
+    c = theory_constants(job, cfg)
+    its = table["iteration"].to_numpy()
+    res = bound_for(cfg["estimator"]["name"], iterations=its, gamma=job.gamma,
+                    stepsize_rule=cfg.get("stepsize", {}).get("rule", "constant"), c=c)
+    table["bound"] = np.asarray(res.values, dtype=float) * np.ones(len(table))
+    table["bound_metric"] = res.metric
+    table["bound_status"] = res.status
+    return table
+
+
+def trajectory_table(traj, job, cfg, config_hash) -> pd.DataFrame:
+    R, P = traj["iteration"].shape
+    cols = {f: traj[f].reshape(-1) for f in FIELDS}
+    cols["diverged"] = cols["diverged"].astype(bool)
+    cols["seed"] = np.repeat(traj.seeds, P)
+    # a run that diverged keeps its flag on all later points
+    table = pd.DataFrame(cols)
+    mc, ec = cfg["method"], cfg["estimator"]
+    table.insert(0, "method", mc["name"])
+    table.insert(1, "estimator", ec["name"])
+    table.insert(2, "problem", cfg["problem"]["name"])
+    table["p"] = float(mc.get("p", NAN)) if mc["name"] == "bernoulli_lora" else NAN
+    table["rank"] = int(mc.get("rank", 0)) if mc["name"] != "fpft" else 0
+    table["stepsize"] = float(cfg.get("stepsize", {}).get("factor", 1.0))
+    table["stepsize_rule"] = cfg.get("stepsize", {}).get("rule", "constant")
+    table["gamma"] = job.gamma
+    table["sketch"] = (cfg.get("sketch") or {}).get("name", "gaussian")
+    table["compressor"] = (cfg.get("compressor") or {}).get("name", "identity") if ec["name"] in ("qgd", "marina", "ef21") else "none"
+    table["m"], table["n"] = job.problem.shape
+    table["lambda_min_p"], table["lambda_max_p"] = job.lmin_p, job.lmax_p
+    table["batch"] = _f(ec.get("batch"))
+    table["device"] = str(job.device)
+    table["config_hash"] = config_hash
+    return table
+
+
+def execute(cfg, *, progress=None):
+    """Build, run and tabulate one job (no file I/O). Returns (table, job)."""
+    from experiments.results import config_hash as make_hash
+
+    job = build_job(cfg)
+    h = make_hash(cfg)
+    t0 = time.perf_counter()
+    traj = run(job.method, job.problem, job.problem.W0, job.seeds, steps=cfg["steps"],
+               eval_every=cfg["eval_every"], track_every_step=cfg.get("track_every_step", True), progress=progress)
+    log.info("ran %d seeds x %d steps in %.2fs on %s", len(job.seeds), cfg["steps"], time.perf_counter() - t0, job.device)
+    table = trajectory_table(traj, job, cfg, h)
+    table = attach_bounds(table, job, cfg)
+    return table, job
+
+
+def run_job(cfg, out_dir, *, results_root=None, progress=None):
+    """Run one job into ``out_dir`` unless ``results_root`` already holds a
+    complete result with the same config hash. Returns the table, or None if skipped."""
+    from experiments.results import config_hash as make_hash
+    from experiments.results import find_complete, write_job
+
+    h = make_hash(cfg)
+    if results_root is not None:
+        done = find_complete(results_root, h)
+        if done is not None:
+            log.info("skipped: config %s already complete in %s", h[:12], done)
+            return None
+    table, _ = execute(cfg, progress=progress)
+    write_job(out_dir, table, dict(cfg))
+    log.info("results: %s/results.parquet (%d rows)", out_dir, len(table))
+    return table
