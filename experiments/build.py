@@ -64,7 +64,8 @@ def build_estimator(cfg, problem):
         from solvers.distributed import make_distributed_estimator
 
         cc = _clean(cfg.get("compressor") or {"name": "identity"})
-        comp = make_compressor(cc.pop("name"), **cc)
+        m, n = problem.shape
+        comp = make_compressor(cc.pop("name"), d=m * n, **cc)
         return make_distributed_estimator(name, compressor=comp, **ec)
     return make_estimator(name, **ec)
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+MISSING = "???"  # omegaconf.MISSING; spelled out so this module imports without Hydra
 
 # ----------------------------------------------------------------------------- problems
 
@@ -63,7 +62,7 @@ class MaxAffineConf:
     name: str = "maxaffine"
     m: int = 6
     n: int = 5
-    n_pieces: int = 20
+    n_pieces: Optional[int] = None  # None: 2 m n
     seed: int = 0
 
 
@@ -209,7 +208,45 @@ GROUPS = {
 _PRESETS = {"compressor": {"randk": {"k": 4}, "topk": {"k": 4}, "dither": {"s": 4}}}
 
 
+def group_config(group: str, name: str) -> dict:
+    """The default mapping of one group option, as the Hydra app composes it."""
+    import dataclasses
+
+    if name not in GROUPS[group]:
+        raise ValueError(f"{group}: unknown name {name!r}; choose one of {sorted(GROUPS[group])}")
+    cls = GROUPS[group][name]
+    kw = {"name": name} if "name" in cls.__dataclass_fields__ else {}
+    kw.update(_PRESETS.get(group, {}).get(name, {}))
+    return dataclasses.asdict(cls(**kw))
+
+
+def job_config(*, problem="quadratic", method="bernoulli_lora", estimator="gd", sketch="gaussian",
+               compressor="identity", **overrides) -> dict:
+    """A full job configuration exactly as ``python -m experiments.run`` composes
+    it (same keys, same defaults, hence the same config hash), without Hydra.
+    ``overrides`` maps dotted keys (``method.p``) or top-level keys to values."""
+    import dataclasses
+
+    cfg = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+           for f in dataclasses.fields(RunConf)}
+    cfg = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in cfg.items()}
+    for group, name in (("problem", problem), ("method", method), ("estimator", estimator),
+                        ("sketch", sketch), ("compressor", compressor)):
+        cfg[group] = group_config(group, name)
+    for key, value in overrides.items():
+        node = cfg
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    if cfg["problem"].get("size") == "${size}":
+        cfg["problem"]["size"] = cfg["size"]
+    return cfg
+
+
 def register() -> None:
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConf)
     for group, options in GROUPS.items():

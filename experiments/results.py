@@ -1,0 +1,388 @@
+"""The results store: the one interface between running and plotting.
+
+A *job* (one configuration, all its seeds) writes one directory::
+
+    results.parquet   the long table, one row per (run, evaluation point)
+    config.yaml       the job's configuration (plain YAML, sorted keys)
+    _COMPLETE         JSON {config_hash, rows, results_bytes, schema_version},
+                      written last: a job without it did not finish
+
+Every file is written atomically (a temporary file in the same directory, then
+``os.replace``), and a stale marker is removed before anything else is written,
+so an interrupted writer never leaves a directory that looks complete. A job
+whose ``config_hash`` already has a complete result anywhere under the sweep
+root is skipped (:func:`find_complete`), hence a killed sweep resumes by running
+the same command again.
+
+``config_hash`` covers everything that changes the numbers and nothing that does
+not: the keys in :data:`NON_RESULT_KEYS` (Hydra's own settings, output paths,
+the device, logging) are left out. Results are device-independent up to float
+rounding (the solvers' counter-based RNG draws the same numbers on CPU and GPU),
+so a sweep finished on a GPU is not re-run on a CPU.
+
+Consumers that must not import the solvers (``figures``) read the same files
+with pandas and check the marker themselves; the file names and the marker's
+JSON keys below are therefore part of the interface.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.parquet"
+CONFIG_FILE = "config.yaml"
+COMPLETE_MARKER = "_COMPLETE"
+
+STRING, FLOAT, INT, BOOL = "string", "float64", "int64", "bool"
+
+#: Required columns of a results table and their logical dtypes. Tables may carry
+#: any further label columns (m, n, lambda_min_p, batch, stepsize_rule, device, ...).
+COLUMNS: dict[str, str] = {
+    # what ran
+    "method": STRING,          # bernoulli_lora | fpft | lora | asymm_lora | cola
+    "estimator": STRING,       # gd | sgd | page | mvr | qgd | marina | ef21 | subgradient
+    "problem": STRING,
+    "p": FLOAT,                # Bernoulli probability of the left sketch; NaN if not applicable
+    "rank": INT,               # 0 for full-parameter methods
+    "stepsize": FLOAT,         # the factor: gamma = factor / L (smooth problems)
+    "gamma": FLOAT,            # the stepsize actually used
+    "sketch": STRING,
+    "compressor": STRING,      # "none" for non-distributed estimators
+    "seed": INT,
+    # where on the trajectory
+    "iteration": INT,
+    "epochs": FLOAT,           # gradient evaluations in units of full passes
+    "bits": FLOAT,             # communicated bits (distributed variants), 0 otherwise
+    "time_s": FLOAT,
+    # measurements
+    "loss": FLOAT,
+    "f_gap": FLOAT,            # f - f*, NaN if f* unknown
+    "grad_norm_sq": FLOAT,
+    "dist_sq": FLOAT,          # ||W - W*||_F^2, NaN if W* unknown
+    "avg_grad_norm_sq": FLOAT,  # mean over iterates 0..t-1
+    "min_grad_norm_sq": FLOAT,
+    "avg_f_gap": FLOAT,
+    "min_f_gap": FLOAT,
+    # the theorem
+    "bound": FLOAT,            # NaN if no bound applies
+    "bound_metric": STRING,    # name of the column the bound bounds (in expectation), or "none"
+    "bound_status": STRING,    # why / under which assumptions the bound applies
+    # bookkeeping
+    "config_hash": STRING,
+    "diverged": BOOL,
+}
+
+#: Top-level configuration keys that do not change a job's numbers.
+NON_RESULT_KEYS: frozenset[str] = frozenset({
+    "hydra", "launcher", "device", "results_root", "output_dir", "out_dir", "out",
+    "progress", "verbose", "log_level", "resume", "dry_run",
+})
+
+
+# --------------------------------------------------------------------------- schema
+
+def _kind_ok(series: pd.Series, kind: str) -> bool:
+    t = pd.api.types
+    if kind == STRING:
+        return t.is_string_dtype(series) or t.is_object_dtype(series)
+    if kind == FLOAT:
+        return t.is_numeric_dtype(series) and not t.is_bool_dtype(series)
+    if kind == INT:
+        return t.is_integer_dtype(series)
+    if kind == BOOL:
+        return t.is_bool_dtype(series)
+    raise AssertionError(kind)
+
+
+def validate(df: pd.DataFrame) -> pd.DataFrame:
+    """Check that ``df`` is a results table; return it unchanged.
+
+    Raises
+    ------
+    ValueError
+        One message naming the missing column(s), or the first column whose
+        dtype does not match :data:`COLUMNS`.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"results table: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"results table: missing column(s) {', '.join(map(repr, missing))}")
+    for col, kind in COLUMNS.items():
+        if not _kind_ok(df[col], kind):
+            raise ValueError(f"results table: column {col!r} has dtype {df[col].dtype}, expected {kind}")
+    return df
+
+
+def coerce(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with the schema columns cast to their dtypes where the cast
+    is lossless (e.g. float iterations 0.0, 10.0 -> int64). Missing columns are left
+    missing (:func:`validate` reports them)."""
+    out = df.copy()
+    for col, kind in COLUMNS.items():
+        if col not in out.columns or _kind_ok(out[col], kind):
+            continue
+        s = out[col]
+        try:
+            if kind == INT:
+                v = pd.to_numeric(s).to_numpy(dtype=float)
+                if not np.all(np.isfinite(v)) or np.any(v != np.round(v)):
+                    raise ValueError
+                out[col] = v.astype(np.int64)
+            elif kind == FLOAT:
+                out[col] = pd.to_numeric(s).astype(np.float64)
+            elif kind == BOOL:
+                if s.isna().any():
+                    raise ValueError
+                out[col] = s.astype(bool)
+        except (TypeError, ValueError):
+            raise ValueError(f"results table: column {col!r} (dtype {s.dtype}) cannot be cast "
+                             f"losslessly to {kind}") from None
+    return out
+
+
+# --------------------------------------------------------------------------- config hash
+
+def _plain(x: Any) -> Any:
+    """Plain, JSON/YAML-safe Python data (works for OmegaConf containers too)."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (str, bytes)):
+        return x.decode() if isinstance(x, bytes) else x
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x)
+    if x is None:
+        return None
+    if isinstance(x, (Sequence, np.ndarray, set, frozenset)):
+        seq = sorted(x, key=repr) if isinstance(x, (set, frozenset)) else x
+        return [_plain(v) for v in seq]
+    return str(x)
+
+
+def _canonical(x: Any) -> Any:
+    # 1 and 1.0 hash alike (a Hydra override `stepsize.factor=1` is an int);
+    # a key set to None hashes like an absent key (builders drop None values);
+    # non-finite floats become strings so the JSON is strict.
+    if isinstance(x, dict):
+        return {k: _canonical(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        return [_canonical(v) for v in x]
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return repr(x)
+        return int(x) if x.is_integer() and abs(x) < 2**53 else x
+    return x
+
+
+def canonical_config(cfg: Mapping, *, exclude: frozenset[str] | set[str] = NON_RESULT_KEYS) -> dict:
+    """The part of ``cfg`` that determines the results, as canonical plain data."""
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"config: expected a mapping, got {type(cfg).__name__}")
+    plain = _plain(cfg)
+    return _canonical({k: v for k, v in plain.items() if k not in exclude})
+
+
+def config_hash(cfg: Mapping, *, exclude: frozenset[str] | set[str] = NON_RESULT_KEYS) -> str:
+    """sha256 (hex) of the canonical JSON (sorted keys) of ``cfg`` without the
+    top-level keys in ``exclude``. Stable under key order, int/float spelling of
+    integral numbers, and None-versus-absent."""
+    text = json.dumps(canonical_config(cfg, exclude=exclude), sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def _fsync(path: str) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it
+    over ``path``. On any exception (KeyboardInterrupt included) the temporary
+    file is removed and ``path`` is untouched."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _write_parquet(df: pd.DataFrame, tmp: str) -> None:
+    df.to_parquet(tmp, index=False)
+
+
+def _write_text(text: str) -> Callable[[str], None]:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return write
+
+
+def _dump_yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
+
+
+def write_job(directory: str | os.PathLike, df: pd.DataFrame, config: Mapping) -> Path:
+    """Write one job's table and configuration into ``directory``, atomically.
+
+    Order: remove a stale ``_COMPLETE``; write ``results.parquet``; write
+    ``config.yaml``; write ``_COMPLETE`` (JSON with ``config_hash``, ``rows``,
+    ``results_bytes``). The table is coerced to the schema dtypes and validated
+    first; its ``config_hash`` column is filled from ``config`` when absent and
+    must agree with it when present.
+
+    Returns the path of ``results.parquet``.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    h = config_hash(config)
+    table = df.copy()
+    if "config_hash" not in table.columns:
+        table["config_hash"] = h
+    table = validate(coerce(table))
+    found = set(table["config_hash"].astype(str).unique())
+    if found and found != {h}:
+        raise ValueError(f"results table: config_hash column {sorted(found)} does not match "
+                         f"the hash of the config ({h})")
+    table = table.reset_index(drop=True)
+
+    marker = d / COMPLETE_MARKER
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        pass
+    results = d / RESULTS_FILE
+    _atomic_write(results, lambda tmp: _write_parquet(table, tmp))
+    _atomic_write(d / CONFIG_FILE, _write_text(_dump_yaml(_plain(config))))
+    info = {"config_hash": h, "rows": int(len(table)), "results_bytes": results.stat().st_size,
+            "schema_version": SCHEMA_VERSION}
+    _atomic_write(marker, _write_text(json.dumps(info, sort_keys=True) + "\n"))
+    return results
+
+
+# --------------------------------------------------------------------------- reading
+
+def _marker(directory: Path) -> dict | None:
+    try:
+        info = json.loads((directory / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def is_complete(directory: str | os.PathLike, config_hash: str | None = None) -> bool:
+    """True iff ``directory`` holds a finished job (marker present and consistent
+    with ``results.parquet``) and, when given, its hash is ``config_hash``."""
+    d = Path(directory)
+    info = _marker(d)
+    if info is None:
+        return False
+    if config_hash is not None and info.get("config_hash") != config_hash:
+        return False
+    try:
+        size = (d / RESULTS_FILE).stat().st_size
+    except OSError:
+        return False
+    return size == info.get("results_bytes") and (d / CONFIG_FILE).is_file()
+
+
+def _job_dirs(root: Path):
+    for here, dirs, files in os.walk(root):
+        dirs.sort()
+        if RESULTS_FILE in files or COMPLETE_MARKER in files:
+            yield Path(here)
+
+
+def complete_jobs(root: str | os.PathLike) -> list[Path]:
+    """Directories under ``root`` (itself included) that hold a complete job, sorted."""
+    return [d for d in _job_dirs(Path(root)) if is_complete(d)]
+
+
+def incomplete_jobs(root: str | os.PathLike) -> list[Path]:
+    """Directories under ``root`` with a results file or marker but no complete job."""
+    return [d for d in _job_dirs(Path(root)) if not is_complete(d)]
+
+
+def find_complete(root: str | os.PathLike, config_hash: str) -> Path | None:
+    """The first directory under ``root`` holding a complete job with this hash, or None
+    (also None when ``root`` does not exist yet)."""
+    r = Path(root)
+    if not r.is_dir():
+        return None
+    for d in _job_dirs(r):
+        if is_complete(d, config_hash):
+            return d
+    return None
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The ``config.yaml`` of a job directory as plain data."""
+    import yaml
+
+    return yaml.safe_load((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    try:
+        return validate(coerce(df))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def load_results(path: str | os.PathLike) -> pd.DataFrame:
+    """One results table from a parquet file, or from every complete job under a
+    directory (searched recursively; incomplete jobs are ignored), concatenated in
+    sorted path order. A directory without complete jobs gives an empty table with
+    the schema columns.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        A table does not satisfy the schema (the message names the file).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such file or directory: {p}")
+    if p.is_file():
+        return _read_table(p)
+    tables = [_read_table(d / RESULTS_FILE) for d in complete_jobs(p)]
+    if not tables:
+        return pd.DataFrame({c: pd.Series(dtype="str" if k == STRING else k) for c, k in COLUMNS.items()})
+    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+
+
+def write_table(path: str | os.PathLike, df: pd.DataFrame) -> Path:
+    """Atomically write a (collected) results table to ``path``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    table = validate(coerce(df)).reset_index(drop=True)
+    _atomic_write(p, lambda tmp: _write_parquet(table, tmp))
+    return p
