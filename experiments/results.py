@@ -340,6 +340,20 @@ def find_complete(root: str | os.PathLike, config_hash: str) -> Path | None:
     return None
 
 
+def complete_hashes(root: str | os.PathLike) -> dict[str, Path]:
+    """{config_hash: job directory} for every complete job under ``root`` (one walk;
+    use it instead of :func:`find_complete` per job when filtering a large sweep)."""
+    r = Path(root)
+    out: dict[str, Path] = {}
+    if not r.is_dir():
+        return out
+    for d in _job_dirs(r):
+        info = _marker(d)
+        if info is not None and is_complete(d, info.get("config_hash")):
+            out.setdefault(str(info["config_hash"]), d)
+    return out
+
+
 def read_config(directory: str | os.PathLike) -> dict:
     """The ``config.yaml`` of a job directory as plain data."""
     import yaml

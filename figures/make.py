@@ -1,0 +1,104 @@
+"""Draw every figure the results allow.
+
+    python -m figures.make DIR [--out FIGDIR]
+
+DIR is a results parquet file or a directory (complete jobs found recursively,
+else DIR/collected.parquet). FIGDIR defaults to DIR/figures (beside the file
+for a parquet). One set of figures per problem; a figure whose columns or
+variation are absent is skipped with one printed line. Exit status 2, with one
+line on stderr, when no results are found.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from figures import plots
+from figures.data import NotEnoughData, has_values, load
+
+FINITE_SUM = {"sgd", "page", "mvr"}
+
+
+def _slug(s) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(s)).strip("-") or "x"
+
+
+def figure_specs(df: pd.DataFrame, tag: str):
+    """(name, function, kwargs) for the figures of one problem's table."""
+    specs = [(f"convergence_{tag}_grad_norm_sq_iteration", plots.convergence,
+              dict(metric="grad_norm_sq", x="iteration"))]
+    drawn = {("grad_norm_sq", "iteration")}
+    if has_values(df, "f_gap"):
+        specs.append((f"convergence_{tag}_f_gap_iteration", plots.convergence, dict(metric="f_gap", x="iteration")))
+        drawn.add(("f_gap", "iteration"))
+    if "bound_metric" in df.columns and "bound" in df.columns:
+        finite = df[df["bound"].notna()]
+        for m in sorted(finite["bound_metric"].astype(str).unique()):
+            if m in df.columns and (m, "iteration") not in drawn:
+                specs.append((f"convergence_{tag}_{_slug(m)}_iteration", plots.convergence,
+                              dict(metric=m, x="iteration")))
+                drawn.add((m, "iteration"))
+    if "estimator" in df.columns and df["estimator"].isin(FINITE_SUM).any():
+        specs.append((f"convergence_{tag}_grad_norm_sq_epochs", plots.convergence,
+                      dict(metric="grad_norm_sq", x="epochs")))
+    if has_values(df, "bits"):
+        specs.append((f"convergence_{tag}_grad_norm_sq_bits", plots.convergence,
+                      dict(metric="grad_norm_sq", x="bits")))
+    specs += [
+        (f"rate_vs_p_{tag}", plots.rate_vs_p, {}),
+        (f"rate_vs_rank_{tag}", plots.rate_vs_rank, {}),
+        (f"tightness_{tag}", plots.tightness, {}),
+    ]
+    return specs
+
+
+def make_all(df: pd.DataFrame, out_dir, *, log=print) -> tuple[list[Path], list[str]]:
+    """Draw every figure ``df`` allows into ``out_dir``. Returns (paths, skipped lines)."""
+    out_dir = Path(out_dir)
+    written, skipped = [], []
+    problems = sorted(df["problem"].astype(str).unique()) if "problem" in df.columns else [None]
+    for prob in problems:
+        sub = df if prob is None else df[df["problem"].astype(str) == prob]
+        tag = _slug(prob) if prob is not None else "all"
+        for name, fn, kw in figure_specs(sub, tag):
+            try:
+                paths = fn(sub, out_dir / name, title=None if prob is None else f"problem: {prob}", **kw)
+            except NotEnoughData as why:
+                line = f"skip {name}: {why}"
+                skipped.append(line)
+                log(line)
+                continue
+            written += paths
+            for p in paths:
+                log(str(p))
+    return written, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m figures.make", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dir", help="results parquet, or a directory of job results")
+    ap.add_argument("--out", default=None, help="figure directory (default DIR/figures)")
+    args = ap.parse_args(argv)
+    src = Path(args.dir)
+    df = load(src)
+    if df.empty:
+        print(f"figures.make: no results found in {src}", file=sys.stderr)
+        return 2
+    if "iteration" not in df.columns:
+        print(f"figures.make: {src} holds no trajectory table (no 'iteration' column)", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else (src.parent if src.is_file() else src) / "figures"
+    plots.style.apply_style()
+    written, _ = make_all(df, out)
+    if not written:
+        print(f"figures.make: no figure could be drawn from {src}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
