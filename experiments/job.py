@@ -90,8 +90,10 @@ def attach_bounds(table: pd.DataFrame, job, cfg) -> pd.DataFrame:
         return table
     c = theory_constants(job, cfg)
     its = table["iteration"].to_numpy()
+    st = cfg.get("stepsize") or {}
     res = bound_for(cfg["estimator"]["name"], iterations=its, gamma=job.gamma,
-                    stepsize_rule=cfg.get("stepsize", {}).get("rule", "constant"), c=c)
+                    stepsize_rule=st.get("rule", "constant"), c=c, method=mname,
+                    polyak_factor=float(st.get("factor", 1.0)))
     table["bound"] = np.asarray(res.values, dtype=float) * np.ones(len(table))
     table["bound_metric"] = res.metric
     table["bound_status"] = res.status

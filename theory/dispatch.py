@@ -1,0 +1,290 @@
+r"""One entry point from a run's configuration to the bound of its theorem.
+
+:func:`bound_for` picks the theorem of theory.md that matches the gradient
+estimator (``variant``), the stepsize rule and the constants that are known,
+checks the stepsize against the admissible one, and evaluates the bound at the
+given iteration counts. The runner attaches the result to every row of a
+results table (columns ``bound``, ``bound_metric``, ``bound_status``), and
+:func:`theory.verify.verify` compares the measured column named by the metric
+with it.
+
+Choice of theorem (first that applies):
+
+=============  ==========================================================  ======================
+variant        theorem (function of :mod:`theory.bounds`)                  metric
+=============  ==========================================================  ======================
+gd             PL if mu and f0_gap known: ``gd_pl``; else ``gd_nonconvex``  f_gap / avg_grad_norm_sq
+sgd            sigma2 known: ``sgd_pl`` (mu known) or ``sgd_nonconvex``;    f_gap / avg_grad_norm_sq
+               else ABC (A, B, C given, or the minibatch constants from
+               L_max, batch, n_samples, delta_inf): ``sgd_abc_nonconvex``   min_grad_norm_sq
+page           ``page_nonconvex`` (q defaults to b/(b+N))                   avg_grad_norm_sq
+mvr            ``mvr_nonconvex``                                            avg_grad_norm_sq
+qgd            ``qgd_nonconvex`` (or ABC with the given A, B, C)            min_grad_norm_sq
+marina, ef21   ``marina_nonconvex``, ``ef21_nonconvex``                     avg_grad_norm_sq
+subgradient    constant rule: ``nonsmooth_constant``;                       avg_f_gap
+               polyak rule: ``nonsmooth_polyak``                            min_f_gap
+=============  ==========================================================  ======================
+
+The smoothness constant of the variance-reduced and distributed variants is
+``L_avg`` when known, else ``L_max`` (an upper bound of the mean-squared
+smoothness); for MVR without a finite sum (additive noise, where
+:math:`g(W;\xi)-g(V;\xi) = \nabla f(W)-\nabla f(V)`) it is ``L``.
+``method='fpft'`` (full-parameter training) is the same theorem with
+:math:`\lambda_{\min}^p=\lambda_{\max}^p=1`; the factor-space baselines (lora,
+asymm_lora, cola) have no theorem.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from theory import bounds as bd
+from theory import stepsizes as ss
+
+__all__ = ["Constants", "BoundResult", "bound_for", "VARIANTS", "METRICS"]
+
+NAN = float("nan")
+VARIANTS = ("gd", "sgd", "page", "mvr", "qgd", "marina", "ef21", "subgradient")
+METRICS = ("f_gap", "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap")
+THEORY_METHODS = ("bernoulli_lora", "fpft")
+FACTOR_METHODS = ("lora", "asymm_lora", "cola")
+RULES = ("constant", "polyak")
+
+
+@dataclass(frozen=True)
+class Constants:
+    """The numbers the bounds need; NaN (the default) means unknown.
+
+    Attributes
+    ----------
+    L, mu : smoothness and PL constants of f.
+    L_avg : mean-squared smoothness (finite sums / clients); L_max : max_i L_i.
+    L0 : subgradient bound (non-smooth problems).
+    f0_gap : f(W0) - f*;  delta0 : f(W0) - f_inf;  dist0_sq : ||W0 - W*||^2.
+    sigma2 : variance bound of the stochastic gradient; A, B, C : its ABC constants.
+    lmin_p, lmax_p : lambda_min^p, lambda_max^p of the sketch mixture.
+    q : PAGE/MARINA probability; batch : minibatch size b; n_samples : N.
+    momentum : MVR's b; omega : unbiased compressor variance; alpha : contraction of
+    EF21's compressor; n_clients : n_w.
+    G0_err : ||G0 - grad f(W0)||^2 (mean_i ||G0_i - grad f_i(W0)||^2 for EF21).
+    delta_inf : f_inf - mean_i f_{i,inf} (>= 0).
+    """
+
+    L: float = NAN
+    mu: float = NAN
+    L_avg: float = NAN
+    L_max: float = NAN
+    L0: float = NAN
+    f0_gap: float = NAN
+    delta0: float = NAN
+    dist0_sq: float = NAN
+    sigma2: float = NAN
+    A: float = NAN
+    B: float = NAN
+    C: float = NAN
+    lmin_p: float = NAN
+    lmax_p: float = NAN
+    q: float = NAN
+    batch: float = NAN
+    n_samples: float = NAN
+    momentum: float = NAN
+    omega: float = NAN
+    alpha: float = NAN
+    n_clients: float = NAN
+    G0_err: float = NAN
+    delta_inf: float = NAN
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            try:
+                v = NAN if v is None else float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{f.name}: must be a number or NaN, got {v!r}") from None
+            object.__setattr__(self, f.name, v)
+
+    def replace(self, **changes) -> "Constants":
+        return dataclasses.replace(self, **changes)
+
+    def known(self, name: str) -> bool:
+        return math.isfinite(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class BoundResult:
+    """``values`` (float array, shape of the iterations; NaN unless ``status == 'ok'``),
+    ``metric`` (results-table column bounded, or 'none'), ``status`` ('ok' or
+    'not applicable: <reason>'), ``theorem`` (function of :mod:`theory.bounds` and
+    theory.md item) and ``gamma_max`` (admissible stepsize, NaN if not computed)."""
+
+    values: np.ndarray
+    metric: str
+    status: str
+    theorem: str = ""
+    gamma_max: float = NAN
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _fin(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _first_known(*pairs):
+    for name, v in pairs:
+        if _fin(v):
+            return name, v
+    return pairs[0][0], NAN
+
+
+def _plan(variant, rule, c: Constants, polyak_factor):
+    """(bound function, kwargs, admissible stepsize callable or None, note) or a reason string."""
+    common = dict(lmin_p=c.lmin_p, lmax_p=c.lmax_p)
+    if variant != "subgradient" and rule == "polyak":
+        return f"no theorem for the Polyak rule with {variant} (theory.md item 9 is for the subgradient method)"
+    if variant == "gd":
+        if _fin(c.mu) and c.mu > 0 and _fin(c.f0_gap):
+            return bd.gd_pl, dict(L=c.L, mu=c.mu, f0_gap=c.f0_gap, lmin_p=c.lmin_p), lambda: ss.gd_stepsize(L=c.L)
+        return bd.gd_nonconvex, dict(L=c.L, delta0=c.delta0, lmin_p=c.lmin_p), lambda: ss.gd_stepsize(L=c.L)
+    if variant == "sgd":
+        if _fin(c.sigma2):
+            if _fin(c.mu) and c.mu > 0 and _fin(c.f0_gap):
+                return bd.sgd_pl, dict(L=c.L, mu=c.mu, f0_gap=c.f0_gap, sigma2=c.sigma2, **common), \
+                    lambda: ss.sgd_stepsize(L=c.L)
+            return bd.sgd_nonconvex, dict(L=c.L, delta0=c.delta0, sigma2=c.sigma2, **common), \
+                lambda: ss.sgd_stepsize(L=c.L)
+        if all(_fin(v) for v in (c.A, c.B, c.C)):
+            A, B, C = c.A, c.B, c.C
+        elif all(_fin(v) for v in (c.L_max, c.batch, c.n_samples, c.delta_inf)):
+            A, B, C = ss.minibatch_abc_constants(L_max=c.L_max, batch=c.batch, n_samples=c.n_samples,
+                                                 delta_inf=c.delta_inf)
+        else:
+            return "constant unknown (NaN): sigma2, or A, B, C, or L_max, batch, n_samples, delta_inf"
+        return bd.sgd_abc_nonconvex, dict(L=c.L, delta0=c.delta0, A=A, B=B, C=C, **common), \
+            lambda: ss.sgd_abc_stepsize(L=c.L, B=B, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
+    if variant == "page":
+        q = c.q if _fin(c.q) else (c.batch / (c.batch + c.n_samples) if _fin(c.batch) and _fin(c.n_samples) else NAN)
+        _, Lt = _first_known(("L_avg", c.L_avg), ("L_max", c.L_max))
+        kw = dict(L=c.L, L_avg=Lt, delta0=c.delta0, G0_err=c.G0_err, q=q, batch=c.batch, **common)
+        return bd.page_nonconvex, kw, lambda: ss.page_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, q=q, batch=c.batch)
+    if variant == "mvr":
+        pairs = [("L_avg", c.L_avg), ("L_max", c.L_max)] + ([] if _fin(c.n_samples) else [("L", c.L)])
+        _, Lt = _first_known(*pairs)
+        kw = dict(L=c.L, L_avg=Lt, delta0=c.delta0, G0_err=c.G0_err, sigma2=c.sigma2, momentum=c.momentum, **common)
+        return bd.mvr_nonconvex, kw, lambda: ss.mvr_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, momentum=c.momentum)
+    if variant == "qgd":
+        exact = c.omega == 0  # identity compressor: A = C = 0, the other constants do not matter
+        if exact or all(_fin(v) for v in (c.omega, c.L_max, c.n_clients, c.delta_inf)):
+            kw = dict(L=c.L, delta0=c.delta0, omega=c.omega, L_max=0.0 if exact else c.L_max,
+                      n_clients=1.0 if exact else c.n_clients, delta_inf=0.0 if exact else c.delta_inf, **common)
+            return bd.qgd_nonconvex, kw, lambda: ss.qgd_stepsize(L=c.L, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
+        if all(_fin(v) for v in (c.A, c.B, c.C)):
+            A, B, C = c.A, c.B, c.C
+        else:
+            return "constant unknown (NaN): omega, L_max, n_clients, delta_inf (or A, B, C)"
+        return bd.sgd_abc_nonconvex, dict(L=c.L, delta0=c.delta0, A=A, B=B, C=C, **common), \
+            lambda: ss.sgd_abc_stepsize(L=c.L, B=B, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
+    if variant == "marina":
+        _, Lt = _first_known(("L_avg", c.L_avg), ("L_max", c.L_max))
+        kw = dict(L=c.L, L_avg=Lt, delta0=c.delta0, G0_err=c.G0_err, q=c.q, omega=c.omega,
+                  n_clients=c.n_clients, **common)
+        return bd.marina_nonconvex, kw, lambda: ss.marina_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, q=c.q,
+                                                                   omega=c.omega, n_clients=c.n_clients)
+    if variant == "ef21":
+        _, Lt = _first_known(("L_avg", c.L_avg), ("L_max", c.L_max))
+        kw = dict(L=c.L, L_avg=Lt, delta0=c.delta0, G0_err=c.G0_err, alpha=c.alpha, **common)
+        return bd.ef21_nonconvex, kw, lambda: ss.ef21_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, alpha=c.alpha)
+    # subgradient
+    if rule == "polyak":
+        return bd.nonsmooth_polyak, dict(L0=c.L0, dist0_sq=c.dist0_sq, factor=polyak_factor, **common), None
+    return bd.nonsmooth_constant, dict(L0=c.L0, dist0_sq=c.dist0_sq, **common), ss.subgradient_stepsize
+
+
+_NAMES = {"L_avg": "L_avg (or L_max)", "A": "A", "C": "C"}
+
+
+def bound_for(variant: str, *, iterations, gamma: float, stepsize_rule: str = "constant", c: Constants,
+              method: str = "bernoulli_lora", polyak_factor: float = 1.0) -> BoundResult:
+    r"""The bound of the matching theorem at each iteration count.
+
+    Parameters
+    ----------
+    variant : {'gd', 'sgd', 'page', 'mvr', 'qgd', 'marina', 'ef21', 'subgradient', 'fpft'}
+        Gradient estimator of the run ('fpft' = GD with method 'fpft').
+    iterations : array_like of int >= 0
+        Iteration counts T of the evaluation points.
+    gamma : float
+        The constant stepsize used (ignored by the Polyak rule).
+    stepsize_rule : {'constant', 'polyak'}
+    c : Constants
+        The problem's and the method's constants (NaN where unknown).
+    method : {'bernoulli_lora', 'fpft', 'lora', 'asymm_lora', 'cola'}
+        'fpft' sets :math:`\lambda_{\min}^p=\lambda_{\max}^p=1`; the factor-space
+        baselines give 'not applicable'.
+    polyak_factor : float
+        :math:`\kappa` of the Polyak rule :math:`\gamma_t=\kappa(\lambda_{\min}^p/\lambda_{\max}^p)(f-f^*)/\|G\|^2`
+        (the ``stepsize.factor`` of the run); the theorem needs :math:`0<\kappa<2`.
+
+    Returns
+    -------
+    BoundResult
+        ``status`` is 'ok', or 'not applicable: <reason>' with NaN values (stepsize
+        above the admissible one, constant unknown, no theorem for the method or rule).
+        With mu known the PL bound on ``f_gap`` is preferred where one exists.
+
+    Raises
+    ------
+    ValueError
+        Unknown variant, method or rule, or iterations that are not integers >= 0.
+    """
+    if variant == "fpft":
+        variant, method = "gd", "fpft"
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+    if stepsize_rule not in RULES:
+        raise ValueError(f"stepsize_rule: expected constant or polyak, got {stepsize_rule!r}")
+    if method not in THEORY_METHODS + FACTOR_METHODS:
+        raise ValueError(f"method: expected one of {', '.join(THEORY_METHODS + FACTOR_METHODS)}, got {method!r}")
+    T = np.asarray(iterations, dtype=float)
+    if np.any(~(T >= 0)) or np.any(T != np.floor(T)):
+        raise ValueError("iterations: must be integers >= 0")
+    nan_values = np.full(T.shape, NAN)
+
+    def na(reason, metric="none", theorem="", gamma_max=NAN):
+        return BoundResult(nan_values, metric, f"not applicable: {reason}", theorem, gamma_max)
+
+    if method in FACTOR_METHODS:
+        return na(f"no theorem for {method} (trained in factor space)")
+    if method == "fpft":
+        c = c.replace(lmin_p=1.0, lmax_p=1.0)
+    plan = _plan(variant, stepsize_rule, c, float(polyak_factor))
+    if isinstance(plan, str):
+        return na(plan)
+    fn, kw, admissible = plan
+    theorem = f"{fn.__name__} (theory.md item {fn.item})"
+    unknown = [_NAMES.get(k, k) for k, v in kw.items() if not _fin(v)]
+    if unknown:
+        return na(f"constant unknown (NaN): {', '.join(unknown)}", fn.metric, theorem)
+    gamma = float(gamma) if gamma is not None else NAN
+    gamma_max = NAN
+    try:
+        if admissible is not None:
+            gamma_max = float(admissible())
+            if not (gamma > 0 and math.isfinite(gamma)):
+                return na(f"stepsize gamma = {gamma} is not a finite number > 0", fn.metric, theorem, gamma_max)
+            if gamma > gamma_max * (1 + bd.STEPSIZE_RTOL):
+                return na(f"stepsize gamma = {gamma:.6g} exceeds the admissible {gamma_max:.6g} of {theorem}",
+                          fn.metric, theorem, gamma_max)
+            kw = dict(kw, gamma=gamma)
+        values = np.asarray(fn(T, **kw), dtype=float)
+    except ValueError as err:  # a constant out of its range (q = 0, mu < 0, ...)
+        return na(str(err), fn.metric, theorem, gamma_max)
+    return BoundResult(values.reshape(T.shape), fn.metric, "ok", theorem, gamma_max)
