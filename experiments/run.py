@@ -27,6 +27,10 @@ if not OmegaConf.has_resolver("blora_unique"):
     # cached: the master's value is copied to every job of a sweep (Hydra copies
     # the resolver cache into each sweep config)
     OmegaConf.register_new_resolver("blora_unique", lambda: secrets.token_hex(3), use_cache=True)
+if not OmegaConf.has_resolver("ci_or_paper"):
+    # experiment presets pick their sizes with ${ci_or_paper:${size},CI_VALUE,PAPER_VALUE}
+    OmegaConf.register_new_resolver(
+        "ci_or_paper", lambda size, ci, paper: paper if str(size) == "paper" else ci)
 register()
 
 
