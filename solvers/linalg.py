@@ -51,7 +51,10 @@ def bmm(a: torch.Tensor, b: torch.Tensor, *, invariant=None) -> torch.Tensor:
         step = max(1, _CHUNK // (i * j * k))
         return torch.cat([(a[s:s + step, :, None, :] * bt[s:s + step, None, :, :]).sum(-1)
                           for s in range(0, R, step)])
-    return torch.stack([a[r] @ b[r] for r in range(R)])
+    out = torch.empty(R, i, j, dtype=torch.result_type(a, b), device=a.device)
+    for r in range(R):
+        torch.mm(a[r], b[r], out=out[r])
+    return out
 
 
 def shared_matmul(V: torch.Tensor, M: torch.Tensor, *, invariant=None) -> torch.Tensor:
@@ -65,4 +68,7 @@ def shared_matmul(V: torch.Tensor, M: torch.Tensor, *, invariant=None) -> torch.
         step = max(1, _CHUNK // (k * j))
         return torch.cat([(V[s:s + step, None, :] * Mt).sum(-1) for s in range(0, R, step)])
     Mt = M.transpose(0, 1).contiguous()
-    return torch.stack([Mt @ V[r] for r in range(R)])
+    out = torch.empty(R, j, dtype=torch.result_type(V, M), device=V.device)
+    for r in range(R):
+        torch.mv(Mt, V[r], out=out[r])
+    return out
