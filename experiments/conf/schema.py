@@ -39,6 +39,7 @@ class LogisticConf:
     lam: float = 0.01
     n_clients: Optional[int] = None
     heterogeneity: float = 0.0
+    shift: float = 1.0
     seed: int = 0
 
 
