@@ -85,3 +85,18 @@ def test_fpft_uses_full_rank_constants():
 def test_factor_space_methods_have_no_bound():
     t = _run(method="lora", **QUAD, steps=10, seeds=2, eval_every=5)
     assert t["bound"].isna().all() and t["bound_status"].iloc[0].startswith("not applicable")
+
+
+LOGI = {"problem.m": 3, "problem.n": 5, "problem.n_samples": 60}
+
+
+@pytest.mark.parametrize("estimator,extra", [
+    ("page", {"estimator.batch": 6, "stepsize.factor": 0.3}),
+    ("sgd", {"estimator.batch": 6, "stepsize.factor": 0.05}),
+    ("gd", {"stepsize.factor": 1.0}),
+])
+def test_finite_sum_bounds_hold_on_logistic(estimator, extra):
+    t = _run(problem="logistic", estimator=estimator, **LOGI, **{"method.p": 0.4, "method.rank": 1}, **extra,
+             steps=60, seeds=12, eval_every=10)
+    assert t["bound_status"].iloc[0] == "ok", t["bound_status"].iloc[0]
+    assert _verdict(t)["verdict"] == "holds"
