@@ -46,14 +46,26 @@ def _clean(d) -> dict:
     return {k: v for k, v in dict(d or {}).items() if v is not None}
 
 
+_PROBLEM_CACHE: dict = {}
+
+
 def build_problem(cfg):
+    """The problem of a configuration. Problems are immutable, so the last few
+    built are kept in memory: a sweep builds (say) the paper's linreg once."""
+    import json
+
     from experiments.problems import make_problem
 
     pc = _clean(cfg["problem"])
     name = pc.pop("name")
     if "size" not in pc and cfg.get("size") is not None and name in ("linreg",):
         pc["size"] = cfg["size"]
-    return make_problem(name, **pc)
+    key = json.dumps([name, pc], sort_keys=True, default=str)
+    if key not in _PROBLEM_CACHE:
+        if len(_PROBLEM_CACHE) >= 4:
+            _PROBLEM_CACHE.pop(next(iter(_PROBLEM_CACHE)))
+        _PROBLEM_CACHE[key] = make_problem(name, **pc)
+    return _PROBLEM_CACHE[key]
 
 
 def build_estimator(cfg, problem):
@@ -82,6 +94,18 @@ class Job:
     lmin_p: float
     lmax_p: float
     device: torch.device
+
+
+_DEVICE_CACHE: dict = {}
+
+
+def _on_device(problem, device):
+    key = (id(problem), str(device))
+    if key not in _DEVICE_CACHE:
+        if len(_DEVICE_CACHE) >= 4:
+            _DEVICE_CACHE.pop(next(iter(_DEVICE_CACHE)))
+        _DEVICE_CACHE[key] = (problem, problem.to(device, torch.float64))
+    return _DEVICE_CACHE[key][1]
 
 
 def _validate_run_keys(cfg):
@@ -114,7 +138,7 @@ def build_job(cfg) -> Job:
     rank = mc.get("rank", 1)
     if mname != "fpft" and not (isinstance(rank, int) and 1 <= rank <= min(m, n)):
         raise ValueError(f"method.rank: must be an integer in [1, min(m, n) = {min(m, n)}], got {rank!r}")
-    problem = problem.to(device, torch.float64)
+    problem = _on_device(problem, device)
     estimator = build_estimator(cfg, problem)
     if mname == "bernoulli_lora":
         lmin, lmax = lambda_p(sketch, float(p), m, n, rank)
