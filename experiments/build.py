@@ -162,7 +162,14 @@ def build_job(cfg) -> Job:
         kw = dict(estimator=estimator, stepsize=step_value, stepsize_rule=rule, f_star=getattr(problem, "f_star", None))
         if mname == "bernoulli_lora":
             kw.update(p=float(p), rank=rank, sketch=sketch)
-        method = make_method(mname, **kw)
+        if getattr(estimator, "transmit", "weights") == "factor":
+            if mname != "bernoulli_lora":
+                raise ValueError("estimator.transmit: 'factor' needs method=bernoulli_lora (clients project on its sketch)")
+            from solvers.distributed import FactorQGDBernoulliLoRA
+
+            method = FactorQGDBernoulliLoRA(**kw)
+        else:
+            method = make_method(mname, **kw)
     elif mname in _FACTOR_METHODS:
         mc.pop("p", None)
         method = make_method(mname, estimator=estimator, stepsize=gamma, **mc)

@@ -73,7 +73,9 @@ def theory_constants(job, cfg):
         L_max=_f(getattr(prob, "L_max", NAN)), L0=_f(getattr(prob, "L0", NAN)),
         f0_gap=f0 - f_star, delta0=f0 - f_inf, dist0_sq=dist0, sigma2=sigma2,
         lmin_p=job.lmin_p, lmax_p=job.lmax_p, q=_f(q), batch=_f(batch), n_samples=_f(N),
-        momentum=_f(ec.get("momentum")), omega=_f(getattr(comp, "omega", NAN)),
+        momentum=_f(ec.get("momentum")),
+        omega=_f(job.method.theory_omega(*prob.shape) if hasattr(job.method, "theory_omega")
+                 else getattr(comp, "omega", NAN)),
         alpha=_f(getattr(comp, "alpha", NAN)), n_clients=_f(getattr(prob, "n_clients", NAN)),
         G0_err=_f(getattr(est, "initial_error", lambda p: g0_err)(prob) if comp is not None else g0_err),
         delta_inf=_f(getattr(prob, "delta_inf", NAN)),
@@ -118,6 +120,7 @@ def trajectory_table(traj, job, cfg, config_hash) -> pd.DataFrame:
     table["gamma"] = job.gamma
     table["sketch"] = (cfg.get("sketch") or {}).get("name", "gaussian")
     table["compressor"] = (cfg.get("compressor") or {}).get("name", "identity") if ec["name"] in ("qgd", "marina", "ef21") else "none"
+    table["transmit"] = ec.get("transmit", "weights") if ec["name"] == "qgd" else "none"
     table["m"], table["n"] = job.problem.shape
     table["lambda_min_p"], table["lambda_max_p"] = job.lmin_p, job.lmax_p
     table["batch"] = _f(ec.get("batch"))

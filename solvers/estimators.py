@@ -202,9 +202,9 @@ ESTIMATORS = {"gd": GD, "sgd": SGD, "page": PAGE, "mvr": MVR}
 
 
 def make_estimator(name: str, **params):
-    """Estimator by name (gd, sgd, page, mvr; the distributed and subgradient
-    estimators register themselves in :mod:`solvers.distributed` and
-    :mod:`solvers.subgradient`)."""
+    """Estimator by name (gd, sgd, page, mvr, subgradient). The distributed
+    estimators (qgd, marina, ef21) need a compressor and are built by
+    :func:`solvers.distributed.make_distributed_estimator`."""
     if name not in ESTIMATORS:
         raise ValueError(f"estimator: unknown name {name!r}; choose one of {sorted(ESTIMATORS)}")
     try:

@@ -137,6 +137,7 @@ class MVRConf:
 @dataclass
 class QGDConf:
     name: str = "qgd"
+    transmit: str = "weights"  # weights | factor (clients send compressed r x n / m x r factor gradients)
 
 
 @dataclass
