@@ -23,7 +23,7 @@ def linreg_gd(*, size="ci", device="auto", seeds=None, steps=None, factors=(1.0,
     seeds = seeds or (20 if paper else 3)
     steps = steps or (4000 if paper else 200)
     common = {"size": size, "device": device, "seeds": seeds, "steps": steps,
-              "eval_every": 20 if paper else 10, "track_every_step": True}
+              "eval_every": 40 if paper else 10, "track_every_step": True}
     cfgs = []
     for factor in factors:
         cfgs.append(job_config(problem="linreg", method="fpft", **common, **{"stepsize.factor": factor}))

@@ -7,16 +7,18 @@ set -uo pipefail
 export PYTHONPATH=$PWD MPLBACKEND=Agg
 PY=${PY:-python3}
 OUT=${OUT:-results/gpu}
+SIZE=${SIZE:-paper}
+DEVICE=${DEVICE:-cuda}
 W=${WORK:-/tmp/blora_gpu}
 mkdir -p "$OUT" "$W"
 export BLORA_CACHE=$W/cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$W/gpu.txt" 2>&1
 {
-  echo "== core benchmark";    $PY -m benchmarks.bench_core --device cuda --out "$W/bench_core_cuda.json"
-  echo "== linreg build";      /usr/bin/time -v $PY -m experiments.problems.linreg --size paper --device cuda 2>&1 | tail -30
-  echo "== gradient vs GEMM";  $PY -m benchmarks.bench_gradient --size paper --device cuda --runs 320 --out "$W/bench_gradient_cuda.json"
+  echo "== core benchmark";    $PY -m benchmarks.bench_core --device $DEVICE --out "$W/bench_core_cuda.json"
+  echo "== linreg build";      /usr/bin/time -v $PY -m experiments.problems.linreg --size $SIZE --device $DEVICE 2>&1 | tail -30
+  echo "== gradient vs GEMM";  $PY -m benchmarks.bench_gradient --size $SIZE --device $DEVICE --runs 320 --out "$W/bench_gradient_cuda.json"
   for s in linreg_gd linreg_finite_sum; do
-    echo "== sweep $s";        $PY -m experiments.sweep $s --size paper --device cuda --out "$W/$s"
+    echo "== sweep $s";        $PY -m experiments.sweep $s --size $SIZE --device $DEVICE --out "$W/$s"
     $PY -m experiments.collect "$W/$s" -o "$W/$s.parquet"
     $PY -m experiments.verify "$W/$s" --out "$W/${s}_verdicts.csv" > "$W/${s}_verdicts.txt"; echo "verify exit $?"
     tail -3 "$W/${s}_verdicts.txt"

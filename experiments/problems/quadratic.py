@@ -127,7 +127,8 @@ class Quadratic:
                          Q=conv(self.Q))
 
     def __repr__(self):
-        return f"Quadratic(name={self.name!r}, shape={self.shape}, mu={self.mu:g}, L={self.L:g}, dense={self.Q is not None})"
+        return (f"Quadratic(name={self.name!r}, shape={self.shape}, mu={self.mu:g}, L={self.L:g}, "
+                f"dense={self.Q is not None})")
 
 
 def _spectrum(d, mu, L, law):
