@@ -12,7 +12,7 @@ DEVICE=${DEVICE:-cuda}
 W=${WORK:-/tmp/blora_gpu}
 mkdir -p "$OUT" "$W"
 export BLORA_CACHE=$W/cache
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$W/gpu.txt" 2>&1
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || $PY -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"; } > "$W/gpu.txt"
 {
   echo "== core benchmark";    $PY -m benchmarks.bench_core --device $DEVICE --out "$W/bench_core_cuda.json"
   echo "== linreg build";      /usr/bin/time -v $PY -m experiments.problems.linreg --size $SIZE --device $DEVICE 2>&1 | tail -30
@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$W/gpu.t
     $PY -m experiments.summarize "$W/$s.parquet" -o "$W/${s}_summary.csv"
   done
 } 2>&1 | tee "$W/log.txt"
-cp "$W"/*.json "$W"/*_summary.csv "$W"/*_verdicts.* "$W/log.txt" "$W/gpu.txt" . 2>/dev/null
+cp "$W"/*.json "$W"/*_summary.csv "$W"/*_verdicts.* "$W/log.txt" "$W/gpu.txt" "$OUT"/ 2>/dev/null
 tar -C "$W" -czf "$OUT/sweeps.tar.gz" --exclude=cache --exclude='linreg_gd' --exclude='linreg_finite_sum' \
     --exclude='*.parquet' .
 for s in linreg_gd linreg_finite_sum; do
