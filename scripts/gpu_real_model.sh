@@ -12,12 +12,15 @@
 #                              cycling through our 6k-image split; merges and LR schedule still per epoch
 #   $OUT/mnist_step/           the merging methods with the theory's per-step switching
 #   $OUT/digits/               the same table on scikit-learn's digits (embedded data)
-# and $OUT/real_model_gpu.tar.gz holding all of it plus the log.
+# all of it under $WORK (default /tmp/blora_real_model); $OUT receives log.txt and
+# real_model_gpu.tar.gz, refreshed after every stage (a run cut short keeps what it finished).
 # SEEDS, EPOCHS, PY override the defaults; set ONLY="bench mnist" etc. to run a subset.
 set -uo pipefail
 export PYTHONPATH=$PWD MPLBACKEND=Agg PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 OUT=${OUT:-results/real_model_gpu}
+FINAL=$OUT
+OUT=${WORK:-/tmp/blora_real_model}
 MNIST_DIR=${MNIST_DIR:-../shared/data/mnist}
 SEEDS=${SEEDS:-20}
 EPOCHS=${EPOCHS:-50}
@@ -25,8 +28,9 @@ ONLY=${ONLY:-"bench mnist mnist_matched mnist_step digits"}
 P=0,0.01,0.2,0.4,0.6,0.8,0.99,1
 RM="$PY -m experiments.real_model"
 COMMON="--rank 1 --seeds $SEEDS --seed 0 --epochs $EPOCHS --pretrain-epochs 50 --optimizer adamw --lr 2e-4 --device cuda"
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$FINAL"
 want() { [[ " $ONLY " == *" $1 "* ]]; }
+pack() { tar -C "$OUT" -czf "$FINAL/real_model_gpu.tar.gz.tmp" . && mv "$FINAL/real_model_gpu.tar.gz.tmp" "$FINAL/real_model_gpu.tar.gz"; }
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   $PY -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])"
@@ -34,29 +38,34 @@ want() { [[ " $ONLY " == *" $1 "* ]]; }
     echo "== bench (MNIST shapes, $SEEDS seeds, per-epoch switching)"
     $RM --data mnist --mnist-dir "$MNIST_DIR" --bench --bench-steps 300 --seeds "$SEEDS" --device cuda --out "$OUT/bench"
     $RM --data mnist --mnist-dir "$MNIST_DIR" --bench --bench-steps 300 --seeds 1 --device cuda --out "$OUT/bench_1seed"
+    pack
   fi
   if want mnist; then
     echo "== MNIST table (switch per epoch)"
     /usr/bin/time -f "mnist wall %e s" $RM --data mnist --mnist-dir "$MNIST_DIR" --method all --p "$P" \
         --switch epoch $COMMON --out "$OUT/mnist"
+    pack
   fi
   if want mnist_matched; then
     echo "== MNIST table, paper's step budget (211 steps per epoch)"
     /usr/bin/time -f "mnist_matched wall %e s" $RM --data mnist --mnist-dir "$MNIST_DIR" --method all --p "$P" \
         --switch epoch --steps-per-epoch 211 $COMMON --out "$OUT/mnist_matched"
+    pack
   fi
   if want mnist_step; then
     echo "== MNIST merging methods, switch every step (the theory)"
     /usr/bin/time -f "mnist_step wall %e s" $RM --data mnist --mnist-dir "$MNIST_DIR" \
         --method cola,rac_lora,bernoulli_lora --p "$P" --switch step $COMMON --out "$OUT/mnist_step"
+    pack
   fi
   if want digits; then
     echo "== digits table (switch per epoch)"
     /usr/bin/time -f "digits wall %e s" $RM --data digits --method all --p "$P" --switch epoch $COMMON \
         --out "$OUT/digits"
+    pack
   fi
   for d in mnist mnist_matched mnist_step digits; do
     [ -f "$OUT/$d/summary.md" ] && { echo "== $d"; cat "$OUT/$d/summary.md"; }
   done
-} 2>&1 | tee "$OUT/log.txt"
-tar -C "$OUT" -czf /tmp/real_model_gpu.tar.gz --exclude=real_model_gpu.tar.gz . && mv /tmp/real_model_gpu.tar.gz "$OUT/"
+} 2>&1 | tee "$FINAL/log.txt"
+cp "$FINAL/log.txt" "$OUT/log.txt"; pack

@@ -151,21 +151,21 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
         W, state = method.step(W, state, oracle)
         need = track_every_step or t % eval_every == 0 or t == steps
         if need:
-            if getattr(method, "estimator", None) is not None and getattr(method.estimator, "exact_gradient", False) \
-                    and not hasattr(oracle, "loss_and_grad"):
-                loss, grad = oracle.loss(W), state.est.G
+            if getattr(getattr(method, "estimator", None), "exact_gradient", False):
+                # the estimator's G is the gradient at W: reuse it (and its loss, if computed)
+                grad = state.est.G
+                loss = state.est.loss if state.est.loss is not None else oracle.loss(W)
             else:
                 loss, grad = _loss_and_grad(oracle, W)
             bad = ~torch.isfinite(loss) | (loss.abs() > divergence_factor * f_start) \
                 | ~torch.isfinite(W).all(-1).all(-1)
-            newly = bad & ~diverged
-            if bool(newly.any()):
-                diverged = diverged | newly
-                state = state._replace(active=state.active & ~diverged)
+            # no host synchronisation per step: the masks update unconditionally
+            diverged = diverged | bad
+            state = state._replace(active=state.active & ~diverged)
         if t % eval_every == 0 or t == steps:
             record(t, loss, grad, None)
-        if bool(diverged.all()):
-            break
+            if bool(diverged.all()):
+                break
     data = {k: np.stack(v, axis=1) for k, v in records.items()}
     data["diverged"] = data["diverged"].astype(bool)
     return Trajectory(data=data, seeds=seeds.cpu().numpy(), W=W)

@@ -27,6 +27,9 @@ class EstimatorState(NamedTuple):
     epochs: torch.Tensor  # (R,) gradient evaluations so far, in full passes
     bits: torch.Tensor  # (R,) bits sent by all clients so far (distributed variants)
     extra: Optional[torch.Tensor] = None  # variant-specific (EF21: per-client G_i)
+    # f at the current iterate when the estimator got it with G for free (GD on an
+    # oracle with loss_and_grad): the engine then records it without a second oracle call
+    loss: Optional[torch.Tensor] = None
 
 
 def _zeros(W):
@@ -35,6 +38,14 @@ def _zeros(W):
 
 def _start(G, epochs, W):
     return EstimatorState(G=G, epochs=epochs, bits=_zeros(W))
+
+
+def _value_and_grad(oracle, W):
+    """``(loss or None, grad)``: the loss only where the oracle shares the work
+    (``loss_and_grad``, e.g. one :math:`Qx` product for linreg)."""
+    if hasattr(oracle, "loss_and_grad"):
+        return oracle.loss_and_grad(W)
+    return None, oracle.grad(W)
 
 
 def _sample_size(oracle) -> int:
@@ -60,10 +71,12 @@ class GD:
     exact_gradient = True
 
     def init(self, W, oracle, seeds):
-        return _start(oracle.grad(W), _zeros(W) + 1.0, W)
+        loss, G = _value_and_grad(oracle, W)
+        return _start(G, _zeros(W) + 1.0, W)._replace(loss=loss)
 
     def update(self, W_new, W_old, state, oracle, seeds, step):
-        return state._replace(G=oracle.grad(W_new), epochs=state.epochs + 1.0)
+        loss, G = _value_and_grad(oracle, W_new)
+        return state._replace(G=G, epochs=state.epochs + 1.0, loss=loss)
 
 
 @dataclass(frozen=True)

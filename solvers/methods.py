@@ -17,6 +17,7 @@ estimator. p = 1 and p = 0 are the two RAC-LoRA methods; FPFT uses
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
@@ -52,10 +53,16 @@ def _per_run(value, W):
     """Scalar or per-run sequence -> tensor broadcastable to (R,)."""
     if isinstance(value, (int, float)):
         return float(value)
-    t = torch.as_tensor(list(value), dtype=torch.float64, device=W.device)
+    t = _per_run_tensor(tuple(float(v) for v in value), str(W.device))
     if t.shape[0] != W.shape[0]:
         raise ValueError(f"per-run parameter: got {t.shape[0]} values for {W.shape[0]} runs")
     return t
+
+
+@functools.lru_cache(maxsize=64)
+def _per_run_tensor(values: tuple, device: str) -> torch.Tensor:
+    # cached: one host-to-device copy per run set, not one per step (never written to)
+    return torch.tensor(values, dtype=torch.float64, device=device)
 
 
 def _check_positive(name, value):
@@ -173,6 +180,8 @@ class BernoulliLoRA(_WeightSpace):
         sketch = make_sketch(self.sketch)
         m, n = G.shape[-2:]
         left = rng.bernoulli(seeds, rng.Stream.COIN, step, _per_run(self.p, G), device=G.device)
+        if G.is_cuda:
+            return self.direction_sync_free(G, seeds, step, left), left
         n_left = int(left.sum())
         if n_left == G.shape[0]:
             B = sketch.sample_left(seeds, step, m, self.rank, device=G.device, dtype=G.dtype)
@@ -188,6 +197,21 @@ class BernoulliLoRA(_WeightSpace):
         D[left] = project_left(B, G[left])
         D[~left] = project_right(A, G[~left])
         return D, left
+
+
+    def direction_sync_free(self, G, seeds, step, left):
+        """The projected direction without a host synchronisation (used on CUDA).
+
+        Draws both sides for every run and selects by the coin (a run's sketch
+        depends only on its seed, so the selected values are those of
+        :meth:`direction`), and for sketches of full rank almost surely solves the
+        Gram system by Cholesky instead of an eigendecomposition."""
+        sketch = make_sketch(self.sketch)
+        m, n = G.shape[-2:]
+        B = sketch.sample_left(seeds, step, m, self.rank, device=G.device, dtype=G.dtype)
+        A = sketch.sample_right(seeds, step, self.rank, n, device=G.device, dtype=G.dtype)
+        fr = sketch.full_rank_almost_surely
+        return torch.where(left[:, None, None], project_left(B, G, full_rank=fr), project_right(A, G, full_rank=fr))
 
 
 # --------------------------------------------------------------------------- factor space

@@ -14,6 +14,13 @@ costs :math:`O(mnr + mr^2 + r^3)` per run (an :math:`r\times r` Gram matrix and 
 pseudo-inverse), against :math:`O(m^2 n)` for an explicit :math:`m\times m`
 projector. The pseudo-inverse gives the right answer for rank-deficient sketches
 (repeated columns, zero columns): the projection onto the range of :math:`B_S`.
+
+``full_rank=True`` replaces the pseudo-inverse by a Cholesky solve (``cholesky_ex``,
+no host synchronisation on CUDA, where ``pinv``'s eigendecomposition synchronises
+and dominates a step). It is exact when the Gram matrix is positive definite, which
+holds with probability one for Gaussian and Haar sketches (the methods use it on CUDA
+for those only); a run whose Gram matrix is numerically singular then gets NaN, which
+the engine reports as diverged rather than a silently wrong projection.
 """
 from __future__ import annotations
 
@@ -34,15 +41,41 @@ def _gram_pinv(S: torch.Tensor) -> torch.Tensor:
     return torch.linalg.pinv(gram, hermitian=True, rtol=_RTOL * r)
 
 
-def project_left(B: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+def _gram_solve(S: torch.Tensor, rhs: torch.Tensor, full_rank: bool) -> torch.Tensor:
+    """``(S^T S)^+ rhs``; with ``full_rank`` by Cholesky and two triangular solves
+    (no host synchronisation), NaN for a run whose Gram matrix is numerically singular.
+
+    Cholesky often *succeeds* on an exactly singular Gram matrix (a repeated column
+    leaves a rounding-sized pivot), so success alone proves nothing. Every pivot
+    :math:`L_{ii}^2` is at least :math:`\lambda_{\min}` of the Gram matrix, and a
+    rank-deficient one has a pivot of rounding size; a run is flagged when its smallest
+    pivot is below the pseudo-inverse's cut-off ``_RTOL * r`` times its largest diagonal
+    entry (the scale of :math:`\lambda_{\max}` up to a factor r)."""
+    if not full_rank:
+        return bmm(_gram_pinv(S), rhs)
+    gram = bmm(S.transpose(-1, -2), S)
+    chol, info = torch.linalg.cholesky_ex(gram)
+    y = torch.linalg.solve_triangular(chol, rhs, upper=False)
+    x = torch.linalg.solve_triangular(chol.transpose(-1, -2), y, upper=True)
+    r = gram.shape[-1]
+    pivots = torch.diagonal(chol, dim1=-2, dim2=-1) ** 2
+    scale = torch.diagonal(gram, dim1=-2, dim2=-1).amax(-1)
+    ok = (info == 0) & (pivots.amin(-1) > _RTOL * r * scale)
+    return torch.where(ok[..., None, None], x, torch.full_like(x, float("nan")))
+
+
+def project_left(B: torch.Tensor, G: torch.Tensor, *, full_rank: bool = False) -> torch.Tensor:
     r"""Return :math:`H_B G` for left sketches ``B`` (R, m, r) and ``G`` (R, m, n)."""
-    return bmm(B, bmm(_gram_pinv(B), bmm(B.transpose(-1, -2), G)))
+    return bmm(B, _gram_solve(B, bmm(B.transpose(-1, -2), G), full_rank))
 
 
-def project_right(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+def project_right(A: torch.Tensor, G: torch.Tensor, *, full_rank: bool = False) -> torch.Tensor:
     r"""Return :math:`G H_A` for right sketches ``A`` (R, r, n) and ``G`` (R, m, n)."""
     At = A.transpose(-1, -2)  # (R, n, r)
-    return bmm(bmm(bmm(G, At), _gram_pinv(At)), A)
+    if not full_rank:
+        return bmm(bmm(bmm(G, At), _gram_pinv(At)), A)
+    # G A^T (A A^T)^{-1} = ((A A^T)^{-1} A G^T)^T: the Gram matrix is symmetric
+    return bmm(_gram_solve(At, bmm(A, G.transpose(-1, -2)), True).transpose(-1, -2), A)
 
 
 def dense_projector_left(B: torch.Tensor) -> torch.Tensor:
@@ -52,5 +85,4 @@ def dense_projector_left(B: torch.Tensor) -> torch.Tensor:
 
 
 def dense_projector_right(A: torch.Tensor) -> torch.Tensor:
-    """Explicit ``H_A`` (R, n, n): reference only."""
     return torch.linalg.pinv(A) @ A

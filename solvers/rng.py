@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import enum
 import math
+import os
+import warnings
 
 import torch
 
@@ -63,14 +65,73 @@ def _as_seed_tensor(seeds, device) -> torch.Tensor:
     return seeds
 
 
-def _keys(seeds: torch.Tensor, stream: int, step: int, sub: int) -> torch.Tensor:
-    """Per-run 32-bit key for (seed, stream, step, sub-stream); shape (R,)."""
-    s = seeds & _MASK32
-    stream_key = hash32(torch.tensor(int(stream) * 0x9E3779B1 & _MASK32, dtype=torch.int64)).item()
-    k = hash32(hash32(s) ^ stream_key)
-    k = hash32(k + (int(step) & _MASK32))
-    k = hash32(k ^ ((int(step) >> 32) & _MASK32) ^ (int(sub) * 0x85EBCA6B & _MASK32))
-    return k
+def _hash32_int(x: int) -> int:
+    """:func:`hash32` on one Python integer (same function, no tensor)."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    x ^= x >> 16
+    return x
+
+
+def _key_constants(stream: int, step: int, sub: int) -> tuple[int, int, int]:
+    """The per-call integers mixed into the run keys: stream key, low and high step word
+    (the latter xor the sub-stream key)."""
+    step = int(step)
+    return (_hash32_int(int(stream) * 0x9E3779B1 & _MASK32), step & _MASK32,
+            ((step >> 32) & _MASK32) ^ (int(sub) * 0x85EBCA6B & _MASK32))
+
+
+def _bits_core(seeds: torch.Tensor, stream_key: int, step_lo: int, mix: int, count: int) -> torch.Tensor:
+    """Uniform 32-bit words (R, count) for the run keys of (seed, stream, step, sub)."""
+    k = hash32(hash32(seeds & _MASK32) ^ stream_key)
+    k = hash32(k + step_lo)
+    k = hash32(k ^ mix)
+    idx = torch.arange(count, dtype=torch.int64, device=seeds.device)
+    return hash32(hash32(k[:, None] ^ hash32(idx)[None, :]) + 0x27D4EB2F)
+
+
+def _uniform_core(seeds, stream_key: int, step_lo: int, mix: int, count: int) -> torch.Tensor:
+    words = _bits_core(seeds, stream_key, step_lo, mix, 2 * count).reshape(-1, count, 2)
+    a = (words[..., 0] >> 5).to(torch.float64)
+    b = (words[..., 1] >> 6).to(torch.float64)
+    return (a * 67108864.0 + b + 0.5) / 9007199254740992.0
+
+
+def _normal_core(seeds, stream_key: int, step_lo: int, mix: int, count: int) -> torch.Tensor:
+    u = _uniform_core(seeds, stream_key, step_lo, mix, 2 * count).reshape(-1, count, 2)
+    return torch.sqrt(-2.0 * torch.log(u[..., 0])) * torch.cos(2.0 * math.pi * u[..., 1])
+
+
+# On CUDA the ~100 elementwise integer kernels of one draw are launch-bound; the same
+# functions compiled by torch.compile run as a few fused kernels. Integer results are
+# identical; the normals of the compiled path may differ from eager CUDA in the last
+# ulp (device libm), which only matters for cross-path comparisons. BLORA_COMPILE=0
+# disables it, BLORA_COMPILE=1 forces it (on CPU too, for tests); if compilation fails
+# the eager functions are used from then on.
+_COMPILED: dict = {}
+
+
+def _compile_wanted(device: torch.device) -> bool:
+    flag = os.environ.get("BLORA_COMPILE", "auto")
+    return flag == "1" or (flag == "auto" and device.type == "cuda")
+
+
+def _call(core, seeds: torch.Tensor, stream: int, step: int, sub: int, count: int) -> torch.Tensor:
+    consts = _key_constants(stream, step, sub)
+    if _compile_wanted(seeds.device):
+        fn = _COMPILED.get(core)
+        if fn is None:
+            fn = _COMPILED[core] = torch.compile(core, dynamic=True)
+        if fn is not False:
+            try:
+                return fn(seeds, *consts, count)
+            except Exception as exc:  # pragma: no cover - depends on the toolchain
+                warnings.warn(f"solvers.rng: torch.compile failed ({type(exc).__name__}); using eager kernels")
+                _COMPILED[core] = False
+    return core(seeds, *consts, count)
 
 
 def random_bits(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None) -> torch.Tensor:
@@ -78,10 +139,7 @@ def random_bits(seeds, stream: int, step: int, shape, *, sub: int = 0, device=No
     device = device if device is not None else getattr(seeds, "device", None)
     seeds = _as_seed_tensor(seeds, device)
     shape = tuple(int(s) for s in shape)
-    count = math.prod(shape)
-    key = _keys(seeds, stream, step, sub)  # (R,)
-    idx = torch.arange(count, dtype=torch.int64, device=seeds.device)
-    bits = hash32(hash32(key[:, None] ^ hash32(idx)[None, :]) + 0x27D4EB2F)
+    bits = _call(_bits_core, seeds, stream, step, sub, math.prod(shape))
     return bits.reshape((seeds.shape[0],) + shape)
 
 
@@ -90,20 +148,20 @@ def uniform(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, 
 
     Two 32-bit words give a 53-bit mantissa, as in numpy's ``random_sample``.
     """
+    device = device if device is not None else getattr(seeds, "device", None)
+    seeds = _as_seed_tensor(seeds, device)
     shape = tuple(int(s) for s in shape)
-    words = random_bits(seeds, stream, step, shape + (2,), sub=sub, device=device)
-    a = (words[..., 0] >> 5).to(torch.float64)
-    b = (words[..., 1] >> 6).to(torch.float64)
-    u = (a * 67108864.0 + b + 0.5) / 9007199254740992.0
-    return u.to(dtype)
+    u = _call(_uniform_core, seeds, stream, step, sub, math.prod(shape))
+    return u.reshape((seeds.shape[0],) + shape).to(dtype)
 
 
 def normal(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, dtype=torch.float64) -> torch.Tensor:
     """Standard normal numbers (Box-Muller), shape ``(R, *shape)``."""
+    device = device if device is not None else getattr(seeds, "device", None)
+    seeds = _as_seed_tensor(seeds, device)
     shape = tuple(int(s) for s in shape)
-    u = uniform(seeds, stream, step, shape + (2,), sub=sub, device=device)
-    radius = torch.sqrt(-2.0 * torch.log(u[..., 0]))
-    return (radius * torch.cos(2.0 * math.pi * u[..., 1])).to(dtype)
+    z = _call(_normal_core, seeds, stream, step, sub, math.prod(shape))
+    return z.reshape((seeds.shape[0],) + shape).to(dtype)
 
 
 def bernoulli(seeds, stream: int, step: int, prob, *, sub: int = 0, device=None) -> torch.Tensor:

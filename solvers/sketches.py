@@ -48,6 +48,9 @@ class Sketch:
     (dim x r) matrix; the right sketch is the transpose of a tall draw."""
 
     name = "base"
+    # rank r with probability one (r <= dim): the projections may then use a Cholesky
+    # solve instead of a pseudo-inverse (see solvers.projections)
+    full_rank_almost_surely = False
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):  # pragma: no cover
         raise NotImplementedError
@@ -70,6 +73,7 @@ class GaussianSketch(Sketch):
     """Entries i.i.d. N(0, 1/dim)."""
 
     name = "gaussian"
+    full_rank_almost_surely = True
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):
         return rng.normal(seeds, rng.Stream.SKETCH, step, (dim, r), sub=sub, device=device, dtype=dtype) / math.sqrt(dim)
@@ -81,6 +85,7 @@ class OrthonormalSketch(Sketch):
     Gaussian matrix with the signs of diag(R) made positive (Mezzadri 2007)."""
 
     name = "orthonormal"
+    full_rank_almost_surely = True
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):
         g = rng.normal(seeds, rng.Stream.SKETCH, step, (dim, r), sub=sub, device=device, dtype=dtype)
@@ -108,6 +113,7 @@ class ColumnSketch(Sketch):
     """r distinct columns of the identity, chosen uniformly without replacement."""
 
     name = "column"
+    full_rank_almost_surely = True
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):
         idx = rng.subset(seeds, rng.Stream.SKETCH, step, dim, r, sub=sub, device=device)  # (R, r)

@@ -1,5 +1,6 @@
 """Factored projections equal the dense pseudo-inverse reference, including
 rank-deficient sketches (hypothesis over shapes and ranks)."""
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -63,3 +64,48 @@ def test_all_zero_sketch_projects_to_zero():
     B = torch.zeros(1, 5, 2, dtype=torch.float64)
     G = torch.randn(1, 5, 3, dtype=torch.float64)
     assert torch.equal(project_left(B, G), torch.zeros_like(G))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 40), st.integers(2, 30), st.integers(1, 8), st.integers(0, 10**6))
+def test_cholesky_path_equals_pinv_for_full_rank_sketches(m, n, r, seed):
+    """full_rank=True (the sync-free CUDA path) computes the same projection as the
+    pseudo-inverse when the Gram matrix is positive definite (Gaussian sketches)."""
+    r = min(r, m, n)
+    gen = torch.Generator().manual_seed(seed)
+    B = torch.randn(3, m, r, generator=gen, dtype=torch.float64)
+    A = torch.randn(3, r, n, generator=gen, dtype=torch.float64)
+    G = torch.randn(3, m, n, generator=gen, dtype=torch.float64)
+    scale = G.abs().max()
+    assert torch.allclose(project_left(B, G, full_rank=True), project_left(B, G), atol=1e-9 * scale)
+    assert torch.allclose(project_right(A, G, full_rank=True), project_right(A, G), atol=1e-9 * scale)
+
+
+def test_cholesky_path_flags_singular_gram_with_nan():
+    """A rank-deficient sketch on the Cholesky path gives NaN (reported as diverged),
+    never a silently wrong projection; only that run is affected."""
+    B = torch.randn(2, 6, 2, dtype=torch.float64)
+    B[1, :, 1] = B[1, :, 0]  # repeated column
+    G = torch.randn(2, 6, 5, dtype=torch.float64)
+    out = project_left(B, G, full_rank=True)
+    assert torch.isnan(out[1]).all()
+    assert torch.allclose(out[0], project_left(B[:1], G[:1])[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("sketch", ["gaussian", "orthonormal", "column", "rademacher"])
+def test_sync_free_direction_equals_default_direction(sketch):
+    """The CUDA direction (both sides drawn, coin selects, Cholesky where the sketch is
+    full rank a.s.) equals the default one run by run, on a mixed batch."""
+    from solvers import rng
+    from solvers.methods import BernoulliLoRA
+
+    R, m, n, r = 12, 9, 7, 3
+    G = torch.randn(R, m, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    seeds = torch.arange(R)
+    method = BernoulliLoRA(p=0.5, rank=r, sketch=sketch)
+    D, left = method.direction(G, seeds, 4)
+    assert 0 < int(left.sum()) < R  # mixed batch
+    again = rng.bernoulli(seeds, rng.Stream.COIN, 4, 0.5)
+    assert torch.equal(left, again)
+    D2 = method.direction_sync_free(G, seeds, 4, left)
+    assert torch.allclose(D, D2, atol=1e-12)

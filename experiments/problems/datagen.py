@@ -24,9 +24,10 @@ R^{N\times n}`, :math:`G_2 \in \mathbb R^{F \times n}` standard normal,
 rank), :math:`X = U \mathrm{diag}(s) V^\top`; then :math:`y = X\beta + \text{bias} +
 \text{noise}\cdot\varepsilon` with :math:`\beta_j = 100\, u_j`, :math:`u_j \sim U(0,1)`
 for the first ``n_informative`` features and 0 otherwise; finally the rows and then the
-features are shuffled. (scikit-learn forms ``np.dot(u, np.identity(n) * s)``; multiplying
-by a diagonal matrix only adds exact zeros, so the column scaling ``u * s`` used here is
-the same numbers.)
+features are shuffled. (scikit-learn forms ``np.dot(u, np.identity(n) * s)``. Multiplying
+by a diagonal matrix only adds exact zeros, so the torch paths use the column scaling
+``u * s``; the numpy path keeps scikit-learn's exact operations, because OpenBLAS 0.3.31
+gives last-bit different GEMM results for equal operands held in different buffers.)
 
 :func:`make_regression_factored` returns the same regression without forming X: the
 Householder reflectors of :math:`G_1` (``geqrf``, half the work of an explicit QR), the
@@ -133,7 +134,7 @@ def make_low_rank_matrix(n_samples=100, n_features=100, *, effective_rank=10, ta
     dev = _device(device)
     if dev is None:
         u, v = _qr_np(g1), _qr_np(g2)
-        return np.dot(u * s, v.T)
+        return np.dot(np.dot(u, np.identity(s.shape[0]) * s), v.T)
     with small_cpu_work(dev, g1.size):
         u = torch.linalg.qr(torch.from_numpy(g1).to(dev), mode="reduced").Q
         del g1

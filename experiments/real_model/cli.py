@@ -159,10 +159,9 @@ def run_table(args, specs, cfg, device, dtype, bundle, out: Path) -> pd.DataFram
           f"({pre_wall:.1f}s)", flush=True)
     rows = []
     dims = base.dims
-    batches = [[s] for s in specs if s.family != "bernoulli_lora" or args.no_batch_p]
+    # the batched Bernoulli-LoRA p sweep first (one batch), then the other methods
     sweep = [s for s in specs if s.family == "bernoulli_lora" and not args.no_batch_p]
-    if sweep:
-        batches.append(sweep)
+    batches = ([sweep] if sweep else []) + [[s] for s in specs if s.family != "bernoulli_lora" or args.no_batch_p]
     for batch in batches:
         t0 = time.perf_counter()
         if len(batch) == 1:
