@@ -7,8 +7,10 @@ One engine call of Bernoulli-LoRA-GD with ``runs`` runs (eight p values, the sha
 one rank group of the sweep), ``track_every_step`` as in the sweep. Reports ms per
 step (GPU-synchronised), the time of the gradient alone at that batch, and with
 ``--profile`` the kernels launched per step and the top operators by device time.
-On CUDA it runs twice, with the random-number kernels compiled by torch.compile
-(default) and eager (``BLORA_COMPILE=0``), and checks the two give the same integers.
+On CUDA it runs three ways: the fused, graph-captured iteration of :mod:`solvers.fused`
+(the default), and the engine's own loop with random-number kernels compiled by
+torch.compile or eager (``BLORA_GRAPH=0``, ``BLORA_COMPILE=0``); it checks that compiled
+and eager kernels give the same integers.
 """
 from __future__ import annotations
 
@@ -91,9 +93,12 @@ def main(argv=None):
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "size": size, "shape": list(problem.shape), "runs": args.runs,
               "rank": args.rank, "steps": args.steps, "gradient_ms": gradient_ms(problem, args.runs, device)}
-    modes = ("compiled", "eager") if device.type == "cuda" else ("eager",)
+    # graph: solvers.fused (block draws, captured CUDA graph); loop_*: the engine's own
+    # loop with compiled / eager random-number kernels
+    modes = ("graph", "loop_compiled", "loop_eager") if device.type == "cuda" else ("fused_eager", "loop_eager")
+    env = {"graph": ("1", "1"), "loop_compiled": ("0", "1"), "loop_eager": ("0", "0"), "fused_eager": ("eager", "0")}
     for mode in modes:
-        os.environ["BLORA_COMPILE"] = "1" if mode == "compiled" else "0"
+        os.environ["BLORA_GRAPH"], os.environ["BLORA_COMPILE"] = env[mode]
         ms, method, seeds = engine_ms(problem, args.runs, args.rank, args.steps, device)
         entry = {"ms_per_step": ms}
         if args.profile:
@@ -113,6 +118,7 @@ def main(argv=None):
         result["compiled_bits_equal"] = bool(torch.equal(a, b))
         result["compiled_normal_max_abs_diff"] = float((z1 - z0).abs().max())
         os.environ.pop("BLORA_COMPILE")
+    os.environ.pop("BLORA_GRAPH", None)
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as f:

@@ -14,6 +14,10 @@ passes), bits, time, loss, :math:`f - f^*`, :math:`\|\nabla f\|_F^2`,
 computed from every iterate when ``track_every_step`` (else NaN). A run whose
 iterate or loss stops being finite, or whose loss exceeds ``divergence_factor``
 times its start, is marked diverged and frozen; the other runs go on.
+
+Constant-stepsize GD variants (Bernoulli-LoRA with Gaussian or Haar sketches, FPFT) on
+oracles with ``loss_and_grad`` run their iterations through :mod:`solvers.fused` on CUDA
+(block draws, one captured CUDA graph per iteration); elsewhere this module's loop.
 """
 from __future__ import annotations
 
@@ -144,7 +148,19 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
 
     g2 = None
     record(0, loss, grad, None)
-    for t in range(1, steps + 1):
+    from solvers.fused import make_fused  # late: fused imports the methods
+
+    fused = make_fused(method, oracle, W, state, f_star=f_star, limit=divergence_factor * f_start,
+                       track=track_every_step) if steps > 0 else None
+    for t in range(1, steps + 1 if fused is not None else 0):
+        # the same iteration as the loop below, fused (and graph-captured on CUDA)
+        fused.step()
+        if t % eval_every == 0 or t == steps:
+            W, loss, grad, state, diverged, (sum_g, sum_f, min_g, min_f) = fused.snapshot(t, state)
+            record(t, loss, grad, None)
+            if bool(diverged.all()):
+                break
+    for t in range(1, steps + 1 if fused is None else 0):
         # the running sums cover iterates 0..t-1: add W_{t-1} before stepping
         if track_every_step:
             accumulate(loss, grad)

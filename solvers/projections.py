@@ -42,7 +42,7 @@ def _gram_pinv(S: torch.Tensor) -> torch.Tensor:
 
 
 def _gram_solve(S: torch.Tensor, rhs: torch.Tensor, full_rank: bool) -> torch.Tensor:
-    """``(S^T S)^+ rhs``; with ``full_rank`` by Cholesky and two triangular solves
+    r"""``(S^T S)^+ rhs``; with ``full_rank`` by Cholesky and two triangular solves
     (no host synchronisation), NaN for a run whose Gram matrix is numerically singular.
 
     Cholesky often *succeeds* on an exactly singular Gram matrix (a repeated column

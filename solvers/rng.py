@@ -12,6 +12,10 @@ Every random number a solver draws is a pure function of
   and no per-run ``torch.Generator``), so it costs a few elementwise kernels on
   CPU and GPU alike.
 
+``random_bits``, ``uniform`` and ``normal`` also take a block of steps (a ``range`` or
+list of ints) for ``step`` and return ``(R, K, *shape)``, element ``[:, k]`` bitwise equal
+to the draw of step ``steps[k]`` alone: a solver can draw K steps' sketches in one call.
+
 All integer arithmetic is done on int64 tensors holding 32-bit values, and every
 product is split so that it stays below 2**63: no reliance on signed overflow.
 """
@@ -84,24 +88,44 @@ def _key_constants(stream: int, step: int, sub: int) -> tuple[int, int, int]:
             ((step >> 32) & _MASK32) ^ (int(sub) * 0x85EBCA6B & _MASK32))
 
 
-def _bits_core(seeds: torch.Tensor, stream_key: int, step_lo: int, mix: int, count: int) -> torch.Tensor:
-    """Uniform 32-bit words (R, count) for the run keys of (seed, stream, step, sub)."""
+def _key_constants_steps(stream: int, steps, sub: int, device) -> tuple:
+    """:func:`_key_constants` for a block of steps: the step words as (K,) int64 tensors."""
+    consts = [_key_constants(stream, t, sub) for t in steps]
+    if not consts:
+        raise ValueError("steps: need at least one step")
+    lo = torch.tensor([c[1] for c in consts], dtype=torch.int64, device=device)
+    mix = torch.tensor([c[2] for c in consts], dtype=torch.int64, device=device)
+    return consts[0][0], lo, mix
+
+
+def _run_keys(seeds, stream_key, step_lo, mix):
+    """Per-run keys (R,) for one step, or (R, K) when ``step_lo`` and ``mix`` are (K,)
+    tensors of a block of steps (the same function of (seed, stream, step, sub))."""
     k = hash32(hash32(seeds & _MASK32) ^ stream_key)
+    if isinstance(step_lo, torch.Tensor):
+        k = k[:, None]
     k = hash32(k + step_lo)
-    k = hash32(k ^ mix)
+    return hash32(k ^ mix)
+
+
+def _bits_core(seeds: torch.Tensor, stream_key, step_lo, mix, count: int) -> torch.Tensor:
+    """Uniform 32-bit words (R, [K,] count) for the run keys of (seed, stream, step, sub)."""
+    k = _run_keys(seeds, stream_key, step_lo, mix)
     idx = torch.arange(count, dtype=torch.int64, device=seeds.device)
-    return hash32(hash32(k[:, None] ^ hash32(idx)[None, :]) + 0x27D4EB2F)
+    return hash32(hash32(k[..., None] ^ hash32(idx)) + 0x27D4EB2F)
 
 
-def _uniform_core(seeds, stream_key: int, step_lo: int, mix: int, count: int) -> torch.Tensor:
-    words = _bits_core(seeds, stream_key, step_lo, mix, 2 * count).reshape(-1, count, 2)
+def _uniform_core(seeds, stream_key, step_lo, mix, count: int) -> torch.Tensor:
+    words = _bits_core(seeds, stream_key, step_lo, mix, 2 * count)
+    words = words.reshape(*words.shape[:-1], count, 2)
     a = (words[..., 0] >> 5).to(torch.float64)
     b = (words[..., 1] >> 6).to(torch.float64)
     return (a * 67108864.0 + b + 0.5) / 9007199254740992.0
 
 
-def _normal_core(seeds, stream_key: int, step_lo: int, mix: int, count: int) -> torch.Tensor:
-    u = _uniform_core(seeds, stream_key, step_lo, mix, 2 * count).reshape(-1, count, 2)
+def _normal_core(seeds, stream_key, step_lo, mix, count: int) -> torch.Tensor:
+    u = _uniform_core(seeds, stream_key, step_lo, mix, 2 * count)
+    u = u.reshape(*u.shape[:-1], count, 2)
     return torch.sqrt(-2.0 * torch.log(u[..., 0])) * torch.cos(2.0 * math.pi * u[..., 1])
 
 
@@ -119,8 +143,13 @@ def _compile_wanted(device: torch.device) -> bool:
     return flag == "1" or (flag == "auto" and device.type == "cuda")
 
 
-def _call(core, seeds: torch.Tensor, stream: int, step: int, sub: int, count: int) -> torch.Tensor:
-    consts = _key_constants(stream, step, sub)
+def _call(core, seeds: torch.Tensor, stream: int, step, sub: int, count: int) -> torch.Tensor:
+    """``core`` for one step (``step`` an int) or a block of steps (``step`` a range or
+    sequence of ints: one more leading axis K after the run axis)."""
+    if _is_block(step):
+        consts = _key_constants_steps(stream, step, sub, seeds.device)
+    else:
+        consts = _key_constants(stream, step, sub)
     if _compile_wanted(seeds.device):
         fn = _COMPILED.get(core)
         if fn is None:
@@ -134,13 +163,22 @@ def _call(core, seeds: torch.Tensor, stream: int, step: int, sub: int, count: in
     return core(seeds, *consts, count)
 
 
+def _is_block(step) -> bool:
+    return isinstance(step, (range, list, tuple))
+
+
+def _lead(seeds, step) -> tuple:
+    """Leading output axes: (R,) for one step, (R, K) for a block of K steps."""
+    return (seeds.shape[0], len(step)) if _is_block(step) else (seeds.shape[0],)
+
+
 def random_bits(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None) -> torch.Tensor:
     """Uniform 32-bit integers (as int64), shape ``(R, *shape)``."""
     device = device if device is not None else getattr(seeds, "device", None)
     seeds = _as_seed_tensor(seeds, device)
     shape = tuple(int(s) for s in shape)
     bits = _call(_bits_core, seeds, stream, step, sub, math.prod(shape))
-    return bits.reshape((seeds.shape[0],) + shape)
+    return bits.reshape(_lead(seeds, step) + shape)
 
 
 def uniform(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, dtype=torch.float64) -> torch.Tensor:
@@ -152,7 +190,7 @@ def uniform(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, 
     seeds = _as_seed_tensor(seeds, device)
     shape = tuple(int(s) for s in shape)
     u = _call(_uniform_core, seeds, stream, step, sub, math.prod(shape))
-    return u.reshape((seeds.shape[0],) + shape).to(dtype)
+    return u.reshape(_lead(seeds, step) + shape).to(dtype)
 
 
 def normal(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, dtype=torch.float64) -> torch.Tensor:
@@ -161,7 +199,7 @@ def normal(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, d
     seeds = _as_seed_tensor(seeds, device)
     shape = tuple(int(s) for s in shape)
     z = _call(_normal_core, seeds, stream, step, sub, math.prod(shape))
-    return z.reshape((seeds.shape[0],) + shape).to(dtype)
+    return z.reshape(_lead(seeds, step) + shape).to(dtype)
 
 
 def bernoulli(seeds, stream: int, step: int, prob, *, sub: int = 0, device=None) -> torch.Tensor:

@@ -51,6 +51,9 @@ class Sketch:
     # rank r with probability one (r <= dim): the projections may then use a Cholesky
     # solve instead of a pseudo-inverse (see solvers.projections)
     full_rank_almost_surely = False
+    # ``step`` may be a block of steps (a range): draws of shape (R, K, ...), element
+    # [:, k] bitwise the draw of step steps[k] (solvers.rng); used by solvers.fused
+    block_draws = False
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):  # pragma: no cover
         raise NotImplementedError
@@ -74,6 +77,7 @@ class GaussianSketch(Sketch):
 
     name = "gaussian"
     full_rank_almost_surely = True
+    block_draws = True
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):
         return rng.normal(seeds, rng.Stream.SKETCH, step, (dim, r), sub=sub, device=device, dtype=dtype) / math.sqrt(dim)
@@ -86,6 +90,7 @@ class OrthonormalSketch(Sketch):
 
     name = "orthonormal"
     full_rank_almost_surely = True
+    block_draws = True
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):
         g = rng.normal(seeds, rng.Stream.SKETCH, step, (dim, r), sub=sub, device=device, dtype=dtype)
@@ -100,6 +105,7 @@ class RademacherSketch(Sketch):
     """Entries i.i.d. +-1/sqrt(dim) with probability 1/2."""
 
     name = "rademacher"
+    block_draws = True
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):
         return rng.signs(seeds, rng.Stream.SKETCH, step, (dim, r), sub=sub, device=device, dtype=dtype) / math.sqrt(dim)

@@ -6,6 +6,8 @@ Gram solves for sketches of full rank almost surely), one GEMM per contraction. 
 tests pin each of them to the CPU numbers: integers bitwise, floats to rounding.
 No Hydra import: the GPU machine has none.
 """
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -65,3 +67,32 @@ def test_linreg_sgd_and_fpft_cuda_equal_cpu():
         gpu = run(method, gpu_prob, gpu_prob.W0, seeds, steps=40, eval_every=20)
         np.testing.assert_allclose(gpu["loss"], cpu["loss"], rtol=1e-9)
         np.testing.assert_allclose(gpu["epochs"], cpu["epochs"], rtol=0)
+
+
+@pytest.mark.parametrize("sketch", ["gaussian", "orthonormal"])
+def test_graph_captured_step_equals_engine_loop(monkeypatch, sketch):
+    """solvers.fused on CUDA (block draws + captured CUDA graph) against the engine's own
+    loop on CUDA, over several block refills, with one diverging run."""
+    prob = make_problem("linreg", size="ci").to("cuda", torch.float64)
+    R = 10
+    ps = tuple(float(p) for p in np.linspace(0.0, 1.0, R))
+    gammas = tuple([1.5 / prob.L] * (R - 1) + [40.0 / prob.L])
+    method = BernoulliLoRA(p=ps, rank=2, sketch=sketch, estimator=GD(), stepsize=gammas)
+    seeds = list(range(R))
+    monkeypatch.setenv("BLORA_GRAPH", "0")
+    loop = run(method, prob, prob.W0, seeds, steps=150, eval_every=10)
+    monkeypatch.setenv("BLORA_GRAPH", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed capture warns: fail the test instead
+        graph = run(method, prob, prob.W0, seeds, steps=150, eval_every=10)
+    np.testing.assert_array_equal(graph["diverged"], loop["diverged"])
+    assert loop["diverged"][-1, -1] and not loop["diverged"][:-1, -1].any()
+    for field in ("loss", "grad_norm_sq", "avg_grad_norm_sq", "min_grad_norm_sq"):
+        scale = np.nanmax(np.abs(loop[field][:-1, 1]))
+        np.testing.assert_allclose(graph[field][:-1], loop[field][:-1], rtol=1e-9, atol=1e-12 * scale, err_msg=field)
+    fpft = FPFT(estimator=GD(), stepsize=1.0 / prob.L)
+    monkeypatch.setenv("BLORA_GRAPH", "0")
+    a = run(fpft, prob, prob.W0, [0, 1], steps=70, eval_every=10)
+    monkeypatch.setenv("BLORA_GRAPH", "1")
+    b = run(fpft, prob, prob.W0, [0, 1], steps=70, eval_every=10)
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-12)

@@ -93,14 +93,25 @@ class AdamW:
         self.m = torch.zeros_like(flat)
         self.v = torch.zeros_like(flat)
         self.t = torch.zeros(flat.shape[0], len(sizes), dtype=flat.dtype, device=flat.device)
+        self._mask_key, self._mask_val = None, None
 
     def _expand(self, x):  # (S, L) -> (S, P)
         return x.repeat_interleave(self.sizes, dim=1, output_size=self.m.shape[1])
 
+    def _masks(self, active):
+        """``(act (S, L) float, keep (S, P) bool)`` for ``active``; cached while the same
+        mask object comes back (a whole round), so a masked step launches no extra
+        expansion kernels over an unmasked one."""
+        if active is None:
+            return None, None
+        if self._mask_key is not active:
+            self._mask_key, self._mask_val = active, (active.to(self.t.dtype), self._expand(active))
+        return self._mask_val
+
     def update(self, flat, grad, active, lr):
         with torch.no_grad():
-            act = torch.ones_like(self.t) if active is None else active.to(self.t.dtype)
-            t = self.t + act
+            act, keep = self._masks(active)
+            t = self.t + (1.0 if act is None else act)
             tc = t.clamp(min=1.0)
             step_size = self._expand(lr[:, None] / (1 - self.b1**tc))
             bc2_sqrt = self._expand(torch.sqrt(1 - self.b2**tc))
@@ -110,7 +121,6 @@ class AdamW:
             if active is None:
                 flat.copy_(new), self.m.copy_(m), self.v.copy_(v)
             else:
-                keep = self._expand(active)
                 flat.copy_(torch.where(keep, new, flat))
                 self.m.copy_(torch.where(keep, m, self.m))
                 self.v.copy_(torch.where(keep, v, self.v))
