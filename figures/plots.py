@@ -23,13 +23,13 @@ LINESTYLES = ("-", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)))
 
 # --------------------------------------------------------------------------- helpers
 
-def save(fig, stem) -> list[Path]:
+def save(fig, stem, *, tight=False) -> list[Path]:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(stem.name + ".pdf"), stem.with_name(stem.name + ".png")]
     try:
         for p in paths:
-            fig.savefig(p)
+            fig.savefig(p, bbox_inches="tight" if tight else None)
     finally:
         plt.close(fig)
     return paths
@@ -216,11 +216,13 @@ def _rate_plot(rt: pd.DataFrame, stem, *, x: str, xlabel: str, metric: str, titl
     if any_theory:
         hs.append(Line2D([], [], color="gray", linestyle="--", linewidth=1.0))
         ls.append("rate of the bound (dashed)")
-    ax.legend(hs, ls, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         ax.set_title(title)
+    # lay out the axes alone, then hang the legend outside: a long legend must widen the
+    # saved figure (bbox_inches='tight'), not squeeze the axes
     fig.tight_layout()
-    return save(fig, stem)
+    ax.legend(hs, ls, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return save(fig, stem, tight=True)
 
 
 @style.styled

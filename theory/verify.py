@@ -33,8 +33,10 @@ bound: a round-off floor, so that measured values at machine precision do not
 'violate' a bound that has decayed below it), or if a run of a group with an 'ok'
 bound diverged; 'not applicable' if the bound's status is not 'ok' or no point has
 a finite bound (never 'holds'); else 'holds'. Tightness is the largest
-statistic/bound over the points T >= 1 (1 = the bound is attained; at T = 0 a bound
-on the gap is the initial gap itself, so that point is checked but not counted).
+statistic/bound over the points T >= 1 whose bound lies above the round-off floor
+(1 = the bound is attained; at T = 0 a bound on the gap is the initial gap itself, so
+that point is checked but not counted; a geometric bound decayed below the floor would
+otherwise report the ratio of rounding noise to it, e.g. 1e37).
 """
 from __future__ import annotations
 
@@ -195,8 +197,10 @@ def _verdict(g: pd.DataFrame, confidence: float, rtol: float, floor: float) -> d
     bound = b.to_numpy(float)
     est, lcb, usable = est[pos], lcb[pos], usable[pos]
     its = b.index.to_numpy()
+    floor_abs = floor * float(np.max(np.abs(bound)))
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(usable & (bound > 0), est / bound, np.nan)
+        # below the round-off floor a measured value is rounding, not a test of the bound
+        ratio = np.where(usable & (bound > 0) & (bound > floor_abs), est / bound, np.nan)
     if (its > 0).any():  # at T = 0 a bound on f(W_0) - f* is the start itself: ratio 1, uninformative
         ratio = np.where(its > 0, ratio, np.nan)
     if np.isfinite(ratio).any() or np.isinf(ratio).any():
@@ -212,7 +216,7 @@ def _verdict(g: pd.DataFrame, confidence: float, rtol: float, floor: float) -> d
         why = "the min over t needs every iterate recorded or the running-min column" \
             if metric.startswith("min_") else f"{metric} not measured (NaN) at the points with a finite bound"
         return dict(out, verdict="not applicable", reason=why)
-    tol = rtol * np.abs(bound) + floor * float(np.max(np.abs(bound)))
+    tol = rtol * np.abs(bound) + floor_abs
     bad = usable & (lcb > bound + tol)
     if bad.any():
         k = int(np.argmax(bad))
