@@ -67,6 +67,11 @@ def _loss_and_grad(oracle, W):
     return oracle.loss(W), grad(W)
 
 
+def diverging(loss, W, limit):
+    """Runs whose loss is not finite or exceeds ``limit`` (R,), or whose iterate is not finite."""
+    return ~torch.isfinite(loss) | (loss.abs() > limit) | ~torch.isfinite(W).all(-1).all(-1)
+
+
 def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=None, W_star=None,
         track_every_step: bool = True, divergence_factor: float = 1e12, progress=None) -> Trajectory:
     """Run ``method`` for ``steps`` iterations on all runs of the batch.
@@ -146,42 +151,40 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
         if progress is not None:
             progress(t, steps)
 
-    g2 = None
     record(0, loss, grad, None)
     from solvers.fused import make_fused  # late: fused imports the methods
 
-    fused = make_fused(method, oracle, W, state, f_star=f_star, limit=divergence_factor * f_start,
-                       track=track_every_step) if steps > 0 else None
-    for t in range(1, steps + 1 if fused is not None else 0):
-        # the same iteration as the loop below, fused (and graph-captured on CUDA)
-        fused.step()
-        if t % eval_every == 0 or t == steps:
-            W, loss, grad, state, diverged, (sum_g, sum_f, min_g, min_f) = fused.snapshot(t, state)
-            record(t, loss, grad, None)
-            if bool(diverged.all()):
-                break
-    for t in range(1, steps + 1 if fused is None else 0):
-        # the running sums cover iterates 0..t-1: add W_{t-1} before stepping
-        if track_every_step:
-            accumulate(loss, grad)
-        W, state = method.step(W, state, oracle)
-        need = track_every_step or t % eval_every == 0 or t == steps
-        if need:
-            if getattr(getattr(method, "estimator", None), "exact_gradient", False):
-                # the estimator's G is the gradient at W: reuse it (and its loss, if computed)
-                grad = state.est.G
-                loss = state.est.loss if state.est.loss is not None else oracle.loss(W)
-            else:
-                loss, grad = _loss_and_grad(oracle, W)
-            bad = ~torch.isfinite(loss) | (loss.abs() > divergence_factor * f_start) \
-                | ~torch.isfinite(W).all(-1).all(-1)
-            # no host synchronisation per step: the masks update unconditionally
-            diverged = diverged | bad
-            state = state._replace(active=state.active & ~diverged)
-        if t % eval_every == 0 or t == steps:
-            record(t, loss, grad, None)
-            if bool(diverged.all()):
-                break
+    limit = divergence_factor * f_start
+    fused = make_fused(method, oracle, W, state, f_star=f_star, limit=limit, track=track_every_step) \
+        if steps > 0 else None
+    if fused is not None:  # the same iterations as the loop below, fused (graph-captured on CUDA)
+        for t in range(1, steps + 1):
+            fused.step()
+            if t % eval_every == 0 or t == steps:
+                W, loss, grad, state, diverged, (sum_g, sum_f, min_g, min_f) = fused.snapshot(t, state)
+                record(t, loss, grad, None)
+                if bool(diverged.all()):
+                    break
+    else:
+        for t in range(1, steps + 1):
+            # the running sums cover iterates 0..t-1: add W_{t-1} before stepping
+            if track_every_step:
+                accumulate(loss, grad)
+            W, state = method.step(W, state, oracle)
+            if track_every_step or t % eval_every == 0 or t == steps:
+                if getattr(getattr(method, "estimator", None), "exact_gradient", False):
+                    # the estimator's G is the gradient at W: reuse it (and its loss, if computed)
+                    grad = state.est.G
+                    loss = state.est.loss if state.est.loss is not None else oracle.loss(W)
+                else:
+                    loss, grad = _loss_and_grad(oracle, W)
+                # no host synchronisation per step: the masks update unconditionally
+                diverged = diverged | diverging(loss, W, limit)
+                state = state._replace(active=state.active & ~diverged)
+            if t % eval_every == 0 or t == steps:
+                record(t, loss, grad, None)
+                if bool(diverged.all()):
+                    break
     data = {k: np.stack(v, axis=1) for k, v in records.items()}
     data["diverged"] = data["diverged"].astype(bool)
     return Trajectory(data=data, seeds=seeds.cpu().numpy(), W=W)

@@ -27,8 +27,8 @@ import torch
 
 from solvers import rng
 from solvers.estimators import GD
-from solvers.methods import FPFT, BernoulliLoRA, _per_run
-from solvers.projections import project_left, project_right
+from solvers.engine import diverging
+from solvers.methods import FPFT, BernoulliLoRA, _per_run, projected_direction
 from solvers.sketches import make_sketch
 
 _BLOCK = 64
@@ -122,14 +122,12 @@ class FusedGD:
             left = self.left_buf.index_select(1, self.kidx)[:, 0]
             B = self.B_buf.index_select(1, self.kidx)[:, 0]
             A = self.A_buf.index_select(1, self.kidx)[:, 0]
-            D = torch.where(left[:, None, None], project_left(B, G, full_rank=True),
-                            project_right(A, G, full_rank=True))
+            D = projected_direction(G, left, B, A, full_rank=True)  # eligible: full rank a.s.
         else:
             D = G
         W_new = torch.where(self.active[:, None, None], self.W - self.gamma * D, self.W)
         loss_new, G_new = self.oracle.loss_and_grad(W_new)
-        bad = ~torch.isfinite(loss_new) | (loss_new.abs() > self.limit) | ~torch.isfinite(W_new).all(-1).all(-1)
-        self.diverged.logical_or_(bad)
+        self.diverged.logical_or_(diverging(loss_new, W_new, self.limit))
         self.active.logical_and_(~self.diverged)
         self.W.copy_(W_new)
         self.G.copy_(G_new)

@@ -177,11 +177,11 @@ class BernoulliLoRA(_WeightSpace):
         make_sketch(self.sketch)
 
     def direction(self, G, seeds, step):
-        sketch = make_sketch(self.sketch)
-        m, n = G.shape[-2:]
         left = rng.bernoulli(seeds, rng.Stream.COIN, step, _per_run(self.p, G), device=G.device)
         if G.is_cuda:
             return self.direction_sync_free(G, seeds, step, left), left
+        sketch = make_sketch(self.sketch)
+        m, n = G.shape[-2:]
         n_left = int(left.sum())
         if n_left == G.shape[0]:
             B = sketch.sample_left(seeds, step, m, self.rank, device=G.device, dtype=G.dtype)
@@ -198,7 +198,6 @@ class BernoulliLoRA(_WeightSpace):
         D[~left] = project_right(A, G[~left])
         return D, left
 
-
     def direction_sync_free(self, G, seeds, step, left):
         """The projected direction without a host synchronisation (used on CUDA).
 
@@ -210,8 +209,15 @@ class BernoulliLoRA(_WeightSpace):
         m, n = G.shape[-2:]
         B = sketch.sample_left(seeds, step, m, self.rank, device=G.device, dtype=G.dtype)
         A = sketch.sample_right(seeds, step, self.rank, n, device=G.device, dtype=G.dtype)
-        fr = sketch.full_rank_almost_surely
-        return torch.where(left[:, None, None], project_left(B, G, full_rank=fr), project_right(A, G, full_rank=fr))
+        return projected_direction(G, left, B, A, full_rank=sketch.full_rank_almost_surely)
+
+
+def projected_direction(G, left, B, A, *, full_rank=False):
+    r""":math:`H_B G` for the runs with ``left`` and :math:`G H_A` for the others, both sides
+    computed for every run (no host synchronisation); ``full_rank`` as in
+    :func:`solvers.projections.project_left`."""
+    return torch.where(left[:, None, None], project_left(B, G, full_rank=full_rank),
+                       project_right(A, G, full_rank=full_rank))
 
 
 # --------------------------------------------------------------------------- factor space

@@ -85,4 +85,5 @@ def dense_projector_left(B: torch.Tensor) -> torch.Tensor:
 
 
 def dense_projector_right(A: torch.Tensor) -> torch.Tensor:
+    """Explicit ``H_A`` (R, n, n): reference only."""
     return torch.linalg.pinv(A) @ A

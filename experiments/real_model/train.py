@@ -79,7 +79,29 @@ def flat_views(tensors: list, n_seeds: int):
     return flat, views, sizes
 
 
-class AdamW:
+class _Masked:
+    """The per-(seed, tensor) mask of the optimisers over a flat (S, P) buffer of L tensors,
+    expanded to every parameter once per mask object (the trainer hands back the same
+    object for a whole round), so a masked step launches no expansion kernels."""
+
+    def __init__(self, flat: torch.Tensor, sizes: list):
+        self.sizes = torch.tensor(sizes, device=flat.device)
+        self.P = flat.shape[1]
+        self._mask_key, self._mask_val = None, None
+
+    def _expand(self, x):  # (S, L) -> (S, P)
+        return x.repeat_interleave(self.sizes, dim=1, output_size=self.P)
+
+    def _masks(self, active, dtype):
+        """``(active as dtype (S, L), keep (S, P) bool)``, or ``(None, None)`` unmasked."""
+        if active is None:
+            return None, None
+        if self._mask_key is not active:
+            self._mask_key, self._mask_val = active, (active.to(dtype), self._expand(active))
+        return self._mask_val
+
+
+class AdamW(_Masked):
     """torch.optim.AdamW on a flat (S, P) buffer of L tensors, masked per (seed, tensor).
 
     ``active`` (S, L) bool says which tensors of which seeds take this step; the others
@@ -87,30 +109,16 @@ class AdamW:
     """
 
     def __init__(self, flat: torch.Tensor, sizes: list, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(flat, sizes)
         self.b1, self.b2 = betas
         self.eps, self.wd = eps, weight_decay
-        self.sizes = torch.tensor(sizes, device=flat.device)
         self.m = torch.zeros_like(flat)
         self.v = torch.zeros_like(flat)
         self.t = torch.zeros(flat.shape[0], len(sizes), dtype=flat.dtype, device=flat.device)
-        self._mask_key, self._mask_val = None, None
-
-    def _expand(self, x):  # (S, L) -> (S, P)
-        return x.repeat_interleave(self.sizes, dim=1, output_size=self.m.shape[1])
-
-    def _masks(self, active):
-        """``(act (S, L) float, keep (S, P) bool)`` for ``active``; cached while the same
-        mask object comes back (a whole round), so a masked step launches no extra
-        expansion kernels over an unmasked one."""
-        if active is None:
-            return None, None
-        if self._mask_key is not active:
-            self._mask_key, self._mask_val = active, (active.to(self.t.dtype), self._expand(active))
-        return self._mask_val
 
     def update(self, flat, grad, active, lr):
         with torch.no_grad():
-            act, keep = self._masks(active)
+            act, keep = self._masks(active, self.t.dtype)
             t = self.t + (1.0 if act is None else act)
             tc = t.clamp(min=1.0)
             step_size = self._expand(lr[:, None] / (1 - self.b1**tc))
@@ -134,18 +142,18 @@ class AdamW:
         return sum(x.numel() * x.element_size() for x in (self.m, self.v, self.t))
 
 
-class SGD:
+class SGD(_Masked):
     """Plain SGD on the flat buffer, masked like :class:`AdamW`; no state."""
 
     def __init__(self, flat, sizes, **_):
-        self.sizes = torch.tensor(sizes, device=flat.device)
-        self.P = flat.shape[1]
+        super().__init__(flat, sizes)
 
     def update(self, flat, grad, active, lr):
         with torch.no_grad():
             new = flat - lr[:, None] * grad
-            if active is not None:
-                new = torch.where(active.repeat_interleave(self.sizes, dim=1, output_size=self.P), new, flat)
+            _, keep = self._masks(active, flat.dtype)
+            if keep is not None:
+                new = torch.where(keep, new, flat)
             flat.copy_(new)
 
     def reset(self):
