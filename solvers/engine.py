@@ -67,6 +67,14 @@ def _loss_and_grad(oracle, W):
     return oracle.loss(W), grad(W)
 
 
+def _current(method, oracle, W, state):
+    """``(loss, grad)`` at ``W``: an exact-gradient estimator's G (and its loss, when it got
+    one from the same oracle call) is reused, else the oracle is evaluated."""
+    if getattr(getattr(method, "estimator", None), "exact_gradient", False):
+        return (state.est.loss if state.est.loss is not None else oracle.loss(W)), state.est.G
+    return _loss_and_grad(oracle, W)
+
+
 def diverging(loss, W, limit):
     """Runs whose loss is not finite or exceeds ``limit`` (R,), or whose iterate is not finite."""
     return ~torch.isfinite(loss) | (loss.abs() > limit) | ~torch.isfinite(W).all(-1).all(-1)
@@ -107,7 +115,7 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     _sync(device)
     t0 = time.perf_counter()
     state = method.init(W, oracle, seeds)
-    loss, grad = _loss_and_grad(oracle, W)
+    loss, grad = _current(method, oracle, W, state)
     f_start = loss.abs().clamp_min(1.0)
     sum_g = torch.zeros(R, dtype=torch.float64, device=device)
     sum_f = torch.zeros_like(sum_g)
@@ -172,12 +180,7 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
                 accumulate(loss, grad)
             W, state = method.step(W, state, oracle)
             if track_every_step or t % eval_every == 0 or t == steps:
-                if getattr(getattr(method, "estimator", None), "exact_gradient", False):
-                    # the estimator's G is the gradient at W: reuse it (and its loss, if computed)
-                    grad = state.est.G
-                    loss = state.est.loss if state.est.loss is not None else oracle.loss(W)
-                else:
-                    loss, grad = _loss_and_grad(oracle, W)
+                loss, grad = _current(method, oracle, W, state)
                 # no host synchronisation per step: the masks update unconditionally
                 diverged = diverged | diverging(loss, W, limit)
                 state = state._replace(active=state.active & ~diverged)

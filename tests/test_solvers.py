@@ -160,3 +160,45 @@ def test_per_run_p_and_stepsize_equal_separate_runs():
     for k in range(3):
         alone = run(BernoulliLoRA(p=ps[k], rank=2, estimator=GD(), stepsize=gs[k]), prob, prob.W0, [4 + k], steps=8)
         assert torch.equal(alone.W[0], mixed.W[k])
+
+
+class _Counting:
+    """Wraps an oracle and counts its evaluations (loss, grad, loss_and_grad)."""
+
+    def __init__(self, inner, with_loss_and_grad):
+        self.inner, self.calls = inner, {"loss": 0, "grad": 0, "loss_and_grad": 0}
+        self.shape, self.L, self.n_samples = inner.shape, inner.L, getattr(inner, "n_samples", None)
+        if with_loss_and_grad:
+            self.loss_and_grad = self._loss_and_grad
+
+    def loss(self, W):
+        self.calls["loss"] += 1
+        return self.inner.loss(W)
+
+    def grad(self, W):
+        self.calls["grad"] += 1
+        return self.inner.grad(W)
+
+    def _loss_and_grad(self, W):
+        self.calls["loss_and_grad"] += 1
+        return self.inner.loss_and_grad(W)
+
+
+@pytest.mark.parametrize("with_loss_and_grad", [True, False])
+def test_gd_records_the_oracle_values_with_one_evaluation_per_step(with_loss_and_grad):
+    """GD's recorded loss and ||grad||^2 are the oracle's at the iterate (bitwise), and a
+    step costs one gradient: the engine reuses the estimator's G (and its loss when the
+    oracle computes both in one call) instead of evaluating again."""
+    from experiments.problems import make_problem
+
+    prob = make_problem("linreg", size="ci")
+    oracle = _Counting(prob, with_loss_and_grad)
+    steps = 30
+    traj = run(BernoulliLoRA(p=0.5, rank=2, estimator=GD(), stepsize=1.0 / prob.L), oracle, prob.W0,
+               [0, 1, 2], steps=steps, eval_every=10)
+    assert torch.equal(torch.as_tensor(traj["loss"][:, -1]), prob.loss(traj.W))
+    assert torch.equal(torch.as_tensor(traj["grad_norm_sq"][:, -1]), (prob.grad(traj.W) ** 2).sum((-2, -1)))
+    if with_loss_and_grad:
+        assert oracle.calls == {"loss": 0, "grad": 0, "loss_and_grad": steps + 1}
+    else:  # at W0 and after each step: grad (GD) + loss (engine)
+        assert oracle.calls == {"loss": steps + 1, "grad": steps + 1, "loss_and_grad": 0}
