@@ -335,3 +335,25 @@ def test_steps_per_epoch_cycles_through_passes(digits32, pretrained):
     run2 = tr.Run(base, seeds, cfg, digits32.finetune.train, spec=mt.MethodSpec("rac_lora_b"))
     run2.epoch(0)
     assert run2.step_count == 7 and run2.round == 1
+
+
+@pytest.mark.parametrize("opt_name", ["adamw", "sgd"])
+def test_optimiser_mask_follows_each_new_mask_object(opt_name):
+    """The expanded mask is cached per mask object: a new round's mask takes effect at once,
+    and exactly the (seed, tensor) blocks it marks change (values; AdamW moments too)."""
+    from experiments.real_model.train import SGD, AdamW
+
+    sizes, S = [3, 5, 2], 4
+    flat = torch.randn(S, sum(sizes), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    opt = {"adamw": AdamW, "sgd": SGD}[opt_name](flat, sizes)
+    lr = torch.full((S,), 0.1, dtype=torch.float64)
+    cols = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
+    mask_a = torch.tensor([[1, 0, 0]] * S, dtype=torch.bool)
+    mask_b = torch.tensor([[0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    for mask in (mask_a, mask_a, mask_b.clone(), mask_b.clone()):  # equal values, new objects too
+        before = flat.clone()
+        opt.update(flat, torch.ones_like(flat), mask, lr)
+        changed = flat != before
+        assert torch.equal(changed, mask[:, cols]), mask
+    if opt_name == "adamw":
+        assert torch.equal(opt.t, 2.0 * mask_a + 2.0 * mask_b)

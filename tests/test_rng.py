@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from solvers import rng
@@ -66,3 +68,25 @@ def test_signs_balanced():
     s = rng.signs(torch.arange(100), rng.Stream.SKETCH, 0, (100,)).numpy()
     assert set(np.unique(s)) == {-1.0, 1.0}
     assert abs(s.mean()) < 4 / 100
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**40), st.integers(1, 6), st.integers(1, 4), st.integers(1, 5), st.integers(0, 3))
+def test_block_of_steps_equals_per_step_draws(first, K, a, b, sub):
+    """A block draw (step = range) is, element [:, k], bitwise the draw of step first + k
+    (bits, uniforms, normals), including steps past 2**32 (the high step word)."""
+    seeds = torch.tensor([0, 7, 2**31 + 5])
+    steps = range(first, first + K)
+    for draw in (rng.random_bits, rng.uniform, rng.normal):
+        block = draw(seeds, rng.Stream.SKETCH, steps, (a, b), sub=sub)
+        assert block.shape == (3, K, a, b)
+        for k, t in enumerate(steps):
+            assert torch.equal(block[:, k], draw(seeds, rng.Stream.SKETCH, t, (a, b), sub=sub))
+    coins = rng.uniform(seeds, rng.Stream.COIN, list(steps), ())
+    assert coins.shape == (3, K)
+    assert torch.equal(coins[:, -1], rng.uniform(seeds, rng.Stream.COIN, first + K - 1, ()))
+
+
+def test_empty_block_fails_clearly():
+    with pytest.raises(ValueError, match="steps"):
+        rng.normal(torch.tensor([1]), rng.Stream.SKETCH, range(3, 3), (2,))

@@ -64,3 +64,22 @@ def test_bad_inputs():
         make_sketch("nope")
     with pytest.raises(ValueError, match="p: must lie"):
         lambda_p("gaussian", 1.5, 4, 4, 1)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "orthonormal", "rademacher"])
+def test_block_draws_equal_per_step_draws(name):
+    """Sketches that declare block_draws return (R, K, ...) whose [:, k] is the draw of
+    step steps[k] (bitwise for the entrywise sketches; the Haar QR to rounding)."""
+    sketch = make_sketch(name)
+    assert sketch.block_draws
+    seeds = torch.arange(5) * 3
+    steps = range(11, 15)
+    B = sketch.sample_left(seeds, steps, 9, 3)
+    A = sketch.sample_right(seeds, steps, 3, 7)
+    assert B.shape == (5, 4, 9, 3) and A.shape == (5, 4, 3, 7)
+    for k, t in enumerate(steps):
+        assert torch.allclose(B[:, k], sketch.sample_left(seeds, t, 9, 3), rtol=0, atol=1e-14)
+        assert torch.allclose(A[:, k], sketch.sample_right(seeds, t, 3, 7), rtol=0, atol=1e-14)
+        if name != "orthonormal":
+            assert torch.equal(B[:, k], sketch.sample_left(seeds, t, 9, 3))
+    assert not make_sketch("column").block_draws

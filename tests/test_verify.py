@@ -254,3 +254,15 @@ def test_cli_exit_codes(tmp_path):
     for target in (empty, tmp_path / "missing"):
         r = _cli(target)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+
+
+def test_tightness_ignores_points_below_the_round_off_floor():
+    """A geometric bound decays below the round-off floor while the measured values stop at
+    rounding level: the group holds (floor) and its tightness is the ratio where the bound
+    is still testable (0.5), not rounding noise over a vanishing bound (1e5 at T = 20)."""
+    bound = 0.1 ** ITS.astype(float)
+    vals = np.maximum(0.5 * bound, 1e-15)[None, :].repeat(3, axis=0)
+    v = verify(_table(vals, bound))
+    assert list(v["verdict"]) == ["holds"]
+    assert v["tightness"].iloc[0] == pytest.approx(0.5, rel=1e-12)
+    assert v["worst_iteration"].iloc[0] <= 12  # bound 1e-12 * max bound is the floor
