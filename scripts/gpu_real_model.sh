@@ -8,7 +8,7 @@
 #   $OUT/mnist/                the full MNIST table: all methods, p sweep, 20 seeds, 50 epochs,
 #                              merge/switch once per epoch (the authors' code)
 #   $OUT/mnist_matched/        the same with the paper's optimisation budget: 211 steps per epoch
-#                              (26,954 training images of digits 5-9 in the paper's 55k split / batch 128),
+#                              (our estimate: ~27k training images of digits 5-9 in the paper / batch 128),
 #                              cycling through our 6k-image split; merges and LR schedule still per epoch
 #   $OUT/mnist_step/           the merging methods with the theory's per-step switching
 #   $OUT/digits/               the same table on scikit-learn's digits (embedded data)
