@@ -2,12 +2,10 @@
 
 Used by the Hydra app (:mod:`experiments.run`) and by the Hydra-free batch entry
 point (:mod:`experiments.sweep`), so both run exactly the same code. The mapping
-has the canonical keys of DESIGN.md section 6::
-
-    problem: {name, m, n, mu, L, seed, ...}     method: {name, p, rank, alpha, ...}
-    estimator: {name, batch, noise, q, momentum, ...}   sketch: {name}
-    compressor: {name, k, s}    stepsize: {rule, factor}
-    steps, seeds, seed, eval_every, device, size, track_every_step
+has the keys of :class:`experiments.conf.schema.RunConf` (problem, method,
+estimator, sketch, compressor and stepsize groups; steps, seeds, seed,
+eval_every, ...), and is checked against the schema first
+(:func:`experiments.conf.check.check_config`), before anything is built.
 
 The stepsize is ``gamma = factor / L`` for smooth problems. For non-smooth ones
 (L unknown) the constant stepsize is ``gamma = factor * ||W0 - W*|| / (L0 sqrt(T))``
@@ -22,12 +20,12 @@ from typing import Any
 
 import torch
 
+from experiments.conf.check import check_config
+from experiments.conf.schema import USED_BY
 from solvers.estimators import make_estimator
 from solvers.methods import make_method
 from solvers.sketches import lambda_p
 
-# keys of each group that are not parameters of the object it builds
-_PROBLEM_META = {"name"}
 _FACTOR_METHODS = {"lora", "asymm_lora", "cola"}
 
 
@@ -58,8 +56,6 @@ def build_problem(cfg):
 
     pc = _clean(cfg["problem"])
     name = pc.pop("name")
-    if "size" not in pc and cfg.get("size") is not None and name in ("linreg",):
-        pc["size"] = cfg["size"]
     key = json.dumps([name, pc], sort_keys=True, default=str)
     if key not in _PROBLEM_CACHE:
         if len(_PROBLEM_CACHE) >= 4:
@@ -71,11 +67,11 @@ def build_problem(cfg):
 def build_estimator(cfg, problem):
     ec = _clean(cfg["estimator"])
     name = ec.pop("name")
-    if name in ("qgd", "marina", "ef21"):
+    if name in USED_BY["compressor"][1]:
         from solvers.compressors import make_compressor
         from solvers.distributed import make_distributed_estimator
 
-        cc = _clean(cfg.get("compressor") or {"name": "identity"})
+        cc = _clean(cfg["compressor"])
         m, n = problem.shape
         comp = make_compressor(cc.pop("name"), d=m * n, **cc)
         return make_distributed_estimator(name, compressor=comp, **ec)
@@ -108,35 +104,22 @@ def _on_device(problem, device):
     return _DEVICE_CACHE[key][1]
 
 
-def _validate_run_keys(cfg):
-    for key in ("steps", "seeds", "eval_every"):
-        v = cfg.get(key)
-        if not (isinstance(v, int) and v >= (0 if key == "steps" else 1)):
-            raise ValueError(f"{key}: must be an integer >= {0 if key == 'steps' else 1}, got {v!r}")
-    if not isinstance(cfg.get("seed"), int) or cfg["seed"] < 0:
-        raise ValueError(f"seed: must be an integer >= 0, got {cfg.get('seed')!r}")
-
-
 def build_job(cfg) -> Job:
     """Validate the whole configuration (before any work) and build the job."""
-    _validate_run_keys(cfg)
-    device = resolve_device(cfg.get("device", "auto"))
+    check_config(cfg)
+    device = resolve_device(cfg["device"])
     mc = _clean(cfg["method"])
     mname = mc.pop("name")
-    sketch = (cfg.get("sketch") or {}).get("name", "gaussian")
-    st = cfg.get("stepsize") or {}
-    rule, factor = st.get("rule", "constant"), st.get("factor", 1.0)
-    if rule not in ("constant", "polyak"):
-        raise ValueError(f"stepsize.rule: expected constant or polyak, got {rule!r}")
-    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
-        raise ValueError(f"stepsize.factor: must be a finite number > 0, got {factor!r}")
-    p = mc.get("p", 1.0)
-    if mname == "bernoulli_lora" and not (isinstance(p, (int, float)) and 0 <= p <= 1):
-        raise ValueError(f"method.p: must lie in [0, 1], got {p!r}")
+    sketch = cfg["sketch"]["name"]
+    rule, factor = cfg["stepsize"]["rule"], float(cfg["stepsize"]["factor"])
+    p, rank = mc.get("p"), mc.get("rank")
+    if rule == "polyak" and mname not in ("bernoulli_lora", "fpft"):
+        raise ValueError("stepsize.rule: polyak is implemented for bernoulli_lora and fpft only")
+    if cfg["estimator"].get("transmit") == "factor" and mname != "bernoulli_lora":
+        raise ValueError("estimator.transmit: 'factor' needs method=bernoulli_lora (clients project on its sketch)")
     problem = build_problem(cfg)
     m, n = problem.shape
-    rank = mc.get("rank", 1)
-    if mname != "fpft" and not (isinstance(rank, int) and 1 <= rank <= min(m, n)):
+    if rank is not None and not rank <= min(m, n):
         raise ValueError(f"method.rank: must be an integer in [1, min(m, n) = {min(m, n)}], got {rank!r}")
     problem = _on_device(problem, device)
     estimator = build_estimator(cfg, problem)
@@ -153,8 +136,6 @@ def build_job(cfg) -> Job:
         dist0 = float(torch.linalg.norm(problem.W0 - problem.W_star))
         gamma = factor * dist0 / (problem.L0 * math.sqrt(max(cfg["steps"], 1)))
     if rule == "polyak":
-        if mname not in ("bernoulli_lora", "fpft"):
-            raise ValueError("stepsize.rule: polyak is implemented for bernoulli_lora and fpft only")
         step_value = factor * lmin / lmax
     else:
         step_value = gamma
@@ -163,15 +144,12 @@ def build_job(cfg) -> Job:
         if mname == "bernoulli_lora":
             kw.update(p=float(p), rank=rank, sketch=sketch)
         if getattr(estimator, "transmit", "weights") == "factor":
-            if mname != "bernoulli_lora":
-                raise ValueError("estimator.transmit: 'factor' needs method=bernoulli_lora (clients project on its sketch)")
             from solvers.distributed import FactorQGDBernoulliLoRA
 
             method = FactorQGDBernoulliLoRA(**kw)
         else:
             method = make_method(mname, **kw)
     elif mname in _FACTOR_METHODS:
-        mc.pop("p", None)
         method = make_method(mname, estimator=estimator, stepsize=gamma, **mc)
     else:
         method = make_method(mname)  # raises the clear unknown-name error

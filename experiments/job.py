@@ -103,29 +103,34 @@ def attach_bounds(table: pd.DataFrame, job, cfg) -> pd.DataFrame:
 
 
 def trajectory_table(traj, job, cfg, config_hash) -> pd.DataFrame:
+    """The results table of one job: one row per (run, evaluation point).
+
+    Columns: every key of the job's configuration
+    (:func:`experiments.conf.check.config_columns`: ``problem``, ``problem_L``,
+    ``method``, ``p``, ``rank``, ``estimator``, ``estimator_batch``, ``sketch``,
+    ``compressor``, ``compressor_k``, ``stepsize_rule``, ``stepsize_factor``,
+    ``steps``, ...), then the engine's measurements (:data:`solvers.engine.FIELDS`)
+    and the run's ``seed``, then what the job derived from its configuration:
+    ``gamma`` (the stepsize used), ``lambda_min_p``, ``lambda_max_p``, the
+    problem's shape ``m``, ``n``, the ``device`` and the ``config_hash``.
+    """
+    from experiments.conf.check import config_columns
+
     R, P = traj["iteration"].shape
+    conf = config_columns(cfg)
+    derived = {"seed": np.repeat(traj.seeds, P), "gamma": job.gamma, "lambda_min_p": job.lmin_p,
+               "lambda_max_p": job.lmax_p, "m": job.problem.shape[0], "n": job.problem.shape[1],
+               "device": str(job.device), "config_hash": config_hash}
+    clash = (set(conf) & (set(FIELDS) | set(derived))) | (set(FIELDS) & set(derived))
+    if clash:
+        raise AssertionError(f"results columns named twice: {sorted(clash)}")
     cols = {f: traj[f].reshape(-1) for f in FIELDS}
     cols["diverged"] = cols["diverged"].astype(bool)
-    cols["seed"] = np.repeat(traj.seeds, P)
-    # a run that diverged keeps its flag on all later points
     table = pd.DataFrame(cols)
-    mc, ec = cfg["method"], cfg["estimator"]
-    table.insert(0, "method", mc["name"])
-    table.insert(1, "estimator", ec["name"])
-    table.insert(2, "problem", cfg["problem"]["name"])
-    table["p"] = float(mc.get("p", NAN)) if mc["name"] == "bernoulli_lora" else NAN
-    table["rank"] = int(mc.get("rank", 0)) if mc["name"] != "fpft" else 0
-    table["stepsize"] = float(cfg.get("stepsize", {}).get("factor", 1.0))
-    table["stepsize_rule"] = cfg.get("stepsize", {}).get("rule", "constant")
-    table["gamma"] = job.gamma
-    table["sketch"] = (cfg.get("sketch") or {}).get("name", "gaussian")
-    table["compressor"] = (cfg.get("compressor") or {}).get("name", "identity") if ec["name"] in ("qgd", "marina", "ef21") else "none"
-    table["transmit"] = ec.get("transmit", "weights") if ec["name"] == "qgd" else "none"
-    table["m"], table["n"] = job.problem.shape
-    table["lambda_min_p"], table["lambda_max_p"] = job.lmin_p, job.lmax_p
-    table["batch"] = _f(ec.get("batch"))
-    table["device"] = str(job.device)
-    table["config_hash"] = config_hash
+    for i, (name, value) in enumerate(conf.items()):
+        table.insert(i, name, value)
+    for name, value in derived.items():
+        table[name] = value
     return table
 
 

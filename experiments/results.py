@@ -20,6 +20,17 @@ the device, logging) are left out. Results are device-independent up to float
 rounding (the solvers' counter-based RNG draws the same numbers on CPU and GPU),
 so a sweep finished on a GPU is not re-run on a CPU.
 
+Columns: :data:`COLUMNS` are required in every table. A job's table also has
+one column per key of its configuration, named ``<group>_<key>`` (``problem_L``,
+``estimator_batch``, ``compressor_k``, ``stepsize_factor``, ``stepsize_rule``;
+a group's ``name`` is the column named after the group, ``method.p`` and
+``method.rank`` are ``p`` and ``rank``; top-level keys such as ``steps`` keep
+their name), written by :func:`experiments.conf.check.config_columns`, so a new
+configuration key is a column without further work; plus the derived labels
+``lambda_min_p``, ``lambda_max_p``, ``m``, ``n`` (the problem's shape) and
+``device``. Tables written before schema version 2 are read with their old
+column names renamed (:data:`RENAMED`).
+
 Consumers that must not import the solvers (``figures``) read the same files
 with pandas and check the marker themselves; the file names and the marker's
 JSON keys below are therefore part of the interface.
@@ -38,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESULTS_FILE = "results.parquet"
 CONFIG_FILE = "config.yaml"
 COMPLETE_MARKER = "_COMPLETE"
@@ -54,10 +65,10 @@ COLUMNS: dict[str, str] = {
     "problem": STRING,
     "p": FLOAT,                # Bernoulli probability of the left sketch; NaN if not applicable
     "rank": INT,               # 0 for full-parameter methods
-    "stepsize": FLOAT,         # the factor: gamma = factor / L (smooth problems)
-    "gamma": FLOAT,            # the stepsize actually used
-    "sketch": STRING,
-    "compressor": STRING,      # "none" for non-distributed estimators
+    "stepsize_factor": FLOAT,  # stepsize.factor: gamma = factor / L (smooth problems)
+    "gamma": FLOAT,            # the constant rule's stepsize for this factor (Polyak rule: steps vary)
+    "sketch": STRING,          # the config's sketch name (gaussian also for methods without a sketch)
+    "compressor": STRING,      # the config's compressor name (identity: nothing is compressed)
     "seed": INT,
     # where on the trajectory
     "iteration": INT,
@@ -81,6 +92,13 @@ COLUMNS: dict[str, str] = {
     "config_hash": STRING,
     "diverged": BOOL,
 }
+
+#: Columns of tables written before schema version 2 -> their current names, and the
+#: old placeholder values that the current writer spells differently (read by
+#: :func:`coerce`, hence by every reader of this module).
+RENAMED: dict[str, str] = {"stepsize": "stepsize_factor", "batch": "estimator_batch",
+                           "transmit": "estimator_transmit"}
+_RESPELLED: dict[str, dict] = {"compressor": {"none": "identity"}, "estimator_transmit": {"none": None}}
 
 #: Top-level configuration keys that do not change a job's numbers.
 NON_RESULT_KEYS: frozenset[str] = frozenset({
@@ -124,11 +142,24 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def rename_old_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the column names and placeholder values of a table written before
+    schema version 2 (:data:`RENAMED`) made current; a current table unchanged."""
+    if "stepsize" not in df.columns or "stepsize_factor" in df.columns:
+        return df
+    out = df.rename(columns={c: new for c, new in RENAMED.items() if c in df.columns})
+    for col, spelled in _RESPELLED.items():
+        if col in out.columns:
+            out[col] = out[col].replace(spelled)
+    return out
+
+
 def coerce(df: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``df`` with the schema columns cast to their dtypes where the cast
-    is lossless (e.g. float iterations 0.0, 10.0 -> int64). Missing columns are left
-    missing (:func:`validate` reports them)."""
-    out = df.copy()
+    is lossless (e.g. float iterations 0.0, 10.0 -> int64), and the columns of an old
+    table renamed (:data:`RENAMED`). Missing columns are left missing
+    (:func:`validate` reports them)."""
+    out = rename_old_columns(df.copy())
     for col, kind in COLUMNS.items():
         if col not in out.columns or _kind_ok(out[col], kind):
             continue

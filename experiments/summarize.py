@@ -4,7 +4,9 @@
 
 Median and 10-90% quantiles over seeds of ||grad f||^2 and f - f* at the final
 iteration, the theorem's bound there, epochs, diverged count and the job's wall
-time. Small enough to keep in the repository next to paper_repro.md.
+time, one row per ``config_hash``, labelled by the core configuration columns and
+every other configuration column that varies in the table. Small enough to keep
+in the repository next to paper_repro.md.
 """
 from __future__ import annotations
 
@@ -13,22 +15,35 @@ import sys
 
 import pandas as pd
 
-KEYS = ["problem", "method", "estimator", "sketch", "p", "rank", "stepsize", "gamma", "config_hash"]
+#: label columns always shown (when present), before those that vary
+CORE = ("problem", "method", "estimator", "p", "rank", "stepsize_factor", "gamma")
+
+
+def label_columns(table: pd.DataFrame) -> list[str]:
+    """The core labels, then every other configuration column (naming convention of
+    :mod:`experiments.conf.schema`) that takes more than one value in ``table``."""
+    from experiments.conf.check import is_config_column
+
+    varying = [c for c in table.columns if c not in CORE and is_config_column(c)
+               and table[c].nunique(dropna=False) > 1]
+    return [c for c in CORE if c in table.columns] + varying
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per job (``config_hash``) at its last evaluation point: its labels
+    (:func:`label_columns`), then the statistics over seeds."""
     last = table[table["iteration"] == table.groupby("config_hash")["iteration"].transform("max")]
-    keys = [k for k in KEYS if k in last]
-    g = last.groupby(keys, dropna=False)
+    g = last.groupby("config_hash", sort=False)
     out = g.agg(seeds=("seed", "nunique"), iteration=("iteration", "max"), epochs=("epochs", "median"),
                 grad_norm_sq_median=("grad_norm_sq", "median"),
                 grad_norm_sq_q10=("grad_norm_sq", lambda s: s.quantile(0.1)),
                 grad_norm_sq_q90=("grad_norm_sq", lambda s: s.quantile(0.9)),
                 f_gap_median=("f_gap", "median"), bound=("bound", "first"), bound_metric=("bound_metric", "first"),
                 diverged=("diverged", "sum"), time_s=("time_s", "max")).reset_index()
-    if "group_wall_s" in last:
-        out = out.merge(g["group_wall_s"].first().reset_index()[["config_hash", "group_wall_s"]], on="config_hash")
-    return out.sort_values([k for k in ("problem", "estimator", "stepsize", "method", "rank", "p") if k in out])
+    labels = label_columns(table)
+    out = g[labels].first().reset_index().merge(out, on="config_hash")
+    out = out[labels + ["config_hash"] + [c for c in out.columns if c not in labels and c != "config_hash"]]
+    return out.sort_values(labels, na_position="first", kind="stable").reset_index(drop=True)
 
 
 def main(argv=None):

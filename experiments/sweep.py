@@ -17,97 +17,126 @@ single GEMM); each run's numbers still depend only on its own seed and config.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import textwrap
 import time
 
 import numpy as np
 
 
 def _group_key(cfg):
+    """Jobs with equal keys differ only in method.p, stepsize.factor and seed."""
     c = json.loads(json.dumps(cfg, sort_keys=True, default=str))
     c["method"].pop("p", None)
-    c.pop("stepsize", None)
+    c["stepsize"].pop("factor", None)
     c.pop("seed", None)
     return json.dumps(c, sort_keys=True)
 
 
-def run_group(cfgs, out_root, log=print):
-    """Run configurations that differ only in p / stepsize factor / seed in one batch."""
+def _batched(jobs):
+    """One method for the runs of all ``jobs`` (same configuration up to p, stepsize
+    factor and seed): the first job's method with per-run p and stepsize, where
+    each run's value is the one its own job's method has."""
+    from solvers.methods import FPFT, BernoulliLoRA
+
+    base = jobs[0].method
+    steps = tuple(float(job.method.stepsize) for job in jobs for _ in job.seeds)
+    if isinstance(base, BernoulliLoRA):
+        ps = tuple(float(job.method.p) for job in jobs for _ in job.seeds)
+        return dataclasses.replace(base, p=ps, stepsize=steps)
+    if isinstance(base, FPFT):
+        return dataclasses.replace(base, stepsize=steps)
+    raise ValueError(f"method: the batched sweep runs bernoulli_lora and fpft only, not {base.name}")
+
+
+def run_group(cfgs, jobs, out_root, log=print):
+    """Run configurations that differ only in p / stepsize factor / seed (built into
+    ``jobs`` by :func:`experiments.build.build_job`) as one engine call, and write
+    each job's table exactly as the Hydra app's :func:`experiments.job.execute` does."""
     import torch
 
-    from experiments.build import build_job
     from experiments.job import attach_bounds, trajectory_table
     from experiments.results import config_hash, write_job
     from solvers.engine import Trajectory, run
-    from solvers.methods import BernoulliLoRA, FPFT
 
-    jobs = [build_job(c) for c in cfgs]
-    first = jobs[0]
-    seeds, ps, gammas, owner = [], [], [], []
-    for k, (cfg, job) in enumerate(zip(cfgs, jobs)):
-        seeds += job.seeds
-        ps += [float(cfg["method"].get("p", 1.0))] * len(job.seeds)
-        gammas += [job.gamma] * len(job.seeds)
-        owner += [k] * len(job.seeds)
-    base = first.method
-    if isinstance(base, BernoulliLoRA):
-        method = BernoulliLoRA(p=tuple(ps), rank=base.rank, sketch=base.sketch, estimator=base.estimator,
-                               stepsize=tuple(gammas))
-    elif isinstance(base, FPFT):
-        method = FPFT(estimator=base.estimator, stepsize=tuple(gammas))
-    else:
-        raise ValueError(f"sweep: cannot batch method {type(base).__name__}")
-    cfg0 = cfgs[0]
+    first, cfg0 = jobs[0], cfgs[0]
+    method = _batched(jobs)
+    seeds = [s for job in jobs for s in job.seeds]
+    owner = np.repeat(np.arange(len(jobs)), [len(job.seeds) for job in jobs])
     t0 = time.perf_counter()
     traj = run(method, first.problem, first.problem.W0, seeds, steps=cfg0["steps"], eval_every=cfg0["eval_every"],
-               track_every_step=cfg0.get("track_every_step", True))
+               track_every_step=cfg0["track_every_step"])
     wall = time.perf_counter() - t0
-    owner = np.asarray(owner)
     for k, (cfg, job) in enumerate(zip(cfgs, jobs)):
         sel = owner == k
         sub = Trajectory(data={f: v[sel] for f, v in traj.data.items()}, seeds=traj.seeds[sel], W=traj.W[torch.as_tensor(sel)])
         h = config_hash(cfg)
         table = attach_bounds(trajectory_table(sub, job, cfg, h), job, cfg)
-        table["group_wall_s"] = wall
         write_job(os.path.join(out_root, "jobs", h[:16]), table, cfg)
     log(f"  {len(cfgs)} jobs, {len(seeds)} runs, {cfg0['steps']} steps: {wall:.2f}s on {first.device}")
     return wall
 
 
 def run_sweep(cfgs, out_root, log=print):
+    """Run the jobs of ``cfgs`` not yet complete under ``out_root``, batched by
+    :func:`_group_key`. Every configuration is checked and built before any runs
+    (a bad one is refused with one line, and nothing is written)."""
+    from experiments.build import build_job
     from experiments.results import config_hash, find_complete
 
-    todo = [c for c in cfgs if find_complete(out_root, config_hash(c)) is None]
+    jobs = [build_job(c) for c in cfgs]
+    todo = [(c, j) for c, j in zip(cfgs, jobs) if find_complete(out_root, config_hash(c)) is None]
     log(f"{len(cfgs)} jobs, {len(cfgs) - len(todo)} already complete under {out_root}")
     groups = {}
-    for c in todo:
-        groups.setdefault(_group_key(c), []).append(c)
+    for c, j in todo:
+        groups.setdefault(_group_key(c), []).append((c, j))
+    for members in groups.values():
+        _batched([j for _, j in members])  # refuses a method it cannot batch, before any run
     total = 0.0
-    for cfgs_g in groups.values():
-        total += run_group(cfgs_g, out_root, log=log)
+    for members in groups.values():
+        total += run_group([c for c, _ in members], [j for _, j in members], out_root, log=log)
     return total
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m experiments.sweep`` (every option says its default)."""
+    from experiments.sweeps import SEEDS, SWEEPS
+
+    epilog = "sweeps:\n" + "\n".join(textwrap.fill(f"{name}: {' '.join(fn.__doc__.split())}", 79, initial_indent="  ",
+                                                   subsequent_indent="    ") for name, fn in sorted(SWEEPS.items()))
+    ap = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n\n")[0],
+                                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", choices=sorted(SWEEPS), help="the sweep to run (described below)")
+    ap.add_argument("--size", default="ci", choices=sorted(SEEDS),
+                    help="ci: small sizes that run in seconds; paper: the paper's set-up (default: ci)")
+    ap.add_argument("--device", default="auto",
+                    help="auto (cuda when available), cpu, cuda or cuda:N (default: auto)")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="runs per job, seeds 0..SEEDS-1 (default: "
+                         + ", ".join(f"{n} for --size {k}" for k, n in SEEDS.items()) + ")")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="iterations per run (default: the sweep's own, given below for each sweep)")
+    ap.add_argument("--out", default=None,
+                    help="sweep root: one folder per job below it; complete jobs there are skipped "
+                         "(default: results/sweeps/NAME_SIZE)")
+    ap.add_argument("--fast-cpu", action="store_true",
+                    help="use one GEMM per contraction on CPU too (faster; batch-invariant only up to "
+                         "rounding) (default: off)")
+    return ap
 
 
 def main(argv=None):
     from experiments.sweeps import SWEEPS
 
-    ap = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.splitlines()[0])
-    ap.add_argument("name", choices=sorted(SWEEPS))
-    ap.add_argument("--size", default="ci", choices=["ci", "paper"])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--fast-cpu", action="store_true",
-                    help="use one GEMM per contraction on CPU too (faster; batch-invariant only up to rounding)")
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     if args.fast_cpu:
         from solvers.linalg import set_invariant
 
         set_invariant(False)
-    out = args.out or os.path.join("results", "sweeps", f"{args.name}_{args.size}")
+    out = os.path.join("results", "sweeps", f"{args.name}_{args.size}") if args.out is None else args.out
     try:
         cfgs = SWEEPS[args.name](size=args.size, device=args.device, seeds=args.seeds, steps=args.steps)
         t0 = time.perf_counter()
@@ -120,8 +149,10 @@ def main(argv=None):
     try:
         import torch
 
-        summary["device"] = torch.cuda.get_device_name() if cfgs and "cuda" in str(
-            __import__("experiments.build", fromlist=["resolve_device"]).resolve_device(args.device)) else "cpu"
+        from experiments.build import resolve_device
+
+        device = resolve_device(args.device)
+        summary["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         summary["threads"] = torch.get_num_threads()
     except Exception:  # pragma: no cover - informational only
         pass

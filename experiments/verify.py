@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.results import rename_old_columns
 from theory.verify import format_table, verify
 
 RESULTS_FILE = "results.parquet"
@@ -44,7 +45,7 @@ def load_tables(path: str | Path) -> pd.DataFrame:
     tables = []
     for f in files:
         try:
-            tables.append(pd.read_parquet(f))
+            tables.append(rename_old_columns(pd.read_parquet(f)))
         except Exception as err:  # pyarrow raises several types for a bad file
             raise NoResults(f"{f}: cannot read parquet ({type(err).__name__}: {err})") from None
     tables = [t for t in tables if len(t)]

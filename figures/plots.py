@@ -46,7 +46,7 @@ def _fmt(v) -> str:
 def facet_title(col: str, val) -> str:
     if col == "rank":
         return f"rank r = {_fmt(val)}" if val != 0 else "full rank"
-    if col == "stepsize":
+    if col == "stepsize_factor":
         return rf"$\gamma$ = {_fmt(val)}/L"
     if col == "p":
         return f"p = {_fmt(val)}"
@@ -93,7 +93,7 @@ def _select(df, col, val):
 
 @style.styled
 def convergence(df: pd.DataFrame, stem, *, metric: str = "grad_norm_sq", x: str = "iteration",
-                facet: str | None = "rank", row: str | None = "stepsize", bound: bool = True,
+                facet: str | None = "rank", row: str | None = "stepsize_factor", bound: bool = True,
                 title: str | None = None) -> list[Path]:
     """Median and 10-90% band over seeds of ``metric`` (log scale) against ``x``
     (iteration, epochs or bits), one panel per ``facet`` value (columns) and ``row``

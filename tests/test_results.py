@@ -32,7 +32,7 @@ def table(cfg=CFG, seeds=(0, 1), iterations=(0, 10, 20)):
         for t in iterations:
             g = 2.0 * 0.9 ** t
             rows.append(dict(method="bernoulli_lora", estimator="gd", problem="quadratic", p=0.5, rank=2,
-                             stepsize=1.0, gamma=1.0, sketch="gaussian", compressor="none", seed=s,
+                             stepsize_factor=1.0, gamma=1.0, sketch="gaussian", compressor="identity", seed=s,
                              iteration=float(t), epochs=float(t), bits=0.0, time_s=0.01 * t, loss=g,
                              f_gap=g, grad_norm_sq=2 * g, dist_sq=2 * g, avg_grad_norm_sq=np.nan,
                              min_grad_norm_sq=np.nan, avg_f_gap=np.nan, min_f_gap=np.nan, bound=3.0 * 0.95 ** t,
@@ -67,7 +67,7 @@ def test_validate_names_bad_dtype():
 
 
 def test_columns_cover_design_minimum():
-    design = ("method estimator problem p rank stepsize sketch seed iteration epochs bits time_s f_gap "
+    design = ("method estimator problem p rank stepsize_factor sketch seed iteration epochs bits time_s f_gap "
               "grad_norm_sq dist_sq bound bound_metric config_hash diverged").split()
     assert set(design) <= set(COLUMNS)
 

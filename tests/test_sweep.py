@@ -47,3 +47,66 @@ def test_sweep_batches_configs_exactly_and_resumes(tmp_path):
     run_sweep(cfgs, str(tmp_path), log=lines.append)
     assert f"{len(cfgs)} already complete" in lines[0]
     assert len(load_results(tmp_path)) == len(table)
+
+
+def test_sweep_and_hydra_paths_write_the_same_table(tmp_path):
+    import pandas as pd
+
+    from experiments.job import run_job
+    from experiments.sweep import run_sweep
+
+    plain = _hydra_plain(["problem.L=20", "method.p=0.3", "steps=6", "seeds=2", "eval_every=3", "device=cpu"])
+    cfg = job_config(**{"problem.L": 20.0, "method.p": 0.3}, steps=6, seeds=2, eval_every=3, device="cpu")
+    assert config_hash(cfg) == config_hash(plain)
+    run_job(plain, tmp_path / "hydra")
+    run_sweep([cfg], str(tmp_path / "sweep"), log=lambda *a: None)
+    hydra, sweep = load_results(tmp_path / "hydra"), load_results(tmp_path / "sweep")
+    assert list(hydra.columns) == list(sweep.columns) and "problem_L" in hydra
+    pd.testing.assert_frame_equal(hydra.drop(columns="time_s"), sweep.drop(columns="time_s"))
+
+
+def test_sweep_batches_each_job_with_its_own_stepsize_rule(tmp_path):
+    from experiments.job import execute
+    from experiments.sweep import run_sweep
+
+    common = dict(steps=6, seeds=2, eval_every=3, device="cpu")
+    cfgs = [job_config(**common, **{"stepsize.rule": rule, "method.p": p, "stepsize.factor": f})
+            for rule, p, f in (("polyak", 0.2, 1.0), ("polyak", 0.8, 0.5), ("constant", 0.5, 1.0))]
+    run_sweep(cfgs, str(tmp_path), log=lambda *a: None)
+    table = load_results(tmp_path)
+    for cfg in cfgs:
+        alone, _ = execute(cfg)
+        mine = table[table["config_hash"] == config_hash(cfg)].sort_values(["seed", "iteration"])
+        np.testing.assert_array_equal(mine["grad_norm_sq"].to_numpy(),
+                                      alone.sort_values(["seed", "iteration"])["grad_norm_sq"].to_numpy())
+
+
+def test_sweeps_pass_zero_seeds_and_steps_through():
+    # `seeds or default` turned an explicit 0 into the default
+    from experiments.sweeps import SWEEPS
+
+    for fn in SWEEPS.values():
+        cfgs = fn(size="ci", device="cpu", seeds=0, steps=0)
+        assert {c["seeds"] for c in cfgs} == {0} and {c["steps"] for c in cfgs} == {0}
+
+
+@pytest.mark.parametrize("flag", ["--seeds", "--steps"])
+def test_sweep_cli_refuses_zero_before_any_work(tmp_path, capsys, flag):
+    from experiments.sweep import main
+
+    out = tmp_path / "out"
+    assert main(["linreg_gd", flag, "0", "--device", "cpu", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {flag[2:]}: must be an integer >= 1, got 0\n"
+    assert not out.exists()
+
+
+def test_sweep_help_gives_every_option_and_its_default():
+    from experiments.sweep import parser
+    from experiments.sweeps import SWEEPS
+
+    ap = parser()
+    for action in ap._actions:
+        if action.option_strings and action.dest != "help":
+            assert "(default: " in action.help, action.dest
+    text = ap.format_help()
+    assert all(f"  {name}: " in text for name in SWEEPS)

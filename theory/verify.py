@@ -54,8 +54,8 @@ MEASURED_COLUMNS = frozenset({
     "bound_status", "diverged", "config_hash", "device", "wall_s", "test_acc",
 })
 #: configuration columns shown in the verdict table, when present
-DISPLAY_COLUMNS = ("method", "estimator", "problem", "p", "rank", "stepsize", "stepsize_rule", "sketch",
-                   "compressor", "batch")
+DISPLAY_COLUMNS = ("method", "estimator", "problem", "p", "rank", "stepsize_factor", "stepsize_rule", "sketch",
+                   "compressor", "estimator_batch")
 _RAW = {"min_grad_norm_sq": "grad_norm_sq", "min_f_gap": "f_gap",
         "avg_grad_norm_sq": "grad_norm_sq", "avg_f_gap": "f_gap"}
 _OUT = ("metric", "n_seeds", "n_points", "tightness", "worst_iteration", "estimate_at_worst",

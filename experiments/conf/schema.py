@@ -1,18 +1,51 @@
-"""Structured configs (dataclasses in Hydra's ConfigStore).
+"""Structured configs (dataclasses in Hydra's ConfigStore): the one declaration
+of every configuration key, its type, default and valid values.
 
-A wrong type (``steps=abc``) or an unknown group option (``problem=nonexistent``)
-is rejected by Hydra with its own message before the job starts; value checks
-(``method.p=1.5``) are done by :func:`experiments.build.build_job`, also before
-any work, with one line naming the field.
+Each group option (``problem=quadratic``, ``method=bernoulli_lora``, ...) is one
+dataclass; its fields are exactly the keys that option takes. A field's
+``metadata`` declares its valid values (:func:`param`: ``ge``, ``gt``, ``le``,
+``choices``); ranges that only the component can know (a rank against the
+problem's shape, ``k <= m n``) are checked by the component itself.
+:func:`experiments.conf.check.check_config` enforces all of it on the plain
+mapping, before any work, for the Hydra app and the Hydra-free sweep alike, and
+refuses an unknown key (``+method.foo=1``) with one line naming the field.
+
+Results columns: every key of a job's configuration is a column of its results
+table (:func:`experiments.conf.check.config_columns`), named ``<group>_<key>``
+(``problem_L``, ``estimator_batch``, ``compressor_k``, ``stepsize_factor``,
+``stepsize_rule``); a group's ``name`` is the column named after the group
+(``method``, ``problem``, ``estimator``, ``sketch``, ``compressor``), and
+``method.p`` / ``method.rank`` are the core columns ``p`` / ``rank``. Top-level
+keys that change the numbers keep their name (``steps``, ``eval_every``, ...).
+Hence a key added here is a column without further work.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from solvers.rng import _MASK32
+
 MISSING = "???"  # omegaconf.MISSING; spelled out so this module imports without Hydra
 
+#: the largest seed: the random streams (solvers.rng) key a run by the low 32 bits
+#: of its seed, so seeds s and s + 2**32 would draw the same numbers
+SEED_MAX = _MASK32
+
+
+def param(default=None, *, ge=None, gt=None, le=None, choices=None):
+    """A dataclass field with its valid values in ``metadata`` (bounds inclusive for
+    ``ge`` / ``le``, strict for ``gt``; ``choices`` a tuple of allowed values)."""
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, choices=choices).items() if v is not None}
+    return field(default=default, metadata=meta)
+
+
+def _seed(default=0):
+    return param(default, ge=0, le=SEED_MAX)
+
+
 # ----------------------------------------------------------------------------- problems
+# (value ranges of problem parameters are checked by the problem factories)
 
 
 @dataclass
@@ -22,7 +55,7 @@ class QuadraticConf:
     n: int = 6
     mu: float = 1.0
     L: float = 10.0
-    seed: int = 0
+    seed: int = _seed()
 
 
 @dataclass
@@ -40,13 +73,13 @@ class LogisticConf:
     n_clients: Optional[int] = None
     heterogeneity: float = 0.0
     shift: float = 1.0
-    seed: int = 0
+    seed: int = _seed()
 
 
 @dataclass
 class LinregConf:
     name: str = "linreg"
-    size: str = "${size}"
+    size: str = param("${size}", choices=("ci", "paper"))
 
 
 @dataclass
@@ -55,7 +88,7 @@ class L1Conf:
     m: int = 6
     n: int = 5
     n_samples: int = 120
-    seed: int = 0
+    seed: int = _seed()
 
 
 @dataclass
@@ -64,7 +97,7 @@ class MaxAffineConf:
     m: int = 6
     n: int = 5
     n_pieces: Optional[int] = None  # None: 2 m n
-    seed: int = 0
+    seed: int = _seed()
 
 
 # ----------------------------------------------------------------------------- methods
@@ -72,10 +105,12 @@ class MaxAffineConf:
 
 @dataclass
 class BernoulliLoRAConf:
+    # no alpha: the step is taken in weight space, W - gamma H_B G (or G H_A), where
+    # the LoRA scaling alpha / r of the trained factor cancels (it multiplies the
+    # factor's gradient and divides its contribution to W)
     name: str = "bernoulli_lora"
-    p: float = 0.5
-    rank: int = 2
-    alpha: float = 1.0
+    p: float = param(0.5, ge=0, le=1)
+    rank: int = param(2, ge=1)  # <= min(m, n): checked against the problem
 
 
 @dataclass
@@ -86,8 +121,8 @@ class FPFTConf:
 @dataclass
 class LoRAConf:
     name: str = "lora"
-    rank: int = 2
-    alpha: float = 1.0
+    rank: int = param(2, ge=1)
+    alpha: float = param(1.0, gt=0)
     random_A: bool = True
     init_scale: float = 1.0
 
@@ -100,10 +135,11 @@ class AsymmLoRAConf(LoRAConf):
 @dataclass
 class COLAConf(LoRAConf):
     name: str = "cola"
-    merge_every: int = 10
+    merge_every: int = param(10, ge=1)
 
 
 # ----------------------------------------------------------------------------- estimators
+# (q, momentum, noise and batch against N are checked by the estimators)
 
 
 @dataclass
@@ -114,14 +150,14 @@ class GDConf:
 @dataclass
 class SGDConf:
     name: str = "sgd"
-    batch: Optional[int] = 10
-    noise: Optional[float] = None
+    batch: Optional[int] = param(10, ge=1)
+    noise: Optional[float] = param(None, ge=0)
 
 
 @dataclass
 class PAGEConf:
     name: str = "page"
-    batch: int = 10
+    batch: int = param(10, ge=1)
     q: Optional[float] = None  # None: q = b / (b + N) as in the paper's code
 
 
@@ -129,15 +165,16 @@ class PAGEConf:
 class MVRConf:
     name: str = "mvr"
     momentum: float = 0.1
-    batch: Optional[int] = 10
-    noise: Optional[float] = None
-    init_with: str = "sample"
+    batch: Optional[int] = param(10, ge=1)
+    noise: Optional[float] = param(None, ge=0)
+    init_with: str = param("sample", choices=("sample", "full"))
 
 
 @dataclass
 class QGDConf:
     name: str = "qgd"
-    transmit: str = "weights"  # weights | factor (clients send compressed r x n / m x r factor gradients)
+    # weights | factor (clients send compressed r x n / m x r factor gradients)
+    transmit: str = param("weights", choices=("weights", "factor"))
 
 
 @dataclass
@@ -165,16 +202,37 @@ class SketchConf:
 
 
 @dataclass
-class CompressorConf:
+class IdentityConf:
     name: str = "identity"
-    k: Optional[int] = None
-    s: Optional[int] = None
+
+
+@dataclass
+class RandKConf:
+    name: str = "randk"
+    k: int = param(4, ge=1)
+
+
+@dataclass
+class TopKConf:
+    name: str = "topk"
+    k: int = param(4, ge=1)
+
+
+@dataclass
+class DitherConf:
+    name: str = "dither"
+    s: int = param(4, ge=1)
+
+
+@dataclass
+class NaturalConf:
+    name: str = "natural"
 
 
 @dataclass
 class StepsizeConf:
-    rule: str = "constant"  # constant | polyak
-    factor: float = 1.0  # gamma = factor / L
+    rule: str = param("constant", choices=("constant", "polyak"))
+    factor: float = param(1.0, gt=0)  # gamma = factor / L
 
 
 @dataclass
@@ -183,15 +241,15 @@ class RunConf:
     method: Any = MISSING
     estimator: Any = MISSING
     sketch: SketchConf = field(default_factory=SketchConf)
-    compressor: CompressorConf = field(default_factory=CompressorConf)
+    compressor: Any = field(default_factory=IdentityConf)
     stepsize: StepsizeConf = field(default_factory=StepsizeConf)
-    steps: int = 200
-    seeds: int = 10
-    seed: int = 0
-    eval_every: int = 10
+    steps: int = param(200, ge=1)
+    seeds: int = param(10, ge=1)  # runs seed, seed + 1, ..., seed + seeds - 1 (all <= SEED_MAX)
+    seed: int = _seed()
+    eval_every: int = param(10, ge=1)
     track_every_step: bool = True
-    device: str = "auto"
-    size: str = "ci"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (checked by experiments.build.resolve_device)
+    size: str = param("ci", choices=("ci", "paper"))
     results_root: str = "results"  # jobs write below it; a job complete anywhere below it is skipped
     progress: bool = True
 
@@ -204,10 +262,19 @@ GROUPS = {
     "estimator": {"gd": GDConf, "sgd": SGDConf, "page": PAGEConf, "mvr": MVRConf, "qgd": QGDConf,
                   "marina": MARINAConf, "ef21": EF21Conf, "subgradient": SubgradientConf},
     "sketch": {n: SketchConf for n in ("gaussian", "orthonormal", "rademacher", "column")},
-    "compressor": {"identity": CompressorConf, "randk": CompressorConf, "topk": CompressorConf,
-                   "dither": CompressorConf, "natural": CompressorConf},
+    "compressor": {"identity": IdentityConf, "randk": RandKConf, "topk": TopKConf,
+                   "dither": DitherConf, "natural": NaturalConf},
 }
-_PRESETS = {"compressor": {"randk": {"k": 4}, "topk": {"k": 4}, "dither": {"s": 4}}}
+#: groups without options (one dataclass, no ``name``)
+FIXED_GROUPS = {"stepsize": StepsizeConf}
+
+#: a group that only some options of another group use: (user group, its options
+#: that use it). Any other choice must leave the group at its default, since the
+#: value would be stored (and hashed) but never used.
+USED_BY = {
+    "sketch": ("method", ("bernoulli_lora",)),
+    "compressor": ("estimator", ("qgd", "marina", "ef21")),
+}
 
 
 def group_config(group: str, name: str) -> dict:
@@ -218,7 +285,6 @@ def group_config(group: str, name: str) -> dict:
         raise ValueError(f"{group}: unknown name {name!r}; choose one of {sorted(GROUPS[group])}")
     cls = GROUPS[group][name]
     kw = {"name": name} if "name" in cls.__dataclass_fields__ else {}
-    kw.update(_PRESETS.get(group, {}).get(name, {}))
     return dataclasses.asdict(cls(**kw))
 
 
@@ -226,7 +292,9 @@ def job_config(*, problem="quadratic", method="bernoulli_lora", estimator="gd", 
                compressor="identity", **overrides) -> dict:
     """A full job configuration exactly as ``python -m experiments.run`` composes
     it (same keys, same defaults, hence the same config hash), without Hydra.
-    ``overrides`` maps dotted keys (``method.p``) or top-level keys to values."""
+    ``overrides`` maps dotted keys (``method.p``) or top-level keys to values; a
+    key the configuration does not have is added (and then refused by
+    :func:`experiments.conf.check.check_config`, as Hydra's ``+key=value`` is)."""
     import dataclasses
 
     cfg = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
@@ -239,7 +307,7 @@ def job_config(*, problem="quadratic", method="bernoulli_lora", estimator="gd", 
         node = cfg
         *path, last = key.split(".")
         for part in path:
-            node = node[part]
+            node = node.setdefault(part, {})
         node[last] = value
     if cfg["problem"].get("size") == "${size}":
         cfg["problem"]["size"] = cfg["size"]
@@ -254,5 +322,4 @@ def register() -> None:
     for group, options in GROUPS.items():
         for name, cls in options.items():
             kw = {"name": name} if "name" in cls.__dataclass_fields__ else {}
-            kw.update(_PRESETS.get(group, {}).get(name, {}))
             cs.store(group=group, name=name, node=cls(**kw))
