@@ -94,7 +94,6 @@ def test_sweeps_started_together_never_share_a_folder(tmp_path):
     ("steps=abc", "steps"),
     ("sketch=nope", "sketch"),
     ("+method.foo=1", "error: method.foo: unknown key"),
-    ("seed=99999999999999999999999", "error: seed: must be an integer in [0, 4294967295]"),
 ])
 def test_wrong_override_fails_clearly_and_writes_nothing(tmp_path, override, needle):
     r = _app(override, "steps=3", "seeds=1", f"results_root={tmp_path}", cwd=tmp_path)

@@ -9,13 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from experiments.build import build_job
-from experiments.conf.check import check_config, column_name, config_columns, is_config_column
-from experiments.conf.schema import FIXED_GROUPS, GROUPS, SEED_MAX, USED_BY, job_config
+from experiments.conf.schema import GROUPS, job_config
 from experiments.job import execute
 from experiments.results import config_hash
 from solvers import rng
 from solvers.engine import FIELDS
 
+# (helpers of experiments.conf.check are imported inside the tests that need them, so
+# that the tests of the bugs of issue 10 run, and fail, on the code before the fix)
+SEED_MAX = 2**32 - 1  # the largest seed: the random streams key runs by 32 bits
 TINY = dict(steps=4, seeds=2, eval_every=2, device="cpu", progress=False)
 FED = {"problem.n_clients": 4, "problem.n_samples": 40}
 
@@ -35,6 +37,9 @@ ALL_OPTIONS = [(g, n) for g, opts in GROUPS.items() for n in opts]
 
 @pytest.mark.parametrize("group,name", ALL_OPTIONS)
 def test_every_option_default_is_valid_and_every_key_a_column(group, name):
+    from experiments.conf.check import check_config, column_name, config_columns, is_config_column
+    from experiments.conf.schema import FIXED_GROUPS
+
     cfg = _valid(group, name)
     check_config(cfg)
     cols = config_columns(cfg)
@@ -83,13 +88,18 @@ def test_seeds_beyond_32_bits_would_repeat_streams():
     # why the seed range stops at SEED_MAX: the streams key a run by its low 32 bits
     a = rng.normal([0, SEED_MAX + 1, 1], rng.Stream.SKETCH, 0, (4,))
     assert np.array_equal(a[0].numpy(), a[1].numpy()) and not np.array_equal(a[0].numpy(), a[2].numpy())
-    check_config(job_config(seed=SEED_MAX, seeds=1))  # the largest seed is accepted
+    from experiments.conf import schema
+
+    assert schema.SEED_MAX == SEED_MAX
+    build_job(job_config(**{**TINY, "seed": SEED_MAX, "seeds": 1}))  # the largest seed is accepted
 
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(-2**70, 2**70) | st.integers(SEED_MAX - 5, SEED_MAX + 5),
        seeds=st.integers(-3, 12))
 def test_seed_range_is_exactly_the_32_bit_key_space(seed, seeds):
+    from experiments.conf.check import check_config
+
     ok = seeds >= 1 and 0 <= seed and seed + seeds - 1 <= SEED_MAX
     try:
         check_config(job_config(seed=seed, seeds=seeds))
@@ -100,6 +110,9 @@ def test_seed_range_is_exactly_the_32_bit_key_space(seed, seeds):
 
 
 def test_groups_used_by_other_choices_only():
+    from experiments.conf.check import check_config
+    from experiments.conf.schema import USED_BY
+
     for group, (user, options) in USED_BY.items():
         assert set(options) <= set(GROUPS[user])
     check_config(job_config(problem="logistic", estimator="marina", compressor="randk", **FED))
@@ -121,6 +134,8 @@ def test_every_varying_parameter_is_a_column_and_distinguishes_jobs():
                 dict(problem="logistic", estimator="qgd", compressor="randk", **FED, **{"compressor.k": 2}),
                 dict(problem="logistic", estimator="qgd", compressor="randk", **FED, **{"compressor.k": 3})]
     table = pd.concat(_tables(variants), ignore_index=True)
+    from experiments.conf.check import is_config_column
+
     for col, vals in (("problem_L", {10.0, 100.0}), ("estimator_batch", {4, 8}), ("compressor_k", {2, 3}),
                       ("stepsize_rule", {"constant", "polyak"}), ("stepsize_factor", {0.5, 1.0}),
                       ("estimator_momentum", {0.5}), ("problem_mu", {1.0, 2.0}), ("steps", {4, 6})):
@@ -174,6 +189,8 @@ def test_summary_has_one_row_per_job_labelled_by_what_varies():
 
 
 def test_config_hash_ignores_int_float_spelling_and_columns_agree():
+    from experiments.conf.check import config_columns
+
     a, b = job_config(**{"stepsize.factor": 1}), job_config(**{"stepsize.factor": 1.0})
     assert config_hash(a) == config_hash(b) and config_columns(a) == config_columns(b)
     assert isinstance(config_columns(a)["stepsize_factor"], float)
