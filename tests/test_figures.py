@@ -30,8 +30,8 @@ def _rows(problem, method, estimator, p, rank, seeds, iterations, *, lam, bound=
         for k, t in enumerate(iterations):
             gap = 4.0 * (1 - GAMMA * MU * lam) ** t * math.exp(noise[k])
             out.append(dict(
-                method=method, estimator=estimator, problem=problem, p=p, rank=rank, stepsize=1.0,
-                gamma=GAMMA, sketch="gaussian", compressor="none", seed=s, iteration=t, epochs=0.1 * t,
+                method=method, estimator=estimator, problem=problem, p=p, rank=rank, stepsize_factor=1.0,
+                gamma=GAMMA, sketch="gaussian", compressor="identity", seed=s, iteration=t, epochs=0.1 * t,
                 bits=0.0, time_s=1e-3 * t, loss=gap + 1.0, f_gap=gap if f_known else np.nan,
                 grad_norm_sq=2 * MU * gap, dist_sq=np.nan, avg_grad_norm_sq=np.nan, min_grad_norm_sq=np.nan,
                 avg_f_gap=np.nan, min_f_gap=np.nan,
@@ -169,7 +169,7 @@ def test_figures_skip_without_variation(tmp_path):
 def test_convergence_with_stepsize_rows_and_extra_keys(tmp_path):
     df = synthetic(iterations=(0, 10, 20))
     q = df[df["problem"] == "quadratic"]
-    two = pd.concat([q, q.assign(stepsize=2.0, sketch="orthonormal")], ignore_index=True)
+    two = pd.concat([q, q.assign(stepsize_factor=2.0, sketch="orthonormal")], ignore_index=True)
     _check(plots.convergence(two, tmp_path / "grid", metric="f_gap"))
 
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CFG = {
     "problem": {"name": "quadratic", "m": 6, "n": 5, "mu": 0.1, "L": 1.0},
-    "method": {"name": "bernoulli_lora", "p": 0.5, "rank": 2, "alpha": 1.0},
+    "method": {"name": "bernoulli_lora", "p": 0.5, "rank": 2},
     "estimator": {"name": "gd"}, "sketch": {"name": "gaussian"},
     "stepsize": {"rule": "constant", "factor": 1.0},
     "steps": 20, "seeds": 2, "seed": 0, "eval_every": 10, "device": "cpu",

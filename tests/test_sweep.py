@@ -110,3 +110,11 @@ def test_sweep_help_gives_every_option_and_its_default():
             assert "(default: " in action.help, action.dest
     text = ap.format_help()
     assert all(f"  {name}: " in text for name in SWEEPS)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (
+    __import__("pathlib").Path(experiments.run.__file__).parent / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_passes_the_schema(preset):
+    from experiments.conf.check import check_config
+
+    check_config(_hydra_plain([f"experiment={preset}"]))

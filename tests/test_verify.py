@@ -20,7 +20,7 @@ def _table(values, bound, *, metric="f_gap", status="ok", config_hash="h1", its=
     S, P = values.shape
     rows = {
         "method": "bernoulli_lora", "estimator": "gd", "problem": "quadratic", "p": 0.5, "rank": 1,
-        "stepsize": 1.0, "sketch": "gaussian",
+        "stepsize_factor": 1.0, "sketch": "gaussian",
         "seed": np.repeat(np.arange(S), P), "iteration": np.tile(its, S),
         "epochs": np.tile(its, S).astype(float), "bits": 0.0, "time_s": 0.0,
     }
