@@ -152,9 +152,11 @@ def execute(cfg, *, progress=None):
 def run_job(cfg, out_dir, *, results_root=None, progress=None):
     """Run one job into ``out_dir`` unless ``results_root`` already holds a
     complete result with the same config hash. Returns the table, or None if skipped."""
+    from experiments.conf.check import check_config
     from experiments.results import config_hash as make_hash
     from experiments.results import find_complete, write_job
 
+    check_config(cfg)  # a refused configuration is never "skipped" as complete
     h = make_hash(cfg)
     if results_root is not None:
         done = find_complete(results_root, h)

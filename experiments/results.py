@@ -20,16 +20,13 @@ the device, logging) are left out. Results are device-independent up to float
 rounding (the solvers' counter-based RNG draws the same numbers on CPU and GPU),
 so a sweep finished on a GPU is not re-run on a CPU.
 
-Columns: :data:`COLUMNS` are required in every table. A job's table also has
-one column per key of its configuration, named ``<group>_<key>`` (``problem_L``,
-``estimator_batch``, ``compressor_k``, ``stepsize_factor``, ``stepsize_rule``;
-a group's ``name`` is the column named after the group, ``method.p`` and
-``method.rank`` are ``p`` and ``rank``; top-level keys such as ``steps`` keep
-their name), written by :func:`experiments.conf.check.config_columns`, so a new
-configuration key is a column without further work; plus the derived labels
-``lambda_min_p``, ``lambda_max_p``, ``m``, ``n`` (the problem's shape) and
-``device``. Tables written before schema version 2 are read with their old
-column names renamed (:data:`RENAMED`).
+Columns: :data:`COLUMNS` are required. A job's table also has one column per key
+of its configuration, ``<group>_<key>`` (``problem_L``, ``estimator_batch``,
+``compressor_k``, ``stepsize_rule``; ``name`` -> the group's name, ``method.p`` /
+``method.rank`` -> ``p`` / ``rank``, top-level keys as named, e.g. ``steps``), by
+:func:`experiments.conf.check.config_columns`, plus ``lambda_min_p``,
+``lambda_max_p``, ``m``, ``n``, ``device``. Old tables are read with
+current names (:data:`RENAMED`).
 
 Consumers that must not import the solvers (``figures``) read the same files
 with pandas and check the marker themselves; the file names and the marker's

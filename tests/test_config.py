@@ -194,3 +194,16 @@ def test_config_hash_ignores_int_float_spelling_and_columns_agree():
     a, b = job_config(**{"stepsize.factor": 1}), job_config(**{"stepsize.factor": 1.0})
     assert config_hash(a) == config_hash(b) and config_columns(a) == config_columns(b)
     assert isinstance(config_columns(a)["stepsize_factor"], float)
+
+
+def test_a_refused_key_is_not_skipped_as_an_old_complete_job(tmp_path):
+    # old default bernoulli_lora configs carried alpha = 1.0: the same hash must be
+    # refused, not reported as already complete
+    from experiments.job import run_job
+    from experiments.results import write_job
+
+    old = job_config(**{**TINY, "method.alpha": 1.0})
+    (new,) = _tables([{}])
+    write_job(tmp_path / "old", new.assign(config_hash=config_hash(old)), old)
+    with pytest.raises(ValueError, match=r"^method.alpha: unknown key"):
+        run_job(old, tmp_path / "again", results_root=tmp_path)
