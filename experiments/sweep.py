@@ -1,7 +1,7 @@
 """Hydra-free batch entry point for the paper's sweeps (runs on a bare GPU machine).
 
     python -m experiments.sweep NAME [--size ci|paper] [--device auto|cpu|cuda]
-                                [--seeds 20] [--steps N] [--out DIR] [--fast-cpu]
+                                [--seeds N] [--steps N] [--out DIR] [--fast-cpu]
 
 NAME is one of :data:`experiments.sweeps.SWEEPS`. The sweep expands into job
 configurations of exactly the form the Hydra app builds, so the results (one

@@ -20,6 +20,8 @@ def _hydra_plain(overrides):
     (["method.p=0.3", "method.rank=1"], {"method.p": 0.3, "method.rank": 1}),
     (["problem=linreg", "method=fpft", "stepsize.factor=2"], {"problem": "linreg", "method": "fpft", "stepsize.factor": 2.0}),
     (["estimator=page", "estimator.batch=5"], {"estimator": "page", "estimator.batch": 5}),
+    (["problem=logistic", "problem.n_clients=4", "estimator=qgd", "compressor=randk", "compressor.k=2"],
+     {"problem": "logistic", "problem.n_clients": 4, "estimator": "qgd", "compressor": "randk", "compressor.k": 2}),
 ])
 def test_job_config_hash_equals_hydra_composition(overrides, kwargs):
     assert config_hash(job_config(**kwargs)) == config_hash(_hydra_plain(overrides))

@@ -20,7 +20,7 @@ import numbers
 import typing
 from collections.abc import Mapping
 
-from experiments.conf.schema import FIXED_GROUPS, GROUPS, SEED_MAX, USED_BY, RunConf
+from experiments.conf.schema import DEFAULTS, FIXED_GROUPS, GROUPS, SEED_MAX, USED_BY, RunConf, group_config
 
 NAN = float("nan")
 
@@ -113,11 +113,6 @@ def _check_group(group: str, node) -> None:
         check_value(f"{group}.{key}", node.get(key), tp, optional, meta)
 
 
-def _group_default(group: str) -> dict:
-    f = RunConf.__dataclass_fields__[group]
-    return dataclasses.asdict(f.default_factory())
-
-
 def check_config(cfg) -> None:
     """Validate a plain job configuration; raise ``ValueError`` with one line
     naming the first offending field (``method.alpha: unknown key: ...``)."""
@@ -140,11 +135,11 @@ def check_config(cfg) -> None:
                          f"(the random streams are keyed by 32-bit seeds)")
     for group, (user, options) in USED_BY.items():
         uname = cfg[user]["name"]
-        default = _group_default(group)
+        default = group_config(group, DEFAULTS[group])
         given = {k: v for k, v in cfg[group].items() if v is not None}
         if uname not in options and given != {k: v for k, v in default.items() if v is not None}:
             raise ValueError(f"{group}: {cfg[group]['name']} is used only by {user} {', '.join(options)}; "
-                             f"{user} {uname} would ignore it (leave {group} at {default['name']})")
+                             f"{user} {uname} would ignore it (leave {group} at {DEFAULTS[group]})")
 
 
 def _column_value(value, tp):

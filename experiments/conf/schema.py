@@ -240,8 +240,8 @@ class RunConf:
     problem: Any = MISSING
     method: Any = MISSING
     estimator: Any = MISSING
-    sketch: SketchConf = field(default_factory=SketchConf)
-    compressor: Any = field(default_factory=IdentityConf)
+    sketch: Any = MISSING
+    compressor: Any = MISSING
     stepsize: StepsizeConf = field(default_factory=StepsizeConf)
     steps: int = param(200, ge=1)
     seeds: int = param(10, ge=1)  # runs seed, seed + 1, ..., seed + seeds - 1 (all <= SEED_MAX)
@@ -265,12 +265,15 @@ GROUPS = {
     "compressor": {"identity": IdentityConf, "randk": RandKConf, "topk": TopKConf,
                    "dither": DitherConf, "natural": NaturalConf},
 }
+#: the option of each group when none is chosen (config.yaml's defaults list says the same)
+DEFAULTS = {"problem": "quadratic", "method": "bernoulli_lora", "estimator": "gd", "sketch": "gaussian",
+            "compressor": "identity"}
 #: groups without options (one dataclass, no ``name``)
 FIXED_GROUPS = {"stepsize": StepsizeConf}
 
 #: a group that only some options of another group use: (user group, its options
-#: that use it). Any other choice must leave the group at its default, since the
-#: value would be stored (and hashed) but never used.
+#: that use it). Any other choice must leave the group at its default option
+#: (:data:`DEFAULTS`), since the value would be stored (and hashed) but never used.
 USED_BY = {
     "sketch": ("method", ("bernoulli_lora",)),
     "compressor": ("estimator", ("qgd", "marina", "ef21")),
@@ -288,8 +291,8 @@ def group_config(group: str, name: str) -> dict:
     return dataclasses.asdict(cls(**kw))
 
 
-def job_config(*, problem="quadratic", method="bernoulli_lora", estimator="gd", sketch="gaussian",
-               compressor="identity", **overrides) -> dict:
+def job_config(*, problem=DEFAULTS["problem"], method=DEFAULTS["method"], estimator=DEFAULTS["estimator"],
+               sketch=DEFAULTS["sketch"], compressor=DEFAULTS["compressor"], **overrides) -> dict:
     """A full job configuration exactly as ``python -m experiments.run`` composes
     it (same keys, same defaults, hence the same config hash), without Hydra.
     ``overrides`` maps dotted keys (``method.p``) or top-level keys to values; a
