@@ -134,7 +134,7 @@ def build_job(cfg) -> Job:
         gamma = factor / L
     else:  # non-smooth: gamma = factor * ||W0 - W*|| / (L0 sqrt(T))
         dist0 = float(torch.linalg.norm(problem.W0 - problem.W_star))
-        gamma = factor * dist0 / (problem.L0 * math.sqrt(max(cfg["steps"], 1)))
+        gamma = factor * dist0 / (problem.L0 * math.sqrt(cfg["steps"]))
     if rule == "polyak":
         step_value = factor * lmin / lmax
     else:

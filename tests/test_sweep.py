@@ -103,8 +103,11 @@ def test_sweep_cli_refuses_zero_before_any_work(tmp_path, capsys, flag):
 
 
 def test_sweep_help_gives_every_option_and_its_default():
+    from experiments.conf.schema import RunConf
     from experiments.sweep import parser
-    from experiments.sweeps import SWEEPS
+    from experiments.sweeps import SEEDS, SWEEPS
+
+    assert tuple(SEEDS) == RunConf.__dataclass_fields__["size"].metadata["choices"]
 
     ap = parser()
     for action in ap._actions:
