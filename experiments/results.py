@@ -42,6 +42,8 @@ SCHEMA_VERSION = 1
 RESULTS_FILE = "results.parquet"
 CONFIG_FILE = "config.yaml"
 COMPLETE_MARKER = "_COMPLETE"
+#: Every file :func:`write_job` writes into a job folder.
+JOB_FILES = (RESULTS_FILE, CONFIG_FILE, COMPLETE_MARKER)
 
 STRING, FLOAT, INT, BOOL = "string", "float64", "int64", "bool"
 
