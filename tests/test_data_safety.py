@@ -57,6 +57,21 @@ def test_refused_job_removes_the_folders_made_for_it(tmp_path):
     assert _files(tmp_path) == ["keep"]
 
 
+def test_failed_job_removes_its_partial_results_and_nothing_else(tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    crash = ("import runpy, sys\nfrom experiments import results\n"
+             "def boom(data):\n    raise RuntimeError('crash after results.parquet')\n"
+             "results._dump_yaml = boom\nsys.argv = ['experiments.run'] + sys.argv[1:]\n"
+             "runpy.run_module('experiments.run', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", crash, f"hydra.run.dir={user}", *TINY,
+                        f"results_root={tmp_path / 'r'}"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and "crash after results.parquet" in r.stderr
+    assert sorted(os.listdir(user)) == ["notes.txt", "run.log"]  # partial results gone, the log of the crash kept
+
+
 def test_a_folder_holding_another_jobs_results_is_not_overwritten(tmp_path):
     job = tmp_path / "old_job"
     write_job(job, table(), CFG)
