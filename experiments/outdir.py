@@ -4,8 +4,9 @@ Hydra creates a job's output folder, and its log file in it, before the job's
 code runs, and the user may name a folder that already exists
 (``hydra.run.dir=.``). So the Hydra callback :class:`OutputDirs` (listed under
 ``hydra.callbacks`` in ``conf/config.yaml``) runs before Hydra creates anything:
-it refuses a bad ``results_root`` with one line, and records whether the run
-folder (``-m``: the sweep folder) existed and which entries it held. The record
+it refuses a bad ``results_root`` with one line, records whether the run
+folder (``-m``: the sweep folder) existed and which entries it held, and
+creates it (a location that cannot take files is refused in one line). The record
 travels to the job through the environment variable :data:`ENV`, so launchers
 that run jobs in other processes (joblib, submitit) see it too.
 
@@ -47,16 +48,6 @@ def _snapshot(folder: Path) -> dict:
     return {"dir": str(folder), "existed": True, "entries": names}
 
 
-def _refuse_bad_root(config) -> None:
-    from experiments.storage import check_results_root
-
-    try:
-        check_results_root(config.get("results_root"))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 try:
     from hydra.experimental.callback import Callback as _Callback
 except ImportError:  # pragma: no cover - Hydra is a dependency of the app only
@@ -64,19 +55,38 @@ except ImportError:  # pragma: no cover - Hydra is a dependency of the app only
 
 
 class OutputDirs(_Callback):
-    """Hydra callback: refuse a bad ``results_root`` and record the output folder
-    as it was before Hydra touched it."""
+    """Hydra callback: refuse a bad ``results_root``, record the output folder as
+    it was before Hydra touched it, and create it (so that a full, read-only or
+    forbidden location is reported in one line before any job starts)."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        _refuse_bad_root(config)
-        os.environ[ENV] = json.dumps(_snapshot(Path(str(config.hydra.run.dir)).resolve()))
+        _prepare(config, config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        _refuse_bad_root(config)
-        os.environ[ENV] = json.dumps(_snapshot(Path(str(config.hydra.sweep.dir)).resolve()))
+        _prepare(config, config.hydra.sweep.dir, "hydra.sweep.dir")
 
     def on_multirun_end(self, config, **kwargs) -> None:
         remove_unused_sweep()
+
+
+def _prepare(config, folder, field: str) -> None:
+    from experiments.storage import check_results_root, is_storage_error
+
+    try:
+        root = check_results_root(config.get("results_root")).resolve()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    folder = Path(str(folder)).resolve()
+    os.environ[ENV] = json.dumps(_snapshot(folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if not is_storage_error(err):
+            raise
+        name = "results_root" if root == folder or root in folder.parents else field
+        print(f"error: {name}: cannot create {err.filename or folder}: {err.strerror}", file=sys.stderr)
+        sys.exit(2)
 
 
 def remove_unused_sweep() -> None:

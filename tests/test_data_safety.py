@@ -246,6 +246,13 @@ def test_full_disk_stops_the_multirun_with_one_line(tmp_path):
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux /sys (a folder nobody may create in)")
+def test_results_root_that_cannot_be_created_is_refused_in_one_line(tmp_path):
+    r = _app("-m", "method.p=0.2,0.4", "results_root=/sys/blora_results", *TINY, cwd=tmp_path)
+    assert r.returncode == 2
+    _one_error_line(r.stderr, "results_root: cannot create /sys/blora_results")
+
+
 def test_leftover_temp_files_are_removed_only_when_the_suites_and_stale(tmp_path):
     job = tmp_path / "r" / "old"
     job.mkdir(parents=True)
