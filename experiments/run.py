@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -83,7 +84,10 @@ def main(cfg) -> None:
             folder.clean(keep_log=True)
             raise
         folder.clean()
-        _fail(f"results_root: cannot write {exc.filename or out_dir}: {exc.strerror}; stopping here "
+        path = Path(str(exc.filename or out_dir)).resolve()
+        root = Path(str(cfg.get("results_root"))).resolve()
+        field = "results_root" if root == path or root in path.parents else dir_field
+        _fail(f"{field}: cannot write {path}: {exc.strerror}; stopping here "
               "(every further job would fail the same way)")
     except BaseException:
         folder.clean(keep_log=True)  # partial results go; the log of what happened stays
