@@ -3,8 +3,11 @@
     python -m experiments.collect DIR [-o OUT]
 
 OUT defaults to DIR/collected.parquet (never re-read as a job table: only
-``results.parquet`` files beside a completion marker count). Exit status 2, with
-one line on stderr, when DIR does not exist or holds no complete job.
+``results.parquet`` files beside a completion marker count). A results file
+that cannot be read is skipped with a warning naming it; rows that two jobs
+both hold (same config hash, seed and iteration: e.g. two sweeps that ran the
+same job) are kept once, and the number dropped is reported. Exit status 2,
+with one line on stderr, when DIR does not exist or holds no readable job.
 """
 from __future__ import annotations
 
@@ -12,16 +15,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.results import complete_jobs, incomplete_jobs, load_results, write_table
+from experiments.results import (ROW_KEY, complete_jobs, drop_duplicate_rows, incomplete_jobs, load_results,
+                                 write_table)
 
 DEFAULT_NAME = "collected.parquet"
 
 
-def collect(root: str | Path, out: str | Path | None = None) -> tuple[Path, int, int]:
-    """Write the concatenated table of the complete jobs under ``root`` to ``out``.
+def _warn(path, message):
+    print(f"collect: warning: {message} (skipped)", file=sys.stderr)
 
-    Returns ``(out_path, rows, jobs)``. Raises FileNotFoundError when ``root`` is
-    missing or holds no complete job.
+
+def collect(root: str | Path, out: str | Path | None = None, *, on_error="raise") -> tuple[Path, int, int, int]:
+    """Write the table of the complete jobs under ``root`` to ``out``, one row
+    per :data:`experiments.results.ROW_KEY`.
+
+    Returns ``(out_path, rows, jobs, duplicates_dropped)``. ``on_error`` is passed
+    to :func:`experiments.results.load_results`. Raises FileNotFoundError when
+    ``root`` is missing or holds no complete (readable) job.
     """
     root = Path(root)
     if not root.is_dir():
@@ -29,10 +39,22 @@ def collect(root: str | Path, out: str | Path | None = None) -> tuple[Path, int,
     jobs = complete_jobs(root)
     if not jobs:
         raise FileNotFoundError(f"no complete results under {root}")
-    table = load_results(root)
+    skipped = []
+
+    def on_bad(path, message):
+        skipped.append(path)
+        if on_error == "warn":
+            _warn(path, message)
+        elif callable(on_error):
+            on_error(path, message)
+
+    table = load_results(root, on_error="raise" if on_error == "raise" else on_bad)
+    if len(skipped) == len(jobs):
+        raise FileNotFoundError(f"no readable results under {root} ({len(skipped)} unreadable)")
+    table, dropped = drop_duplicate_rows(table)
     out_path = Path(out) if out is not None else root / DEFAULT_NAME
     write_table(out_path, table)
-    return out_path, len(table), len(jobs)
+    return out_path, len(table), len(jobs) - len(skipped), dropped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", default=None, help=f"output parquet (default DIR/{DEFAULT_NAME})")
     args = ap.parse_args(argv)
     try:
-        out, rows, jobs = collect(args.dir, args.out)
+        out, rows, jobs, dropped = collect(args.dir, args.out, on_error="warn")
     except (FileNotFoundError, ValueError) as err:
         print(f"collect: {err}", file=sys.stderr)
         return 2
     skipped = len(incomplete_jobs(args.dir))
     note = f" ({skipped} incomplete job(s) ignored)" if skipped else ""
+    if dropped:
+        note += f" ({dropped} duplicate row(s) dropped: same {', '.join(ROW_KEY)} in more than one job)"
     print(f"collected {rows} rows from {jobs} job(s) into {out}{note}")
     return 0
 

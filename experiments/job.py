@@ -1,16 +1,20 @@
 """One job: a configuration with all its seeds batched -> a results table.
 
-``run_job(cfg, out_dir, results_root)`` validates and builds the job, skips it
-when a complete result with the same config hash exists under ``results_root``,
-runs the engine, attaches to every row the bound of the matching theorem
-(:func:`theory.dispatch.bound_for`, from the problem's own constants), and writes
-``results.parquet`` and ``config.yaml`` atomically.
+``run_job(cfg, out_dir, results_root=...)`` skips the job when a complete result
+with the same config hash exists, claims it (so that two sweeps never run it
+twice), validates and builds it, runs the engine, attaches to every row the
+bound of the matching theorem (:func:`theory.dispatch.bound_for`, from the
+problem's own constants), and writes ``results.parquet`` and ``config.yaml``
+atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -134,11 +138,12 @@ def trajectory_table(traj, job, cfg, config_hash) -> pd.DataFrame:
     return table
 
 
-def execute(cfg, *, progress=None):
-    """Build, run and tabulate one job (no file I/O). Returns (table, job)."""
+def execute(cfg, *, progress=None, job=None):
+    """Build (unless ``job`` is given), run and tabulate one job (no file I/O).
+    Returns (table, job)."""
     from experiments.results import config_hash as make_hash
 
-    job = build_job(cfg)
+    job = build_job(cfg) if job is None else job
     h = make_hash(cfg)
     t0 = time.perf_counter()
     traj = run(job.method, job.problem, job.problem.W0, job.seeds, steps=cfg["steps"],
@@ -149,21 +154,82 @@ def execute(cfg, *, progress=None):
     return table, job
 
 
-def run_job(cfg, out_dir, *, results_root=None, progress=None):
-    """Run one job into ``out_dir`` unless ``results_root`` already holds a
-    complete result with the same config hash. Returns the table, or None if skipped."""
+@dataclass
+class Outcome:
+    """What :func:`run_job` did: ``status`` is ``"ran"`` (``table``, ``seconds``),
+    ``"skipped"`` (complete result at ``where``) or ``"claimed"`` (a live process
+    runs it: ``holder`` = its pid, host, start time and output folder)."""
+
+    status: str
+    config_hash: str
+    table: pd.DataFrame | None = None
+    seconds: float = NAN
+    where: Path | None = None
+    holder: dict | None = None
+
+
+def _complete_result(root, h, out_dir):
+    from experiments.claims import find_recorded
+    from experiments.results import find_complete, is_complete
+
+    if is_complete(out_dir, h):
+        return Path(out_dir)
+    if root is None:
+        return None
+    return find_complete(root, h) or find_recorded(root, h)
+
+
+def run_job(cfg, out_dir, *, results_root=None, progress=None, dir_field="out_dir") -> Outcome:
+    """Run one job into ``out_dir`` unless a complete result with the same config
+    hash exists (in ``out_dir``, under ``results_root``, or recorded there).
+
+    With ``results_root``: leftover temporary files under it are removed first
+    (:func:`experiments.storage.remove_stale_temps`), the job is claimed
+    atomically before it runs (:mod:`experiments.claims`; a job claimed by a live
+    process is not run twice), and a result written outside ``results_root`` is
+    recorded there so that later sweeps find it.
+
+    Raises
+    ------
+    ValueError
+        A bad configuration or ``results_root``, or ``out_dir`` already holds
+        another job's files (message ``"<dir_field>: ..."``).
+    OSError
+        The results cannot be written (see :func:`experiments.storage.is_storage_error`).
+    """
+    from experiments.claims import holder, record_location, try_claim
     from experiments.conf.check import check_config
+    from experiments.results import JOB_FILES
     from experiments.results import config_hash as make_hash
-    from experiments.results import find_complete, write_job
+    from experiments.results import write_job
+    from experiments.storage import check_results_root, remove_stale_temps
 
     check_config(cfg)  # a refused configuration is never "skipped" as complete
     h = make_hash(cfg)
-    if results_root is not None:
-        done = find_complete(results_root, h)
+    root = check_results_root(results_root) if results_root is not None else None
+    done = _complete_result(root, h, out_dir)
+    if done is not None:
+        return Outcome("skipped", h, where=done)
+    job = build_job(cfg)  # refuses a bad value before anything is written
+    if root is not None and root.is_dir():
+        removed = remove_stale_temps(root)
+        if removed:
+            log.info("removed %d leftover temporary file(s) under %s", len(removed), root)
+    taken = [n for n in JOB_FILES if (Path(out_dir) / n).exists()]
+    if taken:
+        raise ValueError(f"{dir_field}: {out_dir} already holds another job's {taken[0]}; "
+                         "name a new folder (nothing was overwritten)")
+    claim = try_claim(root, h, out_dir=out_dir) if root is not None else contextlib.nullcontext()
+    if claim is None:
+        return Outcome("claimed", h, holder=holder(root, h))
+    with claim:
+        done = _complete_result(root, h, out_dir)  # finished while we were claiming it
         if done is not None:
-            log.info("skipped: config %s already complete in %s", h[:12], done)
-            return None
-    table, _ = execute(cfg, progress=progress)
-    write_job(out_dir, table, dict(cfg))
+            return Outcome("skipped", h, where=done)
+        t0 = time.perf_counter()
+        table, _ = execute(cfg, progress=progress, job=job)
+        write_job(out_dir, table, dict(cfg))
+        if root is not None:
+            record_location(root, h, out_dir)
     log.info("results: %s/results.parquet (%d rows)", out_dir, len(table))
-    return table
+    return Outcome("ran", h, table=table, seconds=time.perf_counter() - t0)

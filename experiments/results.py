@@ -14,11 +14,10 @@ whose ``config_hash`` already has a complete result anywhere under the sweep
 root is skipped (:func:`find_complete`), hence a killed sweep resumes by running
 the same command again.
 
-``config_hash`` covers everything that changes the numbers and nothing that does
-not: the keys in :data:`NON_RESULT_KEYS` (Hydra's own settings, output paths,
-the device, logging) are left out. Results are device-independent up to float
-rounding (the solvers' counter-based RNG draws the same numbers on CPU and GPU),
-so a sweep finished on a GPU is not re-run on a CPU.
+``config_hash`` (:mod:`experiments.confighash`, re-exported here) covers
+everything that changes the numbers and nothing that does not. Temporary files
+and the ``results_root`` check live in :mod:`experiments.storage`, job claims in
+:mod:`experiments.claims`.
 
 Columns: :data:`COLUMNS` are required. A job's table also has one column per key
 of its configuration, ``<group>_<key>`` (``problem_L``, ``estimator_batch``,
@@ -34,22 +33,25 @@ JSON keys below are therefore part of the interface.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from experiments.confighash import NON_RESULT_KEYS, _plain, canonical_config, config_hash  # noqa: F401
+from experiments.storage import atomic_write as _atomic_write
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.parquet"
 CONFIG_FILE = "config.yaml"
 COMPLETE_MARKER = "_COMPLETE"
+#: Every file :func:`write_job` writes into a job folder.
+JOB_FILES = (RESULTS_FILE, CONFIG_FILE, COMPLETE_MARKER)
 
 STRING, FLOAT, INT, BOOL = "string", "float64", "int64", "bool"
 
@@ -96,12 +98,6 @@ COLUMNS: dict[str, str] = {
 RENAMED: dict[str, str] = {"stepsize": "stepsize_factor", "batch": "estimator_batch",
                            "transmit": "estimator_transmit"}
 _RESPELLED: dict[str, dict] = {"compressor": {"none": "identity"}, "estimator_transmit": {"none": None}}
-
-#: Top-level configuration keys that do not change a job's numbers.
-NON_RESULT_KEYS: frozenset[str] = frozenset({
-    "hydra", "launcher", "device", "results_root", "output_dir", "out_dir", "out",
-    "progress", "verbose", "log_level", "resume", "dry_run",
-})
 
 
 # --------------------------------------------------------------------------- schema
@@ -179,84 +175,7 @@ def coerce(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-# --------------------------------------------------------------------------- config hash
-
-def _plain(x: Any) -> Any:
-    """Plain, JSON/YAML-safe Python data (works for OmegaConf containers too)."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (str, bytes)):
-        return x.decode() if isinstance(x, bytes) else x
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x)
-    if x is None:
-        return None
-    if isinstance(x, (Sequence, np.ndarray, set, frozenset)):
-        seq = sorted(x, key=repr) if isinstance(x, (set, frozenset)) else x
-        return [_plain(v) for v in seq]
-    return str(x)
-
-
-def _canonical(x: Any) -> Any:
-    # 1 and 1.0 hash alike (a Hydra override `stepsize.factor=1` is an int);
-    # a key set to None hashes like an absent key (builders drop None values);
-    # non-finite floats become strings so the JSON is strict.
-    if isinstance(x, dict):
-        return {k: _canonical(v) for k, v in x.items() if v is not None}
-    if isinstance(x, list):
-        return [_canonical(v) for v in x]
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return repr(x)
-        return int(x) if x.is_integer() and abs(x) < 2**53 else x
-    return x
-
-
-def canonical_config(cfg: Mapping, *, exclude: frozenset[str] | set[str] = NON_RESULT_KEYS) -> dict:
-    """The part of ``cfg`` that determines the results, as canonical plain data."""
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"config: expected a mapping, got {type(cfg).__name__}")
-    plain = _plain(cfg)
-    return _canonical({k: v for k, v in plain.items() if k not in exclude})
-
-
-def config_hash(cfg: Mapping, *, exclude: frozenset[str] | set[str] = NON_RESULT_KEYS) -> str:
-    """sha256 (hex) of the canonical JSON (sorted keys) of ``cfg`` without the
-    top-level keys in ``exclude``. Stable under key order, int/float spelling of
-    integral numbers, and None-versus-absent."""
-    text = json.dumps(canonical_config(cfg, exclude=exclude), sort_keys=True,
-                      separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-def _fsync(path: str) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it
-    over ``path``. On any exception (KeyboardInterrupt included) the temporary
-    file is removed and ``path`` is untouched."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
+# --------------------------------------------------------------------------- writing
 
 def _write_parquet(df: pd.DataFrame, tmp: str) -> None:
     df.to_parquet(tmp, index=False)
@@ -389,36 +308,80 @@ def read_config(directory: str | os.PathLike) -> dict:
     return yaml.safe_load((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8")) or {}
 
 
+class UnreadableResults(UserWarning):
+    """A results file that cannot be read or is not a results table (skipped)."""
+
+
 def _read_table(path: Path) -> pd.DataFrame:
-    df = pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises OSError, ArrowInvalid, ... for a bad file
+        raise ValueError(f"{path}: cannot read parquet ({type(err).__name__}: {err})") from None
     try:
         return validate(coerce(df))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 
 
-def load_results(path: str | os.PathLike) -> pd.DataFrame:
+def _empty_table() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="str" if k == STRING else k) for c, k in COLUMNS.items()})
+
+
+def load_results(path: str | os.PathLike, *, on_error: str | Callable[[Path, str], None] = "raise") -> pd.DataFrame:
     """One results table from a parquet file, or from every complete job under a
     directory (searched recursively; incomplete jobs are ignored), concatenated in
     sorted path order. A directory without complete jobs gives an empty table with
     the schema columns.
+
+    Parameters
+    ----------
+    path : a parquet file or a directory.
+    on_error : what to do with a file that cannot be read (corrupt, truncated) or
+        is not a results table: ``"raise"`` (ValueError naming the file),
+        ``"warn"`` (skip it with an :class:`UnreadableResults` warning naming the
+        file and the reason), or a callable ``on_error(file, message)`` called
+        before the file is skipped.
 
     Raises
     ------
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        A table does not satisfy the schema (the message names the file).
+        With ``on_error="raise"``: a file cannot be read or does not satisfy the
+        schema (the message names the file).
     """
+    if not (callable(on_error) or on_error in ("raise", "warn")):
+        raise ValueError(f"on_error: expected 'raise', 'warn' or a callable, got {on_error!r}")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file or directory: {p}")
-    if p.is_file():
-        return _read_table(p)
-    tables = [_read_table(d / RESULTS_FILE) for d in complete_jobs(p)]
+    files = [p] if p.is_file() else [d / RESULTS_FILE for d in complete_jobs(p)]
+    tables = []
+    for f in files:
+        try:
+            tables.append(_read_table(f))
+        except ValueError as err:
+            if on_error == "raise":
+                raise
+            if on_error == "warn":
+                warnings.warn(f"skipped {err}", UnreadableResults, stacklevel=2)
+            else:
+                on_error(f, str(err))
     if not tables:
-        return pd.DataFrame({c: pd.Series(dtype="str" if k == STRING else k) for c, k in COLUMNS.items()})
+        return _empty_table()
     return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+
+
+#: The columns that identify one row: a configuration, a run, an evaluation point.
+ROW_KEY: tuple[str, ...] = ("config_hash", "seed", "iteration")
+
+
+def drop_duplicate_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep the first row of each :data:`ROW_KEY` (two sweeps that ran the same
+    job give two copies). Returns ``(table, number_of_rows_dropped)``."""
+    dup = table.duplicated(list(ROW_KEY), keep="first")
+    n = int(dup.sum())
+    return (table[~dup].reset_index(drop=True) if n else table), n
 
 
 def write_table(path: str | os.PathLike, df: pd.DataFrame) -> Path:
