@@ -1,0 +1,282 @@
+r"""Exact expectations of the weight-space methods on quadratic problems (numpy only).
+
+On :math:`f(W) = \tfrac12 e^\top Q e + f^*`, :math:`e = \operatorname{vec}(W - W^*)`
+(row-major), with samples or clients :math:`\nabla f_i(W) = Q_i e + b_i`
+(:math:`b_i = \nabla f_i(W^*)`), one iteration of FPFT, RAC-LoRA or Bernoulli-LoRA with
+a constant stepsize and any of the estimators GD, SGD (additive Gaussian noise or
+minibatches without replacement), PAGE, MVR, QGD, MARINA (unbiased compressors linear
+given their draw: identity, scaled Rand-k) and EF21 (identity, unscaled Rand-k) is
+**affine in the state given its random draws**. The state is
+:math:`x = (e, G)` (plus EF21's client states :math:`G^i`), and an iteration is two
+independent random affine maps (the solver's order, :mod:`solvers.methods`):
+
+1. the step :math:`e_{t+1} = e_t - \gamma\hat H_t(G_t)` (coin and sketch of step t),
+   keeping :math:`e_t` for the estimator;
+2. the estimator :math:`G_{t+1}` from :math:`e_{t+1}, e_t, G_t` (its draws of step t+1).
+
+:mod:`theory.exact_moments` propagates :math:`\mathbb E[\tilde x\tilde x^\top]` through both
+with the exact expectation over every draw (closed forms: Haar fourth moments for
+Gaussian and orthonormal sketches, inclusion probabilities for column sketches,
+minibatches and Rand-k; enumeration for Rademacher sketches). The metrics are then
+
+.. math:: \mathbb E[f - f^*] = \tfrac12\langle Q, \mathbb E ee^\top\rangle,\quad
+          \mathbb E\|\nabla f\|^2 = \langle Q^2, \mathbb E ee^\top\rangle,\quad
+          \mathbb E\|W - W^*\|^2 = \operatorname{tr}\mathbb E ee^\top,
+
+exact up to rounding: sharper than any bound, with no Monte Carlo error. Not covered:
+Top-k and dithering (nonlinear), the Polyak stepsize (not affine), factor-space methods.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from theory.exact_moments import (Component, Finite, HaarProjection, Layout, Noise, RandomAffine, Subset, embed,
+                                  selector)
+
+METRICS = ("f_gap", "grad_norm_sq", "dist_sq")
+ESTIMATORS = ("gd", "sgd", "page", "mvr", "qgd", "marina", "ef21")
+SKETCHES = ("gaussian", "orthonormal", "column", "rademacher")
+_MAX_RADEMACHER = 16  # enumerate 2^(dim r) sign patterns up to this exponent
+
+
+@dataclass(frozen=True)
+class QuadraticModel:
+    r"""The numbers of a quadratic problem: ``shape`` (m, n), Hessian ``Q`` (d, d),
+    ``e0`` = vec(W0 - W*) (d,); optionally samples (``sample_hessians`` (N, d, d),
+    ``sample_offsets`` (N, d), :math:`\nabla f_i = Q_i e + b_i`) and clients
+    (``client_hessians`` (K, d, d), ``client_offsets`` (K, d))."""
+
+    shape: tuple
+    Q: np.ndarray
+    e0: np.ndarray
+    sample_hessians: Optional[np.ndarray] = None
+    sample_offsets: Optional[np.ndarray] = None
+    client_hessians: Optional[np.ndarray] = None
+    client_offsets: Optional[np.ndarray] = None
+
+    @property
+    def d(self):
+        return self.shape[0] * self.shape[1]
+
+
+def _rows(inp: Layout, d: int, terms, offset=None):
+    """(d, inp.size) matrix of :math:`\\sum_b A_b x_b + \\text{offset}`, terms [(block, A_b)]."""
+    A = np.zeros((d, inp.size))
+    for block, mat in terms:
+        A[:, inp[block]] += mat
+    if offset is not None:
+        A[:, inp.h] += offset
+    return A
+
+
+def _need(model, what, field):
+    if getattr(model, what) is None:
+        kind = "n_samples" if what.startswith("sample") else "n_clients"
+        raise ValueError(f"{field}: needs a problem with {kind}")
+    return getattr(model, what), getattr(model, what.replace("hessians", "offsets"))
+
+
+def _batch(est, model):
+    Qs, bs = _need(model, "sample_hessians", "estimator.batch")
+    b = est.get("batch")
+    if not (isinstance(b, int) and 1 <= b <= Qs.shape[0]):
+        raise ValueError(f"estimator.batch: must be an integer in [1, {Qs.shape[0]}], got {b!r}")
+    return Qs, bs, b
+
+
+def _compressor(est, d):
+    """(k, scale) of the compressor: identity = all d coordinates unscaled."""
+    comp = est.get("compressor")
+    if comp is None or comp.get("name", "identity") == "identity":
+        return d, 1.0
+    if comp.get("name") != "randk":
+        raise ValueError(f"compressor.name: exact expectations need a compressor linear given its draw "
+                         f"(identity, randk), got {comp.get('name')!r}")
+    k = comp.get("k")
+    if not (isinstance(k, int) and 1 <= k <= d):
+        raise ValueError(f"compressor.k: must be an integer in [1, {d}], got {k!r}")
+    return k, float(comp.get("scale", d / k))
+
+
+def _client_pieces(model, est, out, inp, src, old=None, ef21=False):
+    """One Subset piece per client: the compressed :math:`\\nabla f_i(src) - \\nabla f_i(old)`
+    (``old`` None: the offset b_i instead), or EF21's :math:`C_i(\\nabla f_i - G^i)`."""
+    Qc, bc = _need(model, "client_hessians", "estimator.name")
+    K, d = Qc.shape[0], model.d
+    k, scale = _compressor(est, d)
+    LG = selector(out, "G", d)
+    pieces = []
+    for i in range(K):
+        if old is not None:
+            row = _rows(inp, d, [(src, Qc[i]), (old, -Qc[i])])
+        elif ef21:
+            row = _rows(inp, d, [(src, Qc[i]), ("C", _client_block(K, d, i, -1.0))], bc[i])
+        else:
+            row = _rows(inp, d, [(src, Qc[i])], bc[i])
+        terms = np.zeros((d, out.size, inp.size))
+        for j in range(d):
+            target = LG / K
+            if ef21:
+                target = target + selector(out, "C", K * d)[:, i * d:(i + 1) * d]
+            terms[j] = target[:, j:j + 1] @ row[j:j + 1, :]  # coordinate j of the message
+        pieces.append(Subset(terms=terms, k=k, scale=scale))
+    return pieces
+
+
+def _client_block(K, d, i, value):
+    B = np.zeros((d, K * d))
+    B[:, i * d:(i + 1) * d] = value * np.eye(d)
+    return B
+
+
+def _gradient_estimate(model, est, out, inp, src, init):
+    """Components giving G from the block ``src`` (e or e1): init (step 0) or update."""
+    name, d, Q = est["name"], model.d, model.Q
+    base = [(o, i, np.eye(out[o].stop - out[o].start)) for o, i in (("e", src),)] + [("h", "h", 1.0)]
+    full = embed(out, inp, base + [("G", src, Q)])
+    LG = selector(out, "G", d)
+    if name == "gd" or (init and name in ("page", "marina")) or (init and est.get("init_with") == "full"):
+        return [(1.0, Component(full))]
+    if name in ("sgd", "mvr") and (init or name == "sgd" or est.get("momentum", 0.1) == 1.0):
+        if est.get("noise") is not None:
+            C = LG * (float(est["noise"]) / math.sqrt(d))
+            return [(1.0, Component(full, [Noise(C, full.shape, inp.h)]))]
+        Qs, bs, b = _batch(est, model)
+        terms = np.stack([LG @ _rows(inp, d, [(src, Qs[i])], bs[i]) for i in range(Qs.shape[0])])
+        return [(1.0, Component(embed(out, inp, base), [Subset(terms, b, 1.0 / b)]))]
+    if name == "mvr":
+        beta = float(est.get("momentum", 0.1))
+        keep = embed(out, inp, base + [("G", "G", (1 - beta) * np.eye(d))])
+        if est.get("noise") is not None:
+            T0 = keep + embed(out, inp, [("G", "e1", Q), ("G", "e0", -(1 - beta) * Q)])
+            return [(1.0, Component(T0, [Noise(LG * (beta * float(est["noise"]) / math.sqrt(d)), T0.shape, inp.h)]))]
+        Qs, bs, b = _batch(est, model)
+        terms = np.stack([LG @ _rows(inp, d, [("e1", Qs[i]), ("e0", -(1 - beta) * Qs[i])], beta * bs[i])
+                          for i in range(Qs.shape[0])])
+        return [(1.0, Component(keep, [Subset(terms, b, 1.0 / b)]))]
+    if name == "page":
+        q = est.get("q")
+        if q is None or q < 1:
+            Qs, _, b = _batch(est, model)
+            q = b / (b + Qs.shape[0]) if q is None else float(q)
+        else:
+            return [(1.0, Component(full))]
+        keep = embed(out, inp, base + [("G", "G", np.eye(d))])
+        terms = np.stack([LG @ _rows(inp, d, [("e1", Qs[i]), ("e0", -Qs[i])]) for i in range(Qs.shape[0])])
+        return [(q, Component(full)), (1 - q, Component(keep, [Subset(terms, b, 1.0 / b)]))]
+    if name == "qgd":
+        return [(1.0, Component(embed(out, inp, base), _client_pieces(model, est, out, inp, src)))]
+    if name == "marina":
+        q = float(est.get("q", 0.1))
+        keep = embed(out, inp, base + [("G", "G", np.eye(d))])
+        return [(q, Component(full)), (1 - q, Component(keep, _client_pieces(model, est, out, inp, "e1", old="e0")))]
+    if name == "ef21":
+        Qc, bc = _need(model, "client_hessians", "estimator.name")
+        K = Qc.shape[0]
+        if init:  # G^i_0 = grad f_i(W0) uncompressed, G_0 their mean
+            T0 = embed(out, inp, base + [("C", src, np.concatenate(list(Qc))), ("C", "h", bc.reshape(-1)),
+                                         ("G", src, Qc.mean(0)), ("G", "h", bc.mean(0))])
+            return [(1.0, Component(T0))]
+        avg = np.concatenate([np.eye(d)] * K, axis=1) / K
+        T0 = embed(out, inp, base + [("C", "C", np.eye(K * d)), ("G", "C", avg)])
+        return [(1.0, Component(T0, _client_pieces(model, est, out, inp, src, ef21=True)))]
+    raise ValueError(f"estimator.name: exact expectations know {ESTIMATORS}, got {name!r}")
+
+
+def _sketch_piece(sketch, side, L, R, m, n, r):
+    """The random :math:`L\\,\\hat H\\,R` of one side."""
+    dim = m if side == "left" else n
+    if sketch in ("gaussian", "orthonormal"):
+        return HaarProjection(L, R, m, n, r, side)
+
+    def lift(H):
+        return L @ (np.kron(H, np.eye(n)) if side == "left" else np.kron(np.eye(m), H)) @ R
+
+    if sketch == "column":
+        return Subset(np.stack([lift(np.diag(np.eye(dim)[i])) for i in range(dim)]), r, 1.0)
+    if sketch == "rademacher":
+        if dim * r > _MAX_RADEMACHER:
+            raise ValueError(f"sketch.name: rademacher is enumerated exactly only for dim * rank <= "
+                             f"{_MAX_RADEMACHER}, got {dim} * {r}")
+        outs = [np.array(s, dtype=float).reshape(dim, r) for s in itertools.product((-1.0, 1.0), repeat=dim * r)]
+        terms = np.stack([lift(B @ np.linalg.pinv(B)) for B in outs])
+        return Finite(terms, np.full(len(outs), 1.0 / len(outs)))
+    raise ValueError(f"sketch.name: exact expectations know {SKETCHES}, got {sketch!r}")
+
+
+def _method_step(model, method, X, Y, gamma, p, rank, sketch):
+    d, (m, n) = model.d, model.shape
+    ident = [("e1", "e", np.eye(d)), ("e0", "e", np.eye(d)), ("G", "G", np.eye(d)), ("h", "h", 1.0)]
+    if "C" in X:
+        ident.append(("C", "C", np.eye(X["C"].stop - X["C"].start)))
+    T0 = embed(Y, X, ident)
+    if method == "fpft":
+        return RandomAffine([(1.0, Component(T0 + embed(Y, X, [("e1", "G", -gamma * np.eye(d))])))])
+    if method != "bernoulli_lora":
+        raise ValueError(f"method.name: exact expectations know fpft and bernoulli_lora, got {method!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"method.p: must lie in [0, 1], got {p!r}")
+    if not (isinstance(rank, int) and 1 <= rank <= min(m, n)):
+        raise ValueError(f"method.rank: must be an integer in [1, {min(m, n)}], got {rank!r}")
+    L, R = -gamma * selector(Y, "e1", d), selector(X, "G", d).T
+    return RandomAffine([(p, Component(T0, [_sketch_piece(sketch, "left", L, R, m, n, rank)])),
+                         (1 - p, Component(T0, [_sketch_piece(sketch, "right", L, R, m, n, rank)]))])
+
+
+def exact_moments(model: QuadraticModel, *, method: str, estimator: dict, gamma: float, iterations,
+                  p: float = 1.0, rank: int = 1, sketch: str = "gaussian"):
+    r"""Exact :math:`\mathbb E[f(W_t) - f^*]`, :math:`\mathbb E\|\nabla f(W_t)\|^2`,
+    :math:`\mathbb E\|W_t - W^*\|^2` and :math:`\mathbb E W_t - W^*` at ``iterations``.
+
+    Parameters
+    ----------
+    model : QuadraticModel
+    method : {'fpft', 'bernoulli_lora'} (p = 1 or 0: RAC-LoRA)
+    estimator : dict with ``name`` in :data:`ESTIMATORS` and its parameters (``batch``,
+        ``noise``, ``q``, ``momentum``, ``init_with``, ``compressor``: None or
+        ``{'name': 'randk', 'k': k, 'scale': s}``, s = d/k (unbiased, default) or 1 (EF21)).
+    gamma : float > 0, constant stepsize.
+    iterations : iterable of ints >= 0.
+    p, rank, sketch : Bernoulli-LoRA's coin, rank and sketch name (:data:`SKETCHES`).
+
+    Returns
+    -------
+    dict: ``iteration`` (k,), each of :data:`METRICS` (k,), ``mean_error`` (k, m, n).
+    """
+    its = np.unique(np.asarray(list(iterations), dtype=np.int64))
+    if its.size == 0 or its[0] < 0:
+        raise ValueError("iterations: need at least one integer >= 0")
+    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"stepsize: gamma must be a finite number > 0, got {gamma!r}")
+    d = model.d
+    extra = [("C", model.client_hessians.shape[0] * d)] if estimator.get("name") == "ef21" else []
+    if extra:
+        _need(model, "client_hessians", "estimator.name")
+    X = Layout([("e", d), ("G", d)] + extra)
+    Y = Layout([("e1", d), ("e0", d), ("G", d)] + extra)
+    E = Layout([("e", d)])
+    init = RandomAffine(_gradient_estimate(model, estimator, X, E, "e", True))
+    update = RandomAffine(_gradient_estimate(model, estimator, X, Y, "e1", False))
+    step = _method_step(model, method, X, Y, float(gamma), float(p), rank, sketch)
+    x0 = np.append(np.asarray(model.e0, dtype=float), 1.0)
+    S = init.push(np.outer(x0, x0))
+    Q, Q2 = model.Q, model.Q @ model.Q
+    out = {k: [] for k in METRICS + ("mean_error",)}
+    t = 0
+    for target in its:
+        while t < target:
+            S = update.push(step.push(S))
+            t += 1
+        See = S[X["e"], X["e"]]
+        out["f_gap"].append(0.5 * float(np.sum(Q * See)))
+        out["grad_norm_sq"].append(float(np.sum(Q2 * See)))
+        out["dist_sq"].append(float(np.trace(See)))
+        out["mean_error"].append(S[X["e"], X.h].reshape(model.shape))
+    res = {k: np.asarray(v) for k, v in out.items()}
+    res["iteration"] = its
+    return res
