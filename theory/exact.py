@@ -254,9 +254,9 @@ def exact_moments(model: QuadraticModel, *, method: str, estimator: dict, gamma:
     if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
         raise ValueError(f"stepsize: gamma must be a finite number > 0, got {gamma!r}")
     d = model.d
-    extra = [("C", model.client_hessians.shape[0] * d)] if estimator.get("name") == "ef21" else []
-    if extra:
-        _need(model, "client_hessians", "estimator.name")
+    extra = []
+    if estimator.get("name") == "ef21":
+        extra = [("C", _need(model, "client_hessians", "estimator.name")[0].shape[0] * d)]
     X = Layout([("e", d), ("G", d)] + extra)
     Y = Layout([("e1", d), ("e0", d), ("G", d)] + extra)
     E = Layout([("e", d)])
