@@ -33,6 +33,7 @@ piece gives its mean and :math:`X \mapsto \mathbb E[T_j X T_j^\top]` in closed f
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -60,8 +61,27 @@ def haar_projection_moments(dim: int, r: int):
     return r / dim - (dim + 1) * beta, beta
 
 
+class _Sparse:
+    """Outcomes ``terms`` (K, a, b) kept on their support (the rows and columns where some
+    outcome is nonzero: the maps are sparse), computed once per piece."""
+
+    @functools.cached_property
+    def _compact(self):
+        nz = self.terms != 0
+        rows, cols = np.flatnonzero(nz.any((0, 2))), np.flatnonzero(nz.any((0, 1)))
+        return rows, cols, np.ascontiguousarray(self.terms[:, rows][:, :, cols])
+
+    def _sandwich(self, weights, S):
+        """:math:`\\sum_k w_k T_k S T_k^\\top`."""
+        rows, cols, T = self._compact
+        U = np.einsum("k,kab,bc->kac", weights, T, S[np.ix_(cols, cols)], optimize=True)
+        out = np.zeros((self.terms.shape[1], self.terms.shape[1]))
+        out[np.ix_(rows, rows)] = np.einsum("kac,kdc->ad", U, T, optimize=True)
+        return out
+
+
 @dataclass(frozen=True)
-class Subset:
+class Subset(_Sparse):
     """:math:`T = s\\sum_i z_i T^{(i)}`, ``terms`` (N, a, b), z a uniform k-subset of N."""
 
     terms: np.ndarray
@@ -72,13 +92,17 @@ class Subset:
         N, k = self.terms.shape[0], self.k
         return k / N, (k * (k - 1) / (N * (N - 1)) if N > 1 else 0.0)
 
+    @functools.cached_property
+    def _total(self):
+        return self.terms.sum(0)
+
     def mean(self):
-        return self.scale * self._c()[0] * self.terms.sum(0)
+        return self.scale * self._c()[0] * self._total
 
     def second(self, S):
         c_diag, c_off = self._c()
-        tot = self.terms.sum(0)
-        diag = np.einsum("nab,bc,ndc->ad", self.terms, S, self.terms, optimize=True)
+        tot = self._total
+        diag = self._sandwich(np.ones(self.terms.shape[0]), S)
         return self.scale ** 2 * (c_off * tot @ S @ tot.T + (c_diag - c_off) * diag)
 
 
@@ -130,7 +154,7 @@ class Noise:
 
 
 @dataclass(frozen=True)
-class Finite:
+class Finite(_Sparse):
     """Outcomes ``terms`` (K, a, b) with probabilities ``probs`` (K,) (exact enumeration)."""
 
     terms: np.ndarray
@@ -140,7 +164,7 @@ class Finite:
         return np.einsum("k,kab->ab", self.probs, self.terms)
 
     def second(self, S):
-        return np.einsum("k,kab,bc,kdc->ad", self.probs, self.terms, S, self.terms, optimize=True)
+        return self._sandwich(self.probs, S)
 
 
 @dataclass(frozen=True)
