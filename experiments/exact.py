@@ -1,11 +1,19 @@
-"""Exact expectations for a job on a quadratic problem (bridge to :mod:`theory.exact`).
+r"""Exact expectations for a job on a quadratic problem (bridge to :mod:`theory.exact`).
 
 ``exact_expectations(problem, method_cfg, estimator_cfg, gamma, iterations, ...)`` reads
 the problem's numbers (:meth:`experiments.problems.quadratic.Quadratic.exact_model`) and
 the configuration groups, and returns :func:`theory.exact.exact_moments`'s dict.
-``attach_exact(table, job, cfg)`` adds the columns of :data:`EXACT_COLUMNS` to a job's
-results table (one value per iteration, the same for every seed) and ``exact_status``:
-``computed`` or ``not applicable: <why>``.
+``attach_exact(table, job, cfg)`` adds to a job's results table (one value per iteration,
+the same for every seed):
+
+* ``exact_<metric>`` for every metric of :data:`EXACT_METRICS`: the exact expectation of
+  the engine's column ``<metric>``. The running averages are exact too, by linearity:
+  :math:`\mathbb E\,\frac1T\sum_{t<T} X_t = \frac1T\sum_{t<T}\mathbb E X_t` (NaN at T = 0);
+  the running minima are not (:math:`\mathbb E\min \ne \min\mathbb E`).
+* ``exact`` and ``exact_metric``: the exact expectation of the row's ``bound_metric`` when
+  it is one of :data:`EXACT_METRICS`, else of ``f_gap`` (what :mod:`theory.verify` tests
+  the seeds' mean against: ``agrees`` / ``disagrees``);
+* ``exact_status``: ``computed`` or ``not applicable: <why>``.
 """
 from __future__ import annotations
 
@@ -13,7 +21,8 @@ import numpy as np
 
 from theory.exact import METRICS, exact_moments
 
-EXACT_COLUMNS = tuple(f"exact_{m}" for m in METRICS)
+EXACT_METRICS = METRICS + ("avg_f_gap", "avg_grad_norm_sq")
+EXACT_COLUMNS = tuple(f"exact_{m}" for m in EXACT_METRICS) + ("exact", "exact_metric", "exact_status")
 
 
 def _compressor_spec(compressor, d):
@@ -77,19 +86,36 @@ def applicable(job, cfg):
     return None
 
 
+def exact_columns(job, cfg, iterations):
+    """``{metric: values at iterations}`` for :data:`EXACT_METRICS` (the moments are
+    propagated through every step up to the last iteration anyway)."""
+    its = np.asarray(iterations, dtype=np.int64)
+    res = exact_expectations(job.problem, cfg["method"], cfg["estimator"], job.gamma, range(int(its.max()) + 1),
+                             sketch_cfg=cfg.get("sketch"), compressor=getattr(job.estimator, "compressor", None))
+    out = {m: res[m][its] for m in METRICS}
+    for m in ("f_gap", "grad_norm_sq"):
+        running = np.concatenate([[np.nan], np.cumsum(res[m])[:-1] / np.arange(1, res[m].size)])
+        out[f"avg_{m}"] = running[its]
+    return out
+
+
 def attach_exact(table, job, cfg):
-    """Add :data:`EXACT_COLUMNS` and ``exact_status`` to a job's table (rows at any iterations)."""
+    """Add :data:`EXACT_COLUMNS` to a job's table (module docstring)."""
     why = applicable(job, cfg)
+    metric = table["bound_metric"] if "bound_metric" in table.columns else "f_gap"
+    table["exact_metric"] = np.where(np.isin(metric, EXACT_METRICS), metric, "f_gap")
     if why is not None:
-        for col in EXACT_COLUMNS:
-            table[col] = np.nan
+        for m in EXACT_METRICS:
+            table[f"exact_{m}"] = np.nan
+        table["exact"] = np.nan
         table["exact_status"] = f"not applicable: {why}"
         return table
-    its = table["iteration"].to_numpy().astype(np.int64)
-    res = exact_expectations(job.problem, cfg["method"], cfg["estimator"], job.gamma, np.unique(its),
-                             sketch_cfg=cfg.get("sketch"), compressor=getattr(job.estimator, "compressor", None))
-    pos = np.searchsorted(res["iteration"], its)
-    for metric, col in zip(METRICS, EXACT_COLUMNS):
-        table[col] = res[metric][pos]
+    values = exact_columns(job, cfg, table["iteration"].to_numpy().astype(np.int64))
+    for m in EXACT_METRICS:
+        table[f"exact_{m}"] = values[m]
+    pick, exact = table["exact_metric"].to_numpy(), np.full(len(table), np.nan)
+    for m in EXACT_METRICS:
+        exact[pick == m] = values[m][pick == m]
+    table["exact"] = exact
     table["exact_status"] = "computed"
     return table

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.exact import EXACT_COLUMNS, attach_exact, exact_expectations
+from experiments.exact import EXACT_COLUMNS, EXACT_METRICS, attach_exact, exact_expectations
 from experiments.job import execute
 from experiments.problems import make_problem
 from solvers.compressors import Identity
@@ -139,18 +139,27 @@ CFG = {
 
 
 def test_attach_exact_to_a_job_agrees_with_its_runs():
-    table, job = execute(CFG)
-    table = attach_exact(table, job, CFG)
+    cfg = dict(CFG, track_every_step=True)
+    table, job = execute(cfg)
+    table = attach_exact(table, job, cfg)
     assert set(EXACT_COLUMNS) <= set(table.columns) and (table["exact_status"] == "computed").all()
-    ref = exact_expectations(job.problem, CFG["method"], CFG["estimator"], job.gamma, [0, 3, 6],
-                             sketch_cfg=CFG["sketch"], compressor=job.estimator.compressor)
-    for metric, col in zip(("f_gap", "grad_norm_sq", "dist_sq"), EXACT_COLUMNS):
-        g = table.groupby("iteration")
-        np.testing.assert_allclose(g[col].first().to_numpy(), ref[metric], rtol=0, atol=0)
-        assert (g[col].nunique() == 1).all()
-        mean, se = g[metric].mean().to_numpy(), g[metric].std().to_numpy() / math.sqrt(CFG["seeds"])
+    res = exact_expectations(job.problem, cfg["method"], cfg["estimator"], job.gamma, range(7),
+                             sketch_cfg=cfg["sketch"], compressor=job.estimator.compressor)
+    its = [0, 3, 6]
+    ref = {m: res[m][its] for m in ("f_gap", "grad_norm_sq", "dist_sq")}
+    for m in ("f_gap", "grad_norm_sq"):  # E of the running average over iterates t < T
+        ref[f"avg_{m}"] = np.array([np.nan] + [res[m][:T].mean() for T in its[1:]])
+    g = table.groupby("iteration")
+    for metric in EXACT_METRICS:
+        col = f"exact_{metric}"
+        np.testing.assert_allclose(g[col].first().to_numpy(), ref[metric], rtol=1e-14, atol=0)
+        assert (g[col].nunique(dropna=False) == 1).all()
+        mean, se = g[metric].mean().to_numpy(), g[metric].std().to_numpy() / math.sqrt(cfg["seeds"])
         z = np.abs(mean - ref[metric])[1:] / se[1:]
-        assert (z < 4).all(), z
+        assert (z < 4).all(), (metric, z)
+    metric = table["exact_metric"].iloc[0]
+    assert metric == table["bound_metric"].iloc[0] and metric in EXACT_METRICS
+    np.testing.assert_array_equal(table["exact"].to_numpy(), table[f"exact_{metric}"].to_numpy())
 
 
 @pytest.mark.parametrize("change,why", [
