@@ -1,8 +1,10 @@
 r"""Exact expectations for a job on a quadratic problem (bridge to :mod:`theory.exact`).
 
-``exact_expectations(problem, method_cfg, estimator_cfg, gamma, iterations, ...)`` reads
-the problem's numbers (:meth:`experiments.problems.quadratic.Quadratic.exact_model`) and
-the configuration groups, and returns :func:`theory.exact.exact_moments`'s dict.
+``exact_for_method(problem, method, iterations)`` reads the problem's numbers
+(:meth:`experiments.problems.quadratic.Quadratic.exact_model`) and the solver's method
+object (its estimator, sketch, p, rank, stepsize: the very object a job runs), and returns
+:func:`theory.exact.exact_moments`'s dict; ``exact_expectations(problem, method_cfg,
+estimator_cfg, gamma, iterations, ...)`` does the same from configuration groups.
 ``attach_exact(table, job, cfg)`` adds to a job's results table (one value per iteration,
 the same for every seed):
 
@@ -26,72 +28,79 @@ EXACT_COLUMNS = tuple(f"exact_{m}" for m in EXACT_METRICS) + ("exact", "exact_me
 
 
 def _compressor_spec(compressor, d):
-    """The compressor as :func:`theory.exact.exact_moments` takes it: None (identity) or
-    ``{'name': 'randk', 'k', 'scale'}``; ``scale`` d/k for the unbiased Rand-k, 1 for an
-    unscaled one (a compressor object with ``scaled = False``)."""
-    if compressor is None:
-        return None
-    name = getattr(compressor, "name", None) if not isinstance(compressor, dict) else compressor.get("name")
-    get = compressor.get if isinstance(compressor, dict) else (lambda key, default=None: getattr(compressor, key, default))
-    if name == "identity":
+    """The compressor object as :func:`theory.exact.exact_moments` takes it: None (identity)
+    or ``{'name': 'randk', 'k', 'scale'}``, ``scale`` d/k for the solvers' unbiased Rand-k,
+    1 for an unscaled one (an object with ``scaled = False``); others pass their name on
+    (theory refuses them)."""
+    name = getattr(compressor, "name", None)
+    if compressor is None or name == "identity":
         return None
     if name != "randk":
-        raise ValueError(f"compressor.name: exact expectations need a compressor linear given its draw "
-                         f"(identity, randk), got {name!r}")
-    k = get("k")
-    return {"name": "randk", "k": k, "scale": d / k if get("scaled", True) else 1.0}
+        return {"name": name}
+    k = compressor.k
+    return {"name": "randk", "k": k, "scale": d / k if getattr(compressor, "scaled", True) else 1.0}
+
+
+def _name(obj):
+    return obj if isinstance(obj, str) else getattr(obj, "name", type(obj).__name__)
+
+
+def _estimator_spec(est, problem):
+    """The estimator object's parameters as :func:`theory.exact.exact_moments` takes them
+    (the solver's own defaults resolved, e.g. PAGE's q for the problem's N)."""
+    spec = {"name": est.name}
+    for key in ("batch", "noise", "momentum", "init_with", "q"):
+        if getattr(est, key, None) is not None:
+            spec[key] = getattr(est, key)
+    if est.name == "page":
+        spec["q"] = est.prob(problem.n_samples) if problem.n_samples else est.q
+    if getattr(est, "transmit", "weights") != "weights":
+        raise ValueError("estimator.transmit: exact expectations cover weight transmission only")
+    if hasattr(est, "compressor"):
+        spec["compressor"] = _compressor_spec(est.compressor, problem.shape[0] * problem.shape[1])
+    return spec
+
+
+def exact_for_method(problem, method, iterations):
+    """Exact expectations of the solver's ``method`` object (FPFT, or Bernoulli-LoRA with its
+    p, rank, sketch, estimator and constant stepsize) on ``problem`` at ``iterations``:
+    :func:`theory.exact.exact_moments`'s dict."""
+    if not hasattr(problem, "exact_model"):
+        raise ValueError(f"problem.name: exact expectations need a quadratic problem, got {_name(problem)!r}")
+    if getattr(method, "stepsize_rule", "constant") != "constant":
+        raise ValueError("stepsize.rule: exact expectations need the constant stepsize (Polyak's is not affine)")
+    if not isinstance(method.stepsize, (int, float)) or not isinstance(getattr(method, "p", 0.0), (int, float)):
+        raise ValueError("stepsize: exact expectations take one stepsize and one p for all runs")
+    kw = dict(p=float(method.p), rank=method.rank, sketch=_name(method.sketch)) \
+        if method.name == "bernoulli_lora" else {}
+    return exact_moments(problem.exact_model(), method=method.name, gamma=float(method.stepsize),
+                         estimator=_estimator_spec(method.estimator, problem), iterations=iterations, **kw)
 
 
 def exact_expectations(problem, method_cfg, estimator_cfg, gamma, iterations, *, sketch_cfg=None,
-                       compressor=None):
-    """Exact E[f - f*], E||grad f||^2, E||W - W*||^2 (and E[W] - W*) of a job on a quadratic.
+                       compressor_cfg=None):
+    """Exact E[f - f*], E||grad f||^2, E||W - W*||^2 (and E[W] - W*) of a configuration on a
+    quadratic: the groups ``method``, ``estimator``, ``sketch``, ``compressor`` of a job's
+    configuration, built into the solvers' objects by the suite's own builders (so their
+    defaults apply), then :func:`exact_for_method`."""
+    from experiments.build import build_estimator
+    from solvers.methods import make_method
 
-    Parameters
-    ----------
-    problem : a quadratic problem (:mod:`experiments.problems.quadratic`).
-    method_cfg : mapping with ``name`` ('fpft', 'bernoulli_lora') and ``p``, ``rank``.
-    estimator_cfg : mapping with ``name`` and its parameters (as in the job configuration).
-    gamma : float, the constant stepsize.
-    iterations : iterable of ints.
-    sketch_cfg : mapping with ``name`` (default gaussian).
-    compressor : compressor object or config mapping (qgd, marina, ef21), None for identity.
-    """
-    if not hasattr(problem, "exact_model"):
-        raise ValueError(f"problem.name: exact expectations need a quadratic problem, got "
-                         f"{getattr(problem, 'name', problem)!r}")
-    model = problem.exact_model()
-    est = {k: v for k, v in dict(estimator_cfg).items() if v is not None}
-    est["compressor"] = _compressor_spec(compressor, model.d)
-    mc = dict(method_cfg)
-    return exact_moments(model, method=mc["name"], estimator=est, gamma=float(gamma), iterations=iterations,
-                         p=float(mc.get("p", 1.0)), rank=mc.get("rank", 1),
-                         sketch=(sketch_cfg or {}).get("name", "gaussian"))
+    est = build_estimator({"estimator": dict(estimator_cfg), "compressor": compressor_cfg}, problem)
+    mc = {k: v for k, v in dict(method_cfg).items() if v is not None}
+    name = mc.pop("name")
+    if name == "bernoulli_lora":
+        mc["sketch"] = (sketch_cfg or {}).get("name", "gaussian")
+    method = make_method(name, estimator=est, stepsize=float(gamma),
+                         **{k: v for k, v in mc.items() if k in ("p", "rank", "sketch")})
+    return exact_for_method(problem, method, iterations)
 
 
-def applicable(job, cfg):
-    """``None`` when the exact expectations apply to the job, else the reason (one line)."""
-    if not hasattr(job.problem, "exact_model"):
-        return f"not a quadratic problem ({cfg['problem']['name']})"
-    if cfg["method"]["name"] not in ("fpft", "bernoulli_lora"):
-        return f"method {cfg['method']['name']} is not affine in W"
-    if (cfg.get("stepsize") or {}).get("rule", "constant") != "constant":
-        return "the Polyak stepsize is not affine"
-    if cfg["estimator"].get("transmit", "weights") != "weights":
-        return "factor transmission is not covered"
-    comp = getattr(job.estimator, "compressor", None)
-    try:
-        _compressor_spec(comp, job.problem.shape[0] * job.problem.shape[1])
-    except ValueError:
-        return f"compressor {getattr(comp, 'name', comp)} is not linear given its draw"
-    return None
-
-
-def exact_columns(job, cfg, iterations):
+def exact_columns(job, iterations):
     """``{metric: values at iterations}`` for :data:`EXACT_METRICS` (the moments are
     propagated through every step up to the last iteration anyway)."""
     its = np.asarray(iterations, dtype=np.int64)
-    res = exact_expectations(job.problem, cfg["method"], cfg["estimator"], job.gamma, range(int(its.max()) + 1),
-                             sketch_cfg=cfg.get("sketch"), compressor=getattr(job.estimator, "compressor", None))
+    res = exact_for_method(job.problem, job.method, range(int(its.max()) + 1))
     out = {m: res[m][its] for m in METRICS}
     for m in ("f_gap", "grad_norm_sq"):
         running = np.concatenate([[np.nan], np.cumsum(res[m])[:-1] / np.arange(1, res[m].size)])
@@ -99,18 +108,19 @@ def exact_columns(job, cfg, iterations):
     return out
 
 
-def attach_exact(table, job, cfg):
-    """Add :data:`EXACT_COLUMNS` to a job's table (module docstring)."""
-    why = applicable(job, cfg)
+def attach_exact(table, job, cfg=None):
+    """Add :data:`EXACT_COLUMNS` to a job's table (module docstring). Where the exact
+    expectations do not apply, the refusal's one line is the reason in ``exact_status``."""
     metric = table["bound_metric"] if "bound_metric" in table.columns else "f_gap"
     table["exact_metric"] = np.where(np.isin(metric, EXACT_METRICS), metric, "f_gap")
-    if why is not None:
+    try:
+        values = exact_columns(job, table["iteration"].to_numpy().astype(np.int64))
+    except ValueError as exc:
         for m in EXACT_METRICS:
             table[f"exact_{m}"] = np.nan
         table["exact"] = np.nan
-        table["exact_status"] = f"not applicable: {why}"
+        table["exact_status"] = f"not applicable: {exc}"
         return table
-    values = exact_columns(job, cfg, table["iteration"].to_numpy().astype(np.int64))
     for m in EXACT_METRICS:
         table[f"exact_{m}"] = values[m]
     pick, exact = table["exact_metric"].to_numpy(), np.full(len(table), np.nan)

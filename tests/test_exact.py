@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from experiments.exact import exact_expectations
+from experiments.exact import exact_expectations, exact_for_method
 from experiments.problems import make_problem
 from solvers.compressors import Identity, RandK
 from solvers.distributed import EF21, MARINA, QGD
@@ -114,7 +114,7 @@ def _build(pair):
         method = FPFT(estimator=est, stepsize=GAMMA)
     else:
         method = BernoulliLoRA(estimator=est, stepsize=GAMMA, p=mcfg["p"], rank=mcfg["rank"], sketch=sketch)
-    return prob, method, comp
+    return prob, method
 
 
 def z_scores(method, prob, exact, seeds=SEEDS):
@@ -133,15 +133,14 @@ def z_scores(method, prob, exact, seeds=SEEDS):
     return out
 
 
-def _exact(pair, comp):
-    _, mcfg, sketch, _, ecfg, _ = pair
-    return exact_expectations(problem(), mcfg, ecfg, GAMMA, CHECKED, sketch_cfg={"name": sketch}, compressor=comp)
+def _exact(pair, method):
+    return exact_for_method(problem(), method, CHECKED)
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=[p[0] for p in PAIRS])
 def test_exact_agrees_with_monte_carlo_of_the_solvers(pair):
-    prob, method, comp = _build(pair)
-    z = z_scores(method, prob, _exact(pair, comp))
+    prob, method = _build(pair)
+    z = z_scores(method, prob, _exact(pair, method))
     worst = max(float(v.max()) for v in z.values())
     assert worst < Z_MAX, {k: np.round(v, 2) for k, v in z.items()}
 
@@ -149,23 +148,23 @@ def test_exact_agrees_with_monte_carlo_of_the_solvers(pair):
 def test_monte_carlo_check_catches_a_wrong_fourth_moment(monkeypatch):
     """E[H X H] replaced by E[H] X E[H] (the second moment of the sketch ignored): flagged."""
     pair = next(p for p in PAIRS if p[0] == "bl-gd-gaussian")
-    prob, method, comp = _build(pair)
+    prob, method = _build(pair)
     monkeypatch.setattr(exact_moments, "haar_projection_moments", lambda dim, r: ((r / dim) ** 2, 0.0))
-    z = z_scores(method, prob, _exact(pair, comp))
+    z = z_scores(method, prob, _exact(pair, method))
     assert max(float(v.max()) for v in z.values()) > Z_MAX
 
 
 def test_monte_carlo_check_catches_wrong_inclusion_probabilities(monkeypatch):
     """Minibatch drawn with replacement-like independent inclusions (E z_i z_j = (k/N)^2): flagged."""
     pair = next(p for p in PAIRS if p[0] == "fpft-sgd-batch")
-    prob, method, comp = _build(pair)
+    prob, method = _build(pair)
 
     def independent(self):
         N = self.terms.shape[0]
         return self.k / N, (self.k / N) ** 2
 
     monkeypatch.setattr(Subset, "_c", independent)
-    z = z_scores(method, prob, _exact(pair, comp))
+    z = z_scores(method, prob, _exact(pair, method))
     assert max(float(v.max()) for v in z.values()) > Z_MAX
 
 
@@ -269,6 +268,8 @@ def _model(clients=False):
     (dict(estimator=dict(name="adam")), "estimator.name"),
     (dict(estimator=dict(name="ef21")), "estimator.name"),
     (dict(estimator=dict(name="sgd", batch=2)), "estimator.batch"),
+    (dict(estimator=dict(name="mvr", noise=1.0)), "estimator.momentum"),
+    (dict(estimator=dict(name="page", batch=1)), "estimator.q"),
     (dict(method="lora"), "method.name"),
     (dict(rank=3), "method.rank"),
     (dict(p=1.5), "method.p"),
@@ -281,6 +282,12 @@ def test_bad_input_fails_with_one_line_naming_the_field(kw, field):
     args.update(kw)
     with pytest.raises(ValueError, match=f"^{field}"):
         moments(_model(), **args)
+
+
+def test_too_large_a_problem_is_refused_before_any_work():
+    big = QuadraticModel(shape=(9, 8), Q=np.eye(72), e0=np.ones(72))
+    with pytest.raises(ValueError, match="^problem.m: .* m\\*n <= 64, got 72"):
+        moments(big, method="fpft", estimator=dict(name="gd"), gamma=0.1, iterations=[1])
 
 
 def test_nonlinear_compressors_are_refused():

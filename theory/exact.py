@@ -41,6 +41,7 @@ from theory.exact_moments import (Component, Finite, HaarProjection, Layout, Noi
 METRICS = ("f_gap", "grad_norm_sq", "dist_sq")
 ESTIMATORS = ("gd", "sgd", "page", "mvr", "qgd", "marina", "ef21")
 SKETCHES = ("gaussian", "orthonormal", "column", "rademacher")
+MAX_DIM = 64  # largest mn by default: about 0.01-0.3 s per iteration on one CPU core at mn = 64
 _MAX_RADEMACHER = 16  # enumerate 2^(dim r) sign patterns up to this exponent
 
 
@@ -134,58 +135,70 @@ def _client_block(K, d, i, value):
     return B
 
 
+def _param(est, key, check, what):
+    """A required estimator parameter, checked (no defaults here: the caller resolves them)."""
+    value = est.get(key)
+    if value is None or not check(value):
+        raise ValueError(f"estimator.{key}: {est['name']} needs {what}, got {value!r}")
+    return float(value)
+
+
+def _minibatch(model, est, out, inp, rows_of):
+    """The piece :math:`\\frac1b\\sum_{i\\in I}` rows_of(i) into G, I a uniform b-subset."""
+    Qs, bs, b = _batch(est, model)
+    LG = selector(out, "G", model.d)
+    return Subset(np.stack([LG @ rows_of(Qs[i], bs[i]) for i in range(Qs.shape[0])]), b, 1.0 / b)
+
+
 def _gradient_estimate(model, est, out, inp, src, init):
-    """Components giving G from the block ``src`` (e or e1): init (step 0) or update."""
+    """Mixture components of the estimator: G from the iterate block ``src`` at step 0
+    (``init``), or :math:`G_{t+1}` from e1 = :math:`e_{t+1}`, e0 = :math:`e_t` and G."""
     name, d, Q = est["name"], model.d, model.Q
-    base = [(o, i, np.eye(out[o].stop - out[o].start)) for o, i in (("e", src),)] + [("h", "h", 1.0)]
-    full = embed(out, inp, base + [("G", src, Q)])
+    if name not in ESTIMATORS:
+        raise ValueError(f"estimator.name: exact expectations know {ESTIMATORS}, got {name!r}")
+    base = [("e", src, np.eye(d)), ("h", "h", 1.0)]
+    full = embed(out, inp, base + [("G", src, Q)])  # G = grad f(src)
     LG = selector(out, "G", d)
-    if name == "gd" or (init and name in ("page", "marina")) or (init and est.get("init_with") == "full"):
+    vector = (lambda A, b: _rows(inp, d, [(src, A)], b))  # noqa: E731  grad f_i(src)
+    exact_start = name in ("page", "marina") or (name == "mvr" and est.get("init_with") == "full")
+    if name == "gd" or (init and exact_start):
         return [(1.0, Component(full))]
-    if name in ("sgd", "mvr") and (init or name == "sgd" or est.get("momentum", 0.1) == 1.0):
+    if name == "mvr" and not init:
+        beta = _param(est, "momentum", lambda v: 0 < v <= 1, "a momentum in (0, 1]")
+        if beta < 1:  # g(e1; xi) + (1 - beta)(G - g(e0; xi)), the same draw xi at both points
+            T0 = embed(out, inp, base + [("G", "G", (1 - beta) * np.eye(d))])
+            if est.get("noise") is not None:  # the noise cancels but for a fraction beta
+                T0 = T0 + embed(out, inp, [("G", "e1", Q), ("G", "e0", -(1 - beta) * Q)])
+                noise = LG * (beta * _param(est, "noise", lambda v: v >= 0, "noise >= 0") / math.sqrt(d))
+                return [(1.0, Component(T0, [Noise(noise, T0.shape, inp.h)]))]
+            rows = (lambda A, b: _rows(inp, d, [("e1", A), ("e0", -(1 - beta) * A)], beta * b))  # noqa: E731
+            return [(1.0, Component(T0, [_minibatch(model, est, out, inp, rows)]))]
+    if name in ("sgd", "mvr"):  # a fresh stochastic gradient at src
         if est.get("noise") is not None:
-            C = LG * (float(est["noise"]) / math.sqrt(d))
-            return [(1.0, Component(full, [Noise(C, full.shape, inp.h)]))]
-        Qs, bs, b = _batch(est, model)
-        terms = np.stack([LG @ _rows(inp, d, [(src, Qs[i])], bs[i]) for i in range(Qs.shape[0])])
-        return [(1.0, Component(embed(out, inp, base), [Subset(terms, b, 1.0 / b)]))]
-    if name == "mvr":
-        beta = float(est.get("momentum", 0.1))
-        keep = embed(out, inp, base + [("G", "G", (1 - beta) * np.eye(d))])
-        if est.get("noise") is not None:
-            T0 = keep + embed(out, inp, [("G", "e1", Q), ("G", "e0", -(1 - beta) * Q)])
-            return [(1.0, Component(T0, [Noise(LG * (beta * float(est["noise"]) / math.sqrt(d)), T0.shape, inp.h)]))]
-        Qs, bs, b = _batch(est, model)
-        terms = np.stack([LG @ _rows(inp, d, [("e1", Qs[i]), ("e0", -(1 - beta) * Qs[i])], beta * bs[i])
-                          for i in range(Qs.shape[0])])
-        return [(1.0, Component(keep, [Subset(terms, b, 1.0 / b)]))]
+            noise = LG * (_param(est, "noise", lambda v: v >= 0, "noise >= 0") / math.sqrt(d))
+            return [(1.0, Component(full, [Noise(noise, full.shape, inp.h)]))]
+        return [(1.0, Component(embed(out, inp, base), [_minibatch(model, est, out, inp, vector)]))]
     if name == "page":
-        q = est.get("q")
-        if q is None or q < 1:
-            Qs, _, b = _batch(est, model)
-            q = b / (b + Qs.shape[0]) if q is None else float(q)
-        else:
+        q = _param(est, "q", lambda v: 0 < v <= 1, "a probability q in (0, 1]")
+        if q == 1:
             return [(1.0, Component(full))]
+        diff = (lambda A, b: _rows(inp, d, [("e1", A), ("e0", -A)]))  # noqa: E731
         keep = embed(out, inp, base + [("G", "G", np.eye(d))])
-        terms = np.stack([LG @ _rows(inp, d, [("e1", Qs[i]), ("e0", -Qs[i])]) for i in range(Qs.shape[0])])
-        return [(q, Component(full)), (1 - q, Component(keep, [Subset(terms, b, 1.0 / b)]))]
+        return [(q, Component(full)), (1 - q, Component(keep, [_minibatch(model, est, out, inp, diff)]))]
     if name == "qgd":
         return [(1.0, Component(embed(out, inp, base), _client_pieces(model, est, out, inp, src)))]
     if name == "marina":
-        q = float(est.get("q", 0.1))
+        q = _param(est, "q", lambda v: 0 < v <= 1, "a probability q in (0, 1]")
         keep = embed(out, inp, base + [("G", "G", np.eye(d))])
         return [(q, Component(full)), (1 - q, Component(keep, _client_pieces(model, est, out, inp, "e1", old="e0")))]
-    if name == "ef21":
-        Qc, bc = _need(model, "client_hessians", "estimator.name")
-        K = Qc.shape[0]
-        if init:  # G^i_0 = grad f_i(W0) uncompressed, G_0 their mean
-            T0 = embed(out, inp, base + [("C", src, np.concatenate(list(Qc))), ("C", "h", bc.reshape(-1)),
-                                         ("G", src, Qc.mean(0)), ("G", "h", bc.mean(0))])
-            return [(1.0, Component(T0))]
-        avg = np.concatenate([np.eye(d)] * K, axis=1) / K
-        T0 = embed(out, inp, base + [("C", "C", np.eye(K * d)), ("G", "C", avg)])
-        return [(1.0, Component(T0, _client_pieces(model, est, out, inp, src, ef21=True)))]
-    raise ValueError(f"estimator.name: exact expectations know {ESTIMATORS}, got {name!r}")
+    Qc, bc = _need(model, "client_hessians", "estimator.name")  # ef21
+    K = Qc.shape[0]
+    if init:  # G^i_0 = grad f_i(W0) uncompressed, G_0 their mean
+        T0 = embed(out, inp, base + [("C", src, np.concatenate(list(Qc))), ("C", "h", bc.reshape(-1)),
+                                     ("G", src, Qc.mean(0)), ("G", "h", bc.mean(0))])
+        return [(1.0, Component(T0))]
+    T0 = embed(out, inp, base + [("C", "C", np.eye(K * d)), ("G", "C", np.concatenate([np.eye(d)] * K, axis=1) / K)])
+    return [(1.0, Component(T0, _client_pieces(model, est, out, inp, src, ef21=True)))]
 
 
 def _sketch_piece(sketch, side, L, R, m, n, r):
@@ -229,7 +242,7 @@ def _method_step(model, method, X, Y, gamma, p, rank, sketch):
 
 
 def exact_moments(model: QuadraticModel, *, method: str, estimator: dict, gamma: float, iterations,
-                  p: float = 1.0, rank: int = 1, sketch: str = "gaussian"):
+                  p: float = 1.0, rank: int = 1, sketch: str = "gaussian", max_dim: int = MAX_DIM):
     r"""Exact :math:`\mathbb E[f(W_t) - f^*]`, :math:`\mathbb E\|\nabla f(W_t)\|^2`,
     :math:`\mathbb E\|W_t - W^*\|^2` and :math:`\mathbb E W_t - W^*` at ``iterations``.
 
@@ -237,12 +250,15 @@ def exact_moments(model: QuadraticModel, *, method: str, estimator: dict, gamma:
     ----------
     model : QuadraticModel
     method : {'fpft', 'bernoulli_lora'} (p = 1 or 0: RAC-LoRA)
-    estimator : dict with ``name`` in :data:`ESTIMATORS` and its parameters (``batch``,
-        ``noise``, ``q``, ``momentum``, ``init_with``, ``compressor``: None or
-        ``{'name': 'randk', 'k': k, 'scale': s}``, s = d/k (unbiased, default) or 1 (EF21)).
+    estimator : dict with ``name`` in :data:`ESTIMATORS` and its parameters, all explicit
+        (no defaults here): ``batch`` or ``noise`` (sgd, mvr), ``q`` (page, marina),
+        ``momentum`` and ``init_with`` (mvr), ``compressor`` (qgd, marina, ef21): None for
+        the identity or ``{'name': 'randk', 'k': k, 'scale': s}``, s = d/k (unbiased) or 1
+        (unscaled, EF21's contractive Rand-k).
     gamma : float > 0, constant stepsize.
     iterations : iterable of ints >= 0.
     p, rank, sketch : Bernoulli-LoRA's coin, rank and sketch name (:data:`SKETCHES`).
+    max_dim : int, the largest mn accepted (the cost grows like a power 3 to 4 of mn).
 
     Returns
     -------
@@ -254,6 +270,9 @@ def exact_moments(model: QuadraticModel, *, method: str, estimator: dict, gamma:
     if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
         raise ValueError(f"stepsize: gamma must be a finite number > 0, got {gamma!r}")
     d = model.d
+    if d > max_dim:
+        raise ValueError(f"problem.m: exact expectations propagate a dense second moment of the state (size >= 2mn); "
+                         f"keep m*n <= {max_dim}, got {d}")
     extra = []
     if estimator.get("name") == "ef21":
         extra = [("C", _need(model, "client_hessians", "estimator.name")[0].shape[0] * d)]
