@@ -239,6 +239,22 @@ def test_haar_fourth_moments_match_monte_carlo_of_the_gaussian_sketch():
     assert haar_projection_moments(4, 4) == (1.0, 0.0) and haar_projection_moments(1, 1) == (1.0, 0.0)
 
 
+@pytest.mark.parametrize("side,m,n,r", [("left", 4, 3, 1), ("left", 4, 3, 3), ("right", 2, 5, 2), ("right", 3, 3, 3)])
+def test_haar_piece_identities(side, m, n, r):
+    """Exact identities of a projection: E[(H kron I)(H kron I)] = E[H kron I] = (r/dim) I
+    (H^2 = H), and no randomness when r = dim (H = I)."""
+    from theory.exact_moments import HaarProjection
+
+    d = m * n
+    piece = HaarProjection(np.eye(d), np.eye(d), m, n, r, side)
+    dim = m if side == "left" else n
+    np.testing.assert_allclose(piece.second(np.eye(d)), (r / dim) * np.eye(d), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(piece.mean(), (r / dim) * np.eye(d), rtol=0, atol=0)
+    if r == dim:  # H = I: no randomness left
+        S = np.random.default_rng(0).normal(size=(d, d))
+        np.testing.assert_allclose(piece.second(S), S, rtol=0, atol=1e-14)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 6), st.data())
 def test_subset_closed_form_equals_enumeration(N, data):
