@@ -22,7 +22,8 @@ from solvers.projections import dense_projector_left
 from solvers.sketches import GaussianSketch
 from theory import exact_moments
 from theory.exact import METRICS, QuadraticModel, exact_moments as moments
-from theory.exact_moments import Finite, Subset, haar_projection_moments
+from theory.exact_moments import (Finite, Projection, Subset, column_moments, enumerated_moments, haar_moments,
+                                  haar_projection_moments)
 
 SEEDS, STEPS, CHECKED, Z_MAX = 3000, 8, (0, 1, 4, 8), 4.0
 
@@ -240,19 +241,43 @@ def test_haar_fourth_moments_match_monte_carlo_of_the_gaussian_sketch():
 
 
 @pytest.mark.parametrize("side,m,n,r", [("left", 4, 3, 1), ("left", 4, 3, 3), ("right", 2, 5, 2), ("right", 3, 3, 3)])
-def test_haar_piece_identities(side, m, n, r):
+@pytest.mark.parametrize("moments_of", [haar_moments, column_moments])
+def test_projection_piece_identities(side, m, n, r, moments_of):
     """Exact identities of a projection: E[(H kron I)(H kron I)] = E[H kron I] = (r/dim) I
     (H^2 = H), and no randomness when r = dim (H = I)."""
-    from theory.exact_moments import HaarProjection
-
-    d = m * n
-    piece = HaarProjection(np.eye(d), np.eye(d), m, n, r, side)
-    dim = m if side == "left" else n
+    d, dim = m * n, (m if side == "left" else n)
+    piece = Projection(np.eye(d), np.eye(d), m, n, side, *moments_of(dim, r))
     np.testing.assert_allclose(piece.second(np.eye(d)), (r / dim) * np.eye(d), rtol=0, atol=1e-14)
-    np.testing.assert_allclose(piece.mean(), (r / dim) * np.eye(d), rtol=0, atol=0)
-    if r == dim:  # H = I: no randomness left
+    np.testing.assert_allclose(piece.mean(), (r / dim) * np.eye(d), rtol=0, atol=1e-15)
+    if r == dim:
         S = np.random.default_rng(0).normal(size=(d, d))
-        np.testing.assert_allclose(piece.second(S), S, rtol=0, atol=1e-14)
+        np.testing.assert_allclose(piece.second(S), S, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("dim,r", [(4, 1), (4, 2), (5, 3)])
+def test_column_moments_equal_enumeration(dim, r):
+    subsets = list(itertools.combinations(range(dim), r))
+    H = np.stack([np.diag(np.isin(np.arange(dim), c).astype(float)) for c in subsets])
+    ref = enumerated_moments(H, np.full(len(subsets), 1.0 / len(subsets)))
+    for got, want in zip(column_moments(dim, r), ref):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+
+
+def test_rademacher_moments_match_monte_carlo_of_the_solvers_sketch():
+    """E[H] and E[H_00 H_11] of the enumerated Rademacher projection (sign-orbit
+    representatives, rank-deficient draws included) against 20000 solver draws."""
+    from solvers.sketches import RademacherSketch
+
+    from theory.exact import _rademacher_moments
+
+    dim, r = 4, 2
+    first, fourth = _rademacher_moments(dim, r)
+    H = dense_projector_left(RademacherSketch().sample_left(torch.arange(20000), 0, dim, r)).numpy()
+    for sample, ref in ((H[:, 0, 0], first[0, 0]), (H[:, 0, 0] * H[:, 1, 1], fourth[0, 0, 1, 1]),
+                        (H[:, 0, 1] ** 2, fourth[0, 1, 0, 1])):
+        z = (sample.mean() - ref) / (sample.std(ddof=1) / math.sqrt(sample.size))
+        assert abs(z) < 4, (ref, sample.mean(), z)
+    assert first[0, 0] < r / dim  # dependent sign columns: E rank < r
 
 
 @settings(max_examples=40, deadline=None)

@@ -28,6 +28,7 @@ Top-k and dithering (nonlinear), the Polyak stepsize (not affine), factor-space 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -35,14 +36,14 @@ from typing import Optional
 
 import numpy as np
 
-from theory.exact_moments import (Component, Finite, HaarProjection, Layout, Noise, RandomAffine, Subset, embed,
-                                  selector)
+from theory.exact_moments import (Component, Layout, Noise, Projection, RandomAffine, Subset, column_moments,
+                                  embed, enumerated_moments, haar_moments, selector)
 
 METRICS = ("f_gap", "grad_norm_sq", "dist_sq")
 ESTIMATORS = ("gd", "sgd", "page", "mvr", "qgd", "marina", "ef21")
 SKETCHES = ("gaussian", "orthonormal", "column", "rademacher")
 MAX_DIM = 64  # largest mn by default: about 0.01-0.3 s per iteration on one CPU core at mn = 64
-_MAX_RADEMACHER = 16  # enumerate 2^(dim r) sign patterns up to this exponent
+_MAX_RADEMACHER = 16  # enumerate 2^((dim - 1) r) sign patterns up to this exponent
 
 
 @dataclass(frozen=True)
@@ -201,25 +202,33 @@ def _gradient_estimate(model, est, out, inp, src, init):
     return [(1.0, Component(T0, _client_pieces(model, est, out, inp, src, ef21=True)))]
 
 
+@functools.lru_cache(maxsize=16)
+def _rademacher_moments(dim, r):
+    """Exact moments of the projection onto the range of a dim x r matrix of random signs,
+    by enumeration. Flipping a column's sign leaves the projection unchanged, so the
+    patterns with a first row of +1 (one per orbit of 2^r) are uniform representatives."""
+    free = (dim - 1) * r
+    if free > _MAX_RADEMACHER:
+        raise ValueError(f"sketch.name: rademacher is enumerated exactly only for (dim - 1) * rank <= "
+                         f"{_MAX_RADEMACHER}, got ({dim} - 1) * {r}")
+    signs = np.array(list(itertools.product((-1.0, 1.0), repeat=free))).reshape(-1, dim - 1, r)
+    B = np.concatenate([np.ones((signs.shape[0], 1, r)), signs], axis=1)
+    H = B @ np.linalg.pinv(B, rcond=1e-10)  # rank-deficient draws: the projection onto the range
+    return enumerated_moments(H, np.full(H.shape[0], 1.0 / H.shape[0]))
+
+
 def _sketch_piece(sketch, side, L, R, m, n, r):
     """The random :math:`L\\,\\hat H\\,R` of one side."""
     dim = m if side == "left" else n
     if sketch in ("gaussian", "orthonormal"):
-        return HaarProjection(L, R, m, n, r, side)
-
-    def lift(H):
-        return L @ (np.kron(H, np.eye(n)) if side == "left" else np.kron(np.eye(m), H)) @ R
-
-    if sketch == "column":
-        return Subset(np.stack([lift(np.diag(np.eye(dim)[i])) for i in range(dim)]), r, 1.0)
-    if sketch == "rademacher":
-        if dim * r > _MAX_RADEMACHER:
-            raise ValueError(f"sketch.name: rademacher is enumerated exactly only for dim * rank <= "
-                             f"{_MAX_RADEMACHER}, got {dim} * {r}")
-        outs = [np.array(s, dtype=float).reshape(dim, r) for s in itertools.product((-1.0, 1.0), repeat=dim * r)]
-        terms = np.stack([lift(B @ np.linalg.pinv(B)) for B in outs])
-        return Finite(terms, np.full(len(outs), 1.0 / len(outs)))
-    raise ValueError(f"sketch.name: exact expectations know {SKETCHES}, got {sketch!r}")
+        first, fourth = haar_moments(dim, r)
+    elif sketch == "column":
+        first, fourth = column_moments(dim, r)
+    elif sketch == "rademacher":
+        first, fourth = _rademacher_moments(dim, r)
+    else:
+        raise ValueError(f"sketch.name: exact expectations know {SKETCHES}, got {sketch!r}")
+    return Projection(L, R, m, n, side, first, fourth)
 
 
 def _method_step(model, method, X, Y, gamma, p, rank, sketch):

@@ -23,13 +23,15 @@ piece gives its mean and :math:`X \mapsto \mathbb E[T_j X T_j^\top]` in closed f
 * :class:`Subset`: :math:`T = s\sum_i z_i T^{(i)}`, z the indicator of a uniformly
   random k-subset of N (without replacement), with
   :math:`\mathbb E z_i = k/N`, :math:`\mathbb E z_i z_j = k(k-1)/(N(N-1))` (i != j):
-  column sketches, Rand-k (scaled or not), minibatches, the identity (k = N).
-* :class:`HaarProjection`: :math:`T = L (H\otimes I_n) R` or :math:`L (I_m\otimes H) R`
-  with H the orthogonal projection onto a uniformly random r-dimensional subspace
-  (Gaussian and Haar-orthonormal sketches), by the fourth moment of
-  :func:`haar_projection_moments`.
+  Rand-k (scaled or not), minibatches, the identity (k = N).
+* :class:`Projection`: :math:`T = L (H\otimes I_n) R` or :math:`L (I_m\otimes H) R` with
+  H a random orthogonal projection, through its moments :math:`\mathbb E H` and
+  :math:`\mathbb E[H_{ik}H_{jl}]`: the projection onto a uniformly random r-dimensional
+  subspace (Gaussian and Haar-orthonormal sketches, :func:`haar_projection_moments`),
+  a uniform set of r coordinates (column sketches), or any enumerated distribution
+  (Rademacher sketches).
 * :class:`Noise`: an additive :math:`C z`, z standard normal.
-* :class:`Finite`: any finite list of outcomes with probabilities (enumeration).
+* :class:`Finite`: any finite list of outcomes with probabilities (enumeration; tests).
 """
 from __future__ import annotations
 
@@ -106,35 +108,65 @@ class Subset(_Sparse):
         return self.scale ** 2 * (c_off * tot @ S @ tot.T + (c_diag - c_off) * diag)
 
 
+def haar_moments(dim: int, r: int):
+    """``(E H, E[H_ik H_jl])`` of the uniform random rank-r projection (:func:`haar_projection_moments`)."""
+    alpha, beta = haar_projection_moments(dim, r)
+    eye = np.eye(dim)
+    fourth = alpha * np.einsum("ik,jl->ikjl", eye, eye) + beta * (np.einsum("ij,kl->ikjl", eye, eye)
+                                                                 + np.einsum("il,jk->ikjl", eye, eye))
+    return (r / dim) * eye, fourth
+
+
+def column_moments(dim: int, r: int):
+    """``(E H, E[H_ik H_jl])`` of H = diag(z), z the indicator of a uniform r-subset of dim
+    coordinates: :math:`\\mathbb E z_i = r/dim`, :math:`\\mathbb E z_iz_j = r(r-1)/(dim(dim-1))`."""
+    c_off = r * (r - 1) / (dim * (dim - 1)) if dim > 1 else 0.0
+    pair = np.full((dim, dim), c_off)
+    np.fill_diagonal(pair, r / dim)
+    eye = np.eye(dim)
+    return (r / dim) * eye, np.einsum("ik,jl,ij->ikjl", eye, eye, pair)
+
+
+def enumerated_moments(H: np.ndarray, probs: np.ndarray, chunk: int = 4096):
+    """``(E H, E[H_ik H_jl])`` over the outcomes ``H`` (K, dim, dim) with ``probs`` (K,)."""
+    dim = H.shape[1]
+    first, fourth = np.zeros((dim, dim)), np.zeros((dim,) * 4)
+    for start in range(0, H.shape[0], chunk):
+        h, w = H[start:start + chunk], probs[start:start + chunk]
+        first += np.einsum("k,kij->ij", w, h)
+        fourth += np.einsum("k,kij,klm->ijlm", w, h, h, optimize=True)
+    return first, fourth
+
+
 @dataclass(frozen=True)
-class HaarProjection:
+class Projection:
     r""":math:`T = L\,(H\otimes I_n)\,R` (``side='left'``, H of size m) or
     :math:`L\,(I_m\otimes H)\,R` (``'right'``, H of size n), row-major vec of m x n
-    matrices; ``L`` (a, mn), ``R`` (mn, b); H a uniform random rank-r projection."""
+    matrices, ``L`` (a, mn), ``R`` (mn, b), for a random H with ``first`` :math:`= \mathbb E H`
+    and ``fourth[i, k, j, l]`` :math:`= \mathbb E[H_{ik}H_{jl}]` (:func:`haar_moments`,
+    :func:`column_moments`, :func:`enumerated_moments`)."""
 
     L: np.ndarray
     R: np.ndarray
     m: int
     n: int
-    r: int
     side: str
+    first: np.ndarray
+    fourth: np.ndarray
 
     def mean(self):
-        dim = self.m if self.side == "left" else self.n
-        return (self.r / dim) * self.L @ self.R
+        m, n = self.m, self.n
+        lift = np.kron(self.first, np.eye(n)) if self.side == "left" else np.kron(np.eye(m), self.first)
+        return self.L @ lift @ self.R
 
     def second(self, S):
         m, n = self.m, self.n
-        alpha, beta = haar_projection_moments(m if self.side == "left" else n, self.r)
         X = (self.R @ S @ self.R.T).reshape(m, n, m, n)
-        if self.side == "left":  # Y[i,a,j,b] = a X + b d_ij sum_k X[k,a,k,b] + b X[j,a,i,b]
-            tr = np.einsum("kakb->ab", X)
-            Y = alpha * X + beta * np.einsum("ij,ab->iajb", np.eye(m), tr) + beta * X.transpose(2, 1, 0, 3)
-        else:  # Y[a,i,b,j] = a X + b d_ij sum_k X[a,k,b,k] + b X[a,j,b,i]
-            tr = np.einsum("akbk->ab", X)
-            Y = alpha * X + beta * np.einsum("ij,ab->aibj", np.eye(n), tr) + beta * X.transpose(0, 3, 2, 1)
-        Y = Y.reshape(m * n, m * n)
-        return self.L @ Y @ self.L.T
+        if self.side == "left":  # Y[i,a,j,b] = sum_kl E[H_ik H_jl] X[k,a,l,b]
+            Y = np.einsum("ikjl,kalb->iajb", self.fourth, X, optimize=True)
+        else:  # Y[a,i,b,j] = sum_kl E[H_ik H_jl] X[a,k,b,l]
+            Y = np.einsum("ikjl,akbl->aibj", self.fourth, X, optimize=True)
+        return self.L @ Y.reshape(m * n, m * n) @ self.L.T
 
 
 @dataclass(frozen=True)
