@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from theory.exact import METRICS, exact_moments
+from theory.exact import METRICS, check_size, exact_moments
 
 EXACT_METRICS = METRICS + ("avg_f_gap", "avg_grad_norm_sq")
 EXACT_COLUMNS = tuple(f"exact_{m}" for m in EXACT_METRICS) + ("exact", "exact_metric", "exact_status")
@@ -67,6 +67,7 @@ def exact_for_method(problem, method, iterations):
     :func:`theory.exact.exact_moments`'s dict."""
     if not hasattr(problem, "exact_model"):
         raise ValueError(f"problem.name: exact expectations need a quadratic problem, got {_name(problem)!r}")
+    check_size(problem.shape)  # before forming the Hessian of a large isotropic problem
     if getattr(method, "stepsize_rule", "constant") != "constant":
         raise ValueError("stepsize.rule: exact expectations need the constant stepsize (Polyak's is not affine)")
     if not isinstance(method.stepsize, (int, float)) or not isinstance(getattr(method, "p", 0.0), (int, float)):

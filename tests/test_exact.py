@@ -326,8 +326,8 @@ def test_bad_input_fails_with_one_line_naming_the_field(kw, field):
 
 
 def test_too_large_a_problem_is_refused_before_any_work():
-    big = QuadraticModel(shape=(9, 8), Q=np.eye(72), e0=np.ones(72))
-    with pytest.raises(ValueError, match="^problem.m: .* m\\*n <= 64, got 72"):
+    big = QuadraticModel(shape=(10, 10), Q=np.eye(100), e0=np.ones(100))
+    with pytest.raises(ValueError, match="^problem.m: .* m\\*n <= 96, got 100"):
         moments(big, method="fpft", estimator=dict(name="gd"), gamma=0.1, iterations=[1])
 
 

@@ -154,6 +154,16 @@ def test_attach_exact_to_a_job_agrees_with_its_runs():
     np.testing.assert_array_equal(table["exact"].to_numpy(), table[f"exact_{metric}"].to_numpy())
 
 
+def test_a_large_isotropic_problem_is_refused_before_its_hessian_is_formed(monkeypatch):
+    from experiments.exact import exact_for_method
+    from experiments.problems.quadratic import Quadratic
+
+    prob = make_problem("isotropic", m=300, n=200)
+    monkeypatch.setattr(Quadratic, "hessian", lambda self: pytest.fail("the Hessian was formed"))
+    with pytest.raises(ValueError, match="^problem.m: "):
+        exact_for_method(prob, BernoulliLoRA(estimator=GD(), stepsize=0.1), [1])
+
+
 @pytest.mark.parametrize("change,why", [
     ({"method": {"name": "lora", "rank": 1}}, "method.name"),
     ({"stepsize": {"rule": "polyak", "factor": 1.0}}, "stepsize.rule"),

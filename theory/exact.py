@@ -42,7 +42,7 @@ from theory.exact_moments import (Component, Layout, Noise, Projection, RandomAf
 METRICS = ("f_gap", "grad_norm_sq", "dist_sq")
 ESTIMATORS = ("gd", "sgd", "page", "mvr", "qgd", "marina", "ef21")
 SKETCHES = ("gaussian", "orthonormal", "column", "rademacher")
-MAX_DIM = 64  # largest mn by default: about 0.01-0.3 s per iteration on one CPU core at mn = 64
+MAX_DIM = 96  # largest mn by default (docs/exact.md: runtime); rate_vs_rank's 10 x 8 fits
 _MAX_RADEMACHER = 16  # enumerate 2^((dim - 1) r) sign patterns up to this exponent
 
 
@@ -250,6 +250,14 @@ def _method_step(model, method, X, Y, gamma, p, rank, sketch):
                          (1 - p, Component(T0, [_sketch_piece(sketch, "right", L, R, m, n, rank)]))])
 
 
+def check_size(shape, max_dim: int = MAX_DIM):
+    """Refuse (one line) a W shape whose mn exceeds ``max_dim`` before any work."""
+    d = shape[0] * shape[1]
+    if d > max_dim:
+        raise ValueError(f"problem.m: exact expectations propagate a dense second moment of the state (size >= 2mn); "
+                         f"keep m*n <= {max_dim}, got {d}")
+
+
 def exact_moments(model: QuadraticModel, *, method: str, estimator: dict, gamma: float, iterations,
                   p: float = 1.0, rank: int = 1, sketch: str = "gaussian", max_dim: int = MAX_DIM):
     r"""Exact :math:`\mathbb E[f(W_t) - f^*]`, :math:`\mathbb E\|\nabla f(W_t)\|^2`,
@@ -279,9 +287,7 @@ def exact_moments(model: QuadraticModel, *, method: str, estimator: dict, gamma:
     if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
         raise ValueError(f"stepsize: gamma must be a finite number > 0, got {gamma!r}")
     d = model.d
-    if d > max_dim:
-        raise ValueError(f"problem.m: exact expectations propagate a dense second moment of the state (size >= 2mn); "
-                         f"keep m*n <= {max_dim}, got {d}")
+    check_size(model.shape, max_dim)
     extra = []
     if estimator.get("name") == "ef21":
         extra = [("C", _need(model, "client_hessians", "estimator.name")[0].shape[0] * d)]
