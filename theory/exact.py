@@ -24,7 +24,8 @@ minibatches and Rand-k; enumeration for Rademacher sketches). The metrics are th
           \mathbb E\|W - W^*\|^2 = \operatorname{tr}\mathbb E ee^\top,
 
 exact up to rounding: sharper than any bound, with no Monte Carlo error. Not covered:
-Top-k and dithering (nonlinear), the Polyak stepsize (not affine), factor-space methods.
+Top-k, dithering and natural compression (not linear given their draw), the Polyak
+stepsize (not affine), factor transmission and the factor-space methods. See docs/exact.md.
 """
 from __future__ import annotations
 
@@ -294,9 +295,9 @@ def exact_moments(model: QuadraticModel, *, method: str, estimator: dict, gamma:
     X = Layout([("e", d), ("G", d)] + extra)
     Y = Layout([("e1", d), ("e0", d), ("G", d)] + extra)
     E = Layout([("e", d)])
+    step = _method_step(model, method, X, Y, float(gamma), float(p), rank, sketch)
     init = RandomAffine(_gradient_estimate(model, estimator, X, E, "e", True))
     update = RandomAffine(_gradient_estimate(model, estimator, X, Y, "e1", False))
-    step = _method_step(model, method, X, Y, float(gamma), float(p), rank, sketch)
     x0 = np.append(np.asarray(model.e0, dtype=float), 1.0)
     S = init.push(np.outer(x0, x0))
     Q, Q2 = model.Q, model.Q @ model.Q
