@@ -15,6 +15,11 @@ the same for every seed):
 * ``exact`` and ``exact_metric``: the exact expectation of the row's ``bound_metric`` when
   it is one of :data:`EXACT_METRICS`, else of ``f_gap`` (what :mod:`theory.verify` tests
   the seeds' mean against: ``agrees`` / ``disagrees``);
+* ``exact_bounded``: the exact value of the quantity the row's bound bounds: the
+  expectation for the metrics above, and :math:`\min_{t<T}\mathbb E X_t` for the running
+  minima (``min_f_gap``, ``min_grad_norm_sq``: the theorems bound the minimum of the
+  expectations). ``bound >= exact_bounded`` is then a check of the theorem with no
+  sampling error at all;
 * ``exact_status``: ``computed`` or ``not applicable: <why>``.
 """
 from __future__ import annotations
@@ -24,7 +29,9 @@ import numpy as np
 from theory.exact import METRICS, check_size, exact_moments
 
 EXACT_METRICS = METRICS + ("avg_f_gap", "avg_grad_norm_sq")
-EXACT_COLUMNS = tuple(f"exact_{m}" for m in EXACT_METRICS) + ("exact", "exact_metric", "exact_status")
+MIN_METRICS = ("min_f_gap", "min_grad_norm_sq")
+EXACT_COLUMNS = tuple(f"exact_{m}" for m in EXACT_METRICS) + ("exact", "exact_metric", "exact_bounded",
+                                                              "exact_status")
 
 
 def _compressor_spec(compressor, d):
@@ -98,35 +105,40 @@ def exact_expectations(problem, method_cfg, estimator_cfg, gamma, iterations, *,
 
 
 def exact_columns(job, iterations):
-    """``{metric: values at iterations}`` for :data:`EXACT_METRICS` (the moments are
-    propagated through every step up to the last iteration anyway)."""
+    """``{metric: values at iterations}`` for :data:`EXACT_METRICS` and, under the names of
+    :data:`MIN_METRICS`, :math:`\\min_{t<T}\\mathbb E X_t` (NaN at T = 0). The moments are
+    propagated through every step up to the last iteration anyway."""
     its = np.asarray(iterations, dtype=np.int64)
     res = exact_for_method(job.problem, job.method, range(int(its.max()) + 1))
     out = {m: res[m][its] for m in METRICS}
     for m in ("f_gap", "grad_norm_sq"):
         running = np.concatenate([[np.nan], np.cumsum(res[m])[:-1] / np.arange(1, res[m].size)])
         out[f"avg_{m}"] = running[its]
+        out[f"min_{m}"] = np.concatenate([[np.nan], np.minimum.accumulate(res[m])[:-1]])[its]
     return out
 
 
 def attach_exact(table, job, cfg=None):
     """Add :data:`EXACT_COLUMNS` to a job's table (module docstring). Where the exact
     expectations do not apply, the refusal's one line is the reason in ``exact_status``."""
-    metric = table["bound_metric"] if "bound_metric" in table.columns else "f_gap"
+    metric = table["bound_metric"].to_numpy() if "bound_metric" in table.columns else np.full(len(table), "f_gap")
     table["exact_metric"] = np.where(np.isin(metric, EXACT_METRICS), metric, "f_gap")
     try:
         values = exact_columns(job, table["iteration"].to_numpy().astype(np.int64))
     except ValueError as exc:
-        for m in EXACT_METRICS:
-            table[f"exact_{m}"] = np.nan
-        table["exact"] = np.nan
+        for col in EXACT_COLUMNS:
+            if col not in ("exact_metric", "exact_status"):
+                table[col] = np.nan
         table["exact_status"] = f"not applicable: {exc}"
         return table
     for m in EXACT_METRICS:
         table[f"exact_{m}"] = values[m]
-    pick, exact = table["exact_metric"].to_numpy(), np.full(len(table), np.nan)
-    for m in EXACT_METRICS:
-        exact[pick == m] = values[m][pick == m]
-    table["exact"] = exact
+    pick = table["exact_metric"].to_numpy()
+    exact, bounded = np.full(len(table), np.nan), np.full(len(table), np.nan)
+    for m in EXACT_METRICS + MIN_METRICS:
+        if m in EXACT_METRICS:
+            exact[pick == m] = values[m][pick == m]
+        bounded[metric == m] = values[m][metric == m]
+    table["exact"], table["exact_bounded"] = exact, bounded
     table["exact_status"] = "computed"
     return table
