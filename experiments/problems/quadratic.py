@@ -139,7 +139,8 @@ class Quadratic:
         return self.loss_and_grad(W)[1]
 
     def loss_and_grad(self, W: torch.Tensor):
-        """(loss, grad) with one product, bitwise equal to :meth:`loss` and :meth:`grad`."""
+        """(loss, grad), bitwise equal to :meth:`loss` and :meth:`grad`: one product with Q
+        (and, with clients, the gradient as the mean of :meth:`client_grads`)."""
         D = W - self.W_star
         G = self._hv(D)
         loss = 0.5 * (D * G).sum((-2, -1)) + self.f_star
