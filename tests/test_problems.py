@@ -30,6 +30,8 @@ CASES = [
     ("quadratic", "quadratic", dict(m=3, n=4, mu=0.5, L=7.0, seed=2)),
     ("quadratic-linear", "quadratic", dict(m=2, n=5, mu=0.1, L=3.0, seed=4, spectrum="linear")),
     ("isotropic", "isotropic", dict(m=3, n=4, L=2.5, seed=1)),
+    ("quadratic-clients", "quadratic", dict(m=3, n=2, mu=0.5, L=4.0, seed=1, n_samples=12, noise=0.5, n_clients=3,
+                                            heterogeneity=0.5)),
     ("counterexample", "counterexample", {}),
     ("logistic", "logistic", dict(m=3, n=4, n_samples=60, lam=0.05, seed=1)),
     ("logistic-clients", "logistic", dict(m=3, n=4, n_samples=62, lam=0.05, seed=1, n_clients=4, heterogeneity=0.5)),
@@ -37,7 +39,7 @@ CASES = [
     ("l1", "l1", dict(m=3, n=4, n_samples=30, seed=0)),
     ("maxaffine", "maxaffine", dict(m=3, n=4, seed=0)),
 ]
-SMOOTH = {"quadratic", "quadratic-linear", "isotropic", "counterexample", "logistic", "logistic-clients", "linreg"}
+SMOOTH = {"quadratic", "quadratic-linear", "isotropic", "quadratic-clients", "counterexample", "logistic", "logistic-clients", "linreg"}
 _BUILT = {}
 
 
@@ -67,6 +69,9 @@ def _ref_sample_losses(prob, W):
         Z = torch.einsum("rcd,nd->rnc", W, prob.X)
         ce = torch.logsumexp(Z, -1) - Z.gather(-1, prob.y.expand(R, -1)[..., None])[..., 0]
         return ce + 0.5 * prob.lam * (W * W).sum((-2, -1))[:, None]
+    if prob.name == "quadratic":  # least squares: y = A w* + eps
+        y = prob.A @ prob.W_star.reshape(-1) + prob.eps
+        return 0.5 * (W.reshape(R, -1) @ prob.A.T - y) ** 2
     if prob.name == "linreg":
         x = W.reshape(R, -1)
         res = x @ prob.A.T - prob.b
@@ -76,7 +81,7 @@ def _ref_sample_losses(prob, W):
     raise AssertionError(prob.name)
 
 
-FINITE_SUMS = ["logistic", "logistic-clients", "linreg", "l1"]
+FINITE_SUMS = ["logistic", "logistic-clients", "linreg", "l1", "quadratic-clients"]
 
 
 # ----------------------------------------------------------------------- protocol tests

@@ -5,6 +5,7 @@
 - :mod:`theory.bounds`    one bound function per theorem of theory.md
 - :mod:`theory.dispatch`  ``bound_for(variant, ...)``: the runner's single entry point
 - :mod:`theory.verify`    ``verify(table)``: measured trajectories vs bounds -> verdicts
+- :mod:`theory.exact`     exact expectations on quadratics (moments via :mod:`theory.exact_moments`)
 
 Imports neither ``solvers`` nor ``experiments`` (nor torch).
 """

@@ -32,11 +32,33 @@ factors grow towards :math:`\|W^*\|`, so LoRA and COLA diverge. Weight-space met
 (RAC-LoRA, Bernoulli-LoRA) merge every step, are GD-type methods in W and converge
 linearly to :math:`W^*` (theory item 1 with mu = 1).
 
+Finite sum and clients (``n_samples = N``, optional ``n_clients = K``): the same f is
+written as least squares, :math:`f(W) = \frac1N\sum_i \tfrac12(a_i^\top w - y_i)^2`,
+:math:`w = \operatorname{vec} W`, with rows :math:`A = \sqrt N\, O\, Q^{1/2}` (O an N x d
+matrix with orthonormal columns from the seed), so :math:`A^\top A / N = Q` (up to
+rounding), and :math:`y = A w^* + \varepsilon` with :math:`\varepsilon` Gaussian of std ``noise``
+projected off the range of A (so :math:`A^\top\varepsilon = 0` and :math:`W^*` stays the
+minimiser): :math:`f = \tfrac12 e^\top Q e + f^*`, :math:`f^* = \|\varepsilon\|^2/(2N)`,
+:math:`\nabla f_i(W) = a_i(a_i^\top e - \varepsilon_i)`. Needs :math:`N \ge d`
+(``noise`` > 0 needs N > d). K must divide N; client k owns rows ``k*N/K:(k+1)*N/K``
+and :math:`f_k` is their mean. ``heterogeneity`` h in [0, 1] orders the samples as the
+logistic problem does (:func:`experiments.problems.logistic._shard_order`), sorting
+by the key :math:`-\varepsilon_i\, a_i^\top u` (u the top eigenvector of Q), each sample's
+gradient at :math:`W^*` along u: h = 0 i.i.d. shards, h = 1 clients whose gradients
+at :math:`W^*` differ most along u. With clients :meth:`Quadratic.grad` *is*
+``client_grads(W).mean(1)`` (identity-compressed QGD/EF21 equal GD bitwise).
+Constants: ``L_max`` :math:`= \max_i\|a_i\|^2`, ``L_avg`` the exact mean-squared
+smoothness :math:`\lambda_{\max}(\frac1N\sum_i\|a_i\|^2 a_ia_i^\top)^{1/2}`, their client
+versions, and ``delta_inf`` :math:`= f^* - \frac1K\sum_k\min f_k` (samples: every
+:math:`f_i` reaches 0, so :math:`f^*`). :meth:`Quadratic.exact_model` gives the numbers
+:mod:`theory.exact` needs.
+
 Batch invariance: the product with Q goes through :func:`solvers.linalg.shared_matmul`,
 so a run's numbers are bitwise the same alone or in a batch (CPU).
 """
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 
@@ -49,6 +71,7 @@ _DTYPE = torch.float64
 # sub-streams of the DATA stream (step 0) used by the quadratic
 _SUB_WSTAR, _SUB_W0 = 0, 2
 _STEP_Q = 1
+_STEP_SAMPLES, _SUB_ROWS, _SUB_EPS = 3, 0, 1  # finite-sum data
 SPECTRA = ("log", "linear")
 
 
@@ -74,17 +97,25 @@ class Quadratic:
         Largest and smallest eigenvalue of Q (exact smoothness and PL constants).
     Q : torch.Tensor of shape (mn, mn) or None
         Symmetric Hessian in row-major vec; None for the isotropic case.
+    A, eps : torch.Tensor of shapes (N, mn) and (N,), or None
+        Finite-sum rows and residuals at W* (module docstring); A^T A / N = Q.
+    n_clients : int or None
+        Clients owning contiguous blocks of N / n_clients rows.
     """
 
-    L0 = L_avg = L_max = sigma2 = None
+    L0 = L_avg = L_max = sigma2 = delta_inf = None
     n_samples = n_clients = None
 
-    def __init__(self, *, name, W_star, W0, L, mu, Q=None):
+    def __init__(self, *, name, W_star, W0, L, mu, Q=None, A=None, eps=None, n_clients=None):
         self.name = name
         self.shape = tuple(W_star.shape)
         self.W_star, self.W0, self.Q = W_star, W0, Q
         self.L, self.mu = float(L), float(mu)
         self.f_star = self.f_inf = 0.0
+        self.A, self.eps, self.n_clients = A, eps, n_clients
+        if A is not None:
+            self.n_samples = int(A.shape[0])
+            self.f_star = self.f_inf = float((eps * eps).sum()) / (2 * self.n_samples)
         if tuple(W0.shape) != self.shape:
             raise ValueError(f"problem.W0: expected shape {self.shape}, got {tuple(W0.shape)}")
         if not (torch.isfinite(W_star).all() and torch.isfinite(W0).all()):
@@ -100,18 +131,63 @@ class Quadratic:
 
     def loss(self, W: torch.Tensor) -> torch.Tensor:
         """f per run, shape (R,)."""
-        D = W - self.W_star
-        return 0.5 * (D * self._hv(D)).sum((-2, -1))
+        return self.loss_and_grad(W)[0]
 
     def grad(self, W: torch.Tensor) -> torch.Tensor:
-        """:math:`\\mathrm{mat}(Q\\,\\mathrm{vec}(W - W^*))`, shape (R, m, n)."""
-        return self._hv(W - self.W_star)
+        """:math:`\\mathrm{mat}(Q\\,\\mathrm{vec}(W - W^*))`, shape (R, m, n);
+        ``client_grads(W).mean(1)`` with clients."""
+        return self.loss_and_grad(W)[1]
 
     def loss_and_grad(self, W: torch.Tensor):
-        """(loss, grad) with one product, bitwise equal to :meth:`loss` and :meth:`grad`."""
+        """(loss, grad), bitwise equal to :meth:`loss` and :meth:`grad`: one product with Q
+        (and, with clients, the gradient as the mean of :meth:`client_grads`)."""
         D = W - self.W_star
         G = self._hv(D)
-        return 0.5 * (D * G).sum((-2, -1)), G
+        loss = 0.5 * (D * G).sum((-2, -1)) + self.f_star
+        if self.n_clients is not None:
+            G = self.client_grads(W).mean(1)
+        return loss, G
+
+    def _need_samples(self):
+        if self.A is None:
+            raise ValueError("problem.n_samples: this quadratic is not a finite sum (set problem.n_samples)")
+
+    def minibatch_grad(self, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Mean over ``idx[r]`` (int64, (R, b)) of :math:`\\nabla f_i(W_r) = a_i(a_i^\\top e - \\varepsilon_i)`."""
+        self._need_samples()
+        rows = self.A[idx]  # (R, b, d)
+        e = (W - self.W_star).reshape(W.shape[0], 1, -1)
+        res = (rows * e).sum(-1) - self.eps[idx]
+        return ((res[..., None] * rows).sum(1) / idx.shape[1]).reshape(W.shape)
+
+    def client_grads(self, W: torch.Tensor) -> torch.Tensor:
+        """:math:`\\nabla f_k(W)` per run and client, shape (R, K, m, n)."""
+        if self.n_clients is None:
+            raise ValueError("problem.n_clients: this quadratic has no clients (set problem.n_clients)")
+        R, K = W.shape[0], self.n_clients
+        nk = self.n_samples // K
+        res = shared_matmul((W - self.W_star).reshape(R, -1), self.A.T) - self.eps  # (R, N)
+        grads = [shared_matmul(res[:, k * nk:(k + 1) * nk].contiguous(), self.A[k * nk:(k + 1) * nk]) / nk
+                 for k in range(K)]
+        return torch.stack(grads, 1).reshape(R, K, *self.shape)
+
+    def exact_model(self):
+        """The numbers of :class:`theory.exact.QuadraticModel` (numpy, float64)."""
+        from theory.exact import QuadraticModel
+
+        np_ = (lambda t: t.detach().to("cpu", torch.float64).numpy())  # noqa: E731
+        kw = {}
+        if self.A is not None:
+            A, eps = np_(self.A), np_(self.eps)
+            kw.update(sample_hessians=A[:, :, None] * A[:, None, :], sample_offsets=-eps[:, None] * A)
+            if self.n_clients is not None:
+                K = self.n_clients
+                Ak, ek = A.reshape(K, -1, A.shape[1]), eps.reshape(K, -1)
+                nk = Ak.shape[1]
+                kw.update(client_hessians=Ak.transpose(0, 2, 1) @ Ak / nk,
+                          client_offsets=-(Ak * ek[:, :, None]).sum(1) / nk)
+        e0 = np_(self.W0 - self.W_star).reshape(-1)
+        return QuadraticModel(shape=self.shape, Q=np_(self.hessian()), e0=e0, **kw)
 
     def hessian(self) -> torch.Tensor:
         """The dense Hessian Q (mn, mn) (formed on request in the isotropic case)."""
@@ -122,13 +198,15 @@ class Quadratic:
 
     def to(self, device=None, dtype=_DTYPE):
         """A copy with the tensors on ``device`` in ``dtype``."""
-        conv = (lambda t: None if t is None else t.to(device=device, dtype=dtype))  # noqa: E731
-        return Quadratic(name=self.name, W_star=conv(self.W_star), W0=conv(self.W0), L=self.L, mu=self.mu,
-                         Q=conv(self.Q))
+        new = copy.copy(self)
+        for key in ("W_star", "W0", "Q", "A", "eps"):
+            value = getattr(self, key)
+            setattr(new, key, None if value is None else value.to(device=device, dtype=dtype))
+        return new
 
     def __repr__(self):
         return (f"Quadratic(name={self.name!r}, shape={self.shape}, mu={self.mu:g}, L={self.L:g}, "
-                f"dense={self.Q is not None})")
+                f"dense={self.Q is not None}, n_samples={self.n_samples}, n_clients={self.n_clients})")
 
 
 def _spectrum(d, mu, L, law):
@@ -140,7 +218,8 @@ def _spectrum(d, mu, L, law):
     return s
 
 
-def make_quadratic(m=8, n=6, mu=1.0, L=10.0, seed=0, *, spectrum="log", init="random", max_dense=4096):
+def make_quadratic(m=8, n=6, mu=1.0, L=10.0, seed=0, *, spectrum="log", init="random", max_dense=4096,
+                   n_samples=None, noise=1.0, n_clients=None, heterogeneity=0.0):
     """Quadratic with Hessian spectrum in [mu, L]; ``mu == L`` is the isotropic one.
 
     Parameters
@@ -150,13 +229,19 @@ def make_quadratic(m=8, n=6, mu=1.0, L=10.0, seed=0, *, spectrum="log", init="ra
     mu, L : float
         ``0 < mu <= L``: the smallest and largest eigenvalues of Q, both attained.
     seed : int
-        Seeds W*, W0 and U (stream DATA of :mod:`solvers.rng`).
+        Seeds W*, W0, U and the samples (stream DATA of :mod:`solvers.rng`).
     spectrum : {'log', 'linear'}
         How the mn eigenvalues are spread between mu and L.
     init : {'random', 'zeros'}
         W0 with N(0, 1) entries from the seed, or W0 = 0.
     max_dense : int
-        Largest mn for which a dense Q is formed (``mu < L``).
+        Largest mn for which a dense Q is formed (``mu < L``, or any finite sum).
+    n_samples : int >= mn, optional
+        Write f as a finite sum of N least-squares terms (module docstring).
+    noise : float >= 0
+        Std of the residuals at W* of the finite sum (before their projection).
+    n_clients : int dividing n_samples, optional
+        Split the samples among clients; ``heterogeneity`` in [0, 1] (module docstring).
     """
     _check_int("m", m, 1)
     _check_int("n", n, 1)
@@ -170,22 +255,91 @@ def make_quadratic(m=8, n=6, mu=1.0, L=10.0, seed=0, *, spectrum="log", init="ra
     if init not in ("random", "zeros"):
         raise ValueError(f"problem.init: expected 'random' or 'zeros', got {init!r}")
     m, n = int(m), int(n)
+    d = m * n
+    _check_finite_sum(d, max_dense, n_samples, noise, n_clients, heterogeneity)
     s = torch.tensor([int(seed)])
     W_star = rng.normal(s, rng.Stream.DATA, 0, (m, n), sub=_SUB_WSTAR)[0]
     W0 = rng.normal(s, rng.Stream.DATA, 0, (m, n), sub=_SUB_W0)[0] if init == "random" \
         else torch.zeros(m, n, dtype=_DTYPE)
-    Q = None
+    Q = U = None
+    spec = torch.full((d,), float(L), dtype=_DTYPE)
     if mu < L:
-        d = m * n
         if d > max_dense:
             raise ValueError(f"problem.m: mu < L needs a dense {d} x {d} Hessian; keep m*n <= {max_dense} "
                              f"or set mu = L")
         G = rng.normal(s, rng.Stream.DATA, _STEP_Q, (d, d))[0]
         U, R = torch.linalg.qr(G)
         U = U * torch.where(torch.diagonal(R) < 0, -1.0, 1.0)  # Haar: fix the signs of diag(R)
-        Q = (U * _spectrum(d, float(mu), float(L), spectrum)) @ U.T
+        spec = _spectrum(d, float(mu), float(L), spectrum)
+        Q = (U * spec) @ U.T
         Q = 0.5 * (Q + Q.T)
-    return Quadratic(name="quadratic", W_star=W_star, W0=W0, L=L, mu=mu, Q=Q)
+    if n_samples is None:
+        return Quadratic(name="quadratic", W_star=W_star, W0=W0, L=L, mu=mu, Q=Q)
+    A, eps = _samples(s, U, spec, int(n_samples), float(noise))
+    if n_clients is not None:
+        from experiments.problems.logistic import _shard_order  # the same split rule as logistic
+
+        top = U[:, -1] if U is not None else torch.eye(d, dtype=_DTYPE)[0]
+        order = _shard_order(-eps * (A @ top), int(n_clients), float(heterogeneity), int(seed))
+        A, eps = A[order].contiguous(), eps[order].contiguous()
+    if Q is None:
+        Q = float(L) * torch.eye(d, dtype=_DTYPE)
+    prob = Quadratic(name="quadratic", W_star=W_star, W0=W0, L=L, mu=mu, Q=Q, A=A, eps=eps,
+                     n_clients=None if n_clients is None else int(n_clients))
+    prob.noise, prob.heterogeneity = float(noise), float(heterogeneity)
+    _finite_sum_constants(prob)
+    return prob
+
+
+def _check_finite_sum(d, max_dense, n_samples, noise, n_clients, heterogeneity):
+    if n_samples is None:
+        if n_clients is not None:
+            raise ValueError("problem.n_clients: clients split the samples; set problem.n_samples too")
+        return
+    _check_int("n_samples", n_samples, d)
+    if d > max_dense:
+        raise ValueError(f"problem.n_samples: a finite sum needs a dense {d} x {d} Hessian; keep m*n <= {max_dense}")
+    if not (isinstance(noise, numbers.Real) and not isinstance(noise, bool) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"problem.noise: must be a finite number >= 0, got {noise!r}")
+    if n_clients is not None:
+        _check_int("n_clients", n_clients, 1)
+        if n_samples % n_clients:
+            raise ValueError(f"problem.n_clients: must divide n_samples = {n_samples}, got {n_clients}")
+    if not (isinstance(heterogeneity, numbers.Real) and not isinstance(heterogeneity, bool)
+            and 0.0 <= heterogeneity <= 1.0):
+        raise ValueError(f"problem.heterogeneity: must lie in [0, 1], got {heterogeneity!r}")
+
+
+def _samples(s, U, spec, N, noise):
+    """Rows A = sqrt(N) O Q^{1/2} and residuals eps (orthogonal to the range of A)."""
+    d = spec.shape[0]
+    O, R = torch.linalg.qr(rng.normal(s, rng.Stream.DATA, _STEP_SAMPLES, (N, d), sub=_SUB_ROWS)[0])
+    O = O * torch.where(torch.diagonal(R) < 0, -1.0, 1.0)
+    root = torch.sqrt(spec)
+    A = math.sqrt(N) * (O @ ((U * root) @ U.T) if U is not None else O * root)
+    z = rng.normal(s, rng.Stream.DATA, _STEP_SAMPLES, (N,), sub=_SUB_EPS)[0]
+    eps = noise * (z - O @ (O.T @ z))
+    return A.contiguous(), eps.contiguous()
+
+
+def _finite_sum_constants(prob):
+    """L_max, L_avg (exact mean-squared smoothness), their client versions, delta_inf."""
+    A, eps, N = prob.A, prob.eps, prob.n_samples
+    sq = (A * A).sum(1)
+    prob.L_max = float(sq.max())
+    prob.L_avg = math.sqrt(float(torch.linalg.eigvalsh((A * sq[:, None]).T @ A / N)[-1]))
+    prob.delta_inf = prob.f_star  # every f_i reaches 0 (one equation, d >= 1 unknowns)
+    prob.L_max_clients = prob.L_avg_clients = None
+    if prob.n_clients is not None:
+        K = prob.n_clients
+        Ak, ek = A.reshape(K, N // K, -1), eps.reshape(K, N // K)
+        Hk = Ak.transpose(1, 2) @ Ak / (N // K)
+        top = torch.linalg.eigvalsh(Hk)[:, -1]
+        prob.L_max_clients = float(top.max())
+        prob.L_avg_clients = math.sqrt(float(torch.linalg.eigvalsh((Hk @ Hk).mean(0))[-1]))
+        sol = torch.linalg.lstsq(Ak, ek[..., None], driver="gelsd").solution  # each client's minimiser
+        fk = 0.5 * ((Ak @ sol)[..., 0] - ek).pow(2).mean(1)
+        prob.delta_inf = max(0.0, prob.f_star - float(fk.mean()))
 
 
 def make_isotropic(m=8, n=6, L=1.0, seed=0, *, init="random"):
