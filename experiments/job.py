@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from experiments.build import build_job
+from experiments.exact import attach_exact
 from solvers.engine import FIELDS, run
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def execute(cfg, *, progress=None, job=None):
     log.info("ran %d seeds x %d steps in %.2fs on %s", len(job.seeds), cfg["steps"], time.perf_counter() - t0, job.device)
     table = trajectory_table(traj, job, cfg, h)
     table = attach_bounds(table, job, cfg)
+    table = attach_exact(table, job, cfg)
     return table, job
 
 

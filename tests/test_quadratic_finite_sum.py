@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+
+from experiments.conf.schema import group_config, job_config
 import torch
 
 from experiments.exact import EXACT_COLUMNS, EXACT_METRICS, attach_exact, exact_expectations
@@ -120,14 +122,13 @@ def test_identity_compressed_estimators_are_gd_bitwise():
     assert np.array_equal(runs["gd"], runs["qgd"]) and np.array_equal(runs["gd"], runs["ef21"])
 
 
-CFG = {
-    "problem": {"name": "quadratic", "m": 3, "n": 2, "mu": 0.5, "L": 4.0, "seed": 1, "n_samples": 8,
-                "n_clients": 2, "heterogeneity": 0.5},
-    "method": {"name": "bernoulli_lora", "p": 0.4, "rank": 1},
-    "estimator": {"name": "marina", "q": 0.3}, "compressor": {"name": "randk", "k": 2},
-    "sketch": {"name": "column"}, "stepsize": {"rule": "constant", "factor": 0.5},
-    "steps": 6, "seeds": 1000, "seed": 0, "eval_every": 3, "device": "cpu", "track_every_step": False,
-}
+CFG = job_config(
+    problem="quadratic", method="bernoulli_lora", estimator="marina", sketch="column", compressor="randk",
+    **{"problem.m": 3, "problem.n": 2, "problem.mu": 0.5, "problem.L": 4.0, "problem.seed": 1,
+       "problem.n_samples": 8, "problem.n_clients": 2, "problem.heterogeneity": 0.5,
+       "method.p": 0.4, "method.rank": 1, "estimator.q": 0.3, "compressor.k": 2,
+       "stepsize.rule": "constant", "stepsize.factor": 0.5,
+       "steps": 6, "seeds": 1000, "seed": 0, "eval_every": 3, "device": "cpu", "track_every_step": False})
 
 
 def test_attach_exact_to_a_job_agrees_with_its_runs():
@@ -165,9 +166,11 @@ def test_a_large_isotropic_problem_is_refused_before_its_hessian_is_formed(monke
 
 
 @pytest.mark.parametrize("change,why", [
-    ({"method": {"name": "lora", "rank": 1}}, "method.name"),
+    ({"method": dict(group_config("method", "lora"), rank=1), "sketch": group_config("sketch", "gaussian")},
+     "method.name"),
     ({"stepsize": {"rule": "polyak", "factor": 1.0}}, "stepsize.rule"),
-    ({"estimator": {"name": "ef21"}, "compressor": {"name": "topk", "k": 2}}, "compressor.name"),
+    ({"estimator": group_config("estimator", "ef21"), "compressor": dict(group_config("compressor", "topk"), k=2)},
+     "compressor.name"),
 ])
 def test_attach_exact_says_when_it_does_not_apply(change, why):
     cfg = dict(CFG, seeds=2, steps=2, **change)

@@ -56,6 +56,14 @@ class QuadraticConf:
     mu: float = 1.0
     L: float = 10.0
     seed: int = _seed()
+    # a finite sum of n_samples least-squares terms (None: the plain quadratic),
+    # residual std ``noise`` at W*, split over n_clients with ``heterogeneity``;
+    # None leaves the factory's value (noise 1.0, heterogeneity 0.0) and keeps the
+    # plain quadratic's config hash unchanged
+    n_samples: Optional[int] = None
+    noise: Optional[float] = None
+    n_clients: Optional[int] = None
+    heterogeneity: Optional[float] = None
 
 
 @dataclass
