@@ -3,7 +3,8 @@
     python -m figures.make DIR [--out FIGDIR]
 
 DIR is a results parquet file or a directory (complete jobs found recursively,
-else DIR/collected.parquet). FIGDIR defaults to DIR/figures (beside the file
+else DIR/collected.parquet); a file that cannot be read is skipped with one
+warning line on stderr naming it. FIGDIR defaults to DIR/figures (beside the file
 for a parquet). One set of figures per problem; a figure whose columns or
 variation are absent is skipped with one printed line. Exit status 2, with one
 line on stderr, when no results are found.
@@ -13,12 +14,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from figures import plots
-from figures.data import NotEnoughData, has_values, load
+from figures import plots, rates, style
+from figures.data import NotEnoughData, UnreadableResults, has_values, load
 
 FINITE_SUM = {"sgd", "page", "mvr"}
 
@@ -49,8 +51,9 @@ def figure_specs(df: pd.DataFrame, tag: str):
         specs.append((f"convergence_{tag}_grad_norm_sq_bits", plots.convergence,
                       dict(metric="grad_norm_sq", x="bits")))
     specs += [
-        (f"rate_vs_p_{tag}", plots.rate_vs_p, {}),
-        (f"rate_vs_rank_{tag}", plots.rate_vs_rank, {}),
+        (f"rate_vs_p_{tag}", rates.rate_vs_p, {}),
+        (f"rate_vs_rank_{tag}", rates.rate_vs_rank, {}),
+        (f"rate_vs_lambda_{tag}", rates.rate_vs_lambda, {}),
         (f"tightness_{tag}", plots.tightness, {}),
     ]
     return specs
@@ -84,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="figure directory (default DIR/figures)")
     args = ap.parse_args(argv)
     src = Path(args.dir)
-    df = load(src)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnreadableResults)
+        df = load(src)
+    for w in caught:  # one line per skipped file, naming it
+        if issubclass(w.category, UnreadableResults):
+            print(f"figures.make: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if df.empty:
         print(f"figures.make: no results found in {src}", file=sys.stderr)
         return 2
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"figures.make: {src} holds no trajectory table (no 'iteration' column)", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else (src.parent if src.is_file() else src) / "figures"
-    plots.style.apply_style()
+    style.apply_style()
     written, _ = make_all(df, out)
     if not written:
         print(f"figures.make: no figure could be drawn from {src}", file=sys.stderr)
