@@ -130,7 +130,7 @@ def clip_log_ylim(axes, values, starts) -> str | None:
         notes.append(f"capped at {style.Y_CAP_REL:.0e} x the largest start (diverging runs)")
     if float(v.min()) < floor:
         notes.append(f"floored at {style.Y_FLOOR_REL:.1e} x the largest start (float64 round-off)")
-    return f"y-axis {' and '.join(notes)}" if notes else None
+    return "y-axis " + ",\n".join(notes) if notes else None
 
 
 def save(fig, stem, *, tight=False) -> list[Path]:

@@ -147,7 +147,7 @@ def convergence_figure(df: pd.DataFrame, *, metric: str = "grad_norm_sq", x: str
     bounded = bound and "bound_metric" in df.columns and \
         (df["bound_metric"].astype(str).eq(metric) & df["bound"].gt(0)).any()
     diverged = "diverged" in df.columns and df["diverged"].astype(bool).any()
-    n_entries = len(kws) + int(bool(bounded)) + int(bool(diverged)) + 1
+    n_entries = len(kws) + int(bool(bounded)) + int(bool(diverged))
     ncols = n_cols(len(panel_list), per_row)
     fig, axes, loc = grid(len(panel_list), ncols, legend_entries=n_entries)
     drawn, starts, marks = [], [], []
@@ -191,10 +191,9 @@ def convergence_figure(df: pd.DataFrame, *, metric: str = "grad_norm_sq", x: str
     if marks:
         hs.append(diverged_handle())
         ls.append("some seeds diverged")
-    if note:
-        hs.append(Line2D([], [], linestyle="none"))
-        ls.append(note)
     legend(fig, hs, ls, loc, ncols)
+    if note:
+        fig.supxlabel(note, fontsize=7, color="0.3")
     if title:
         fig.suptitle(title)
     return fig
