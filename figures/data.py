@@ -43,6 +43,10 @@ class UnreadableResults(UserWarning):
     """A results file that could not be read was skipped."""
 
 
+class InconsistentHash(UserWarning):
+    """One config_hash labels rows with different settings (they are not pooled)."""
+
+
 # --------------------------------------------------------------------------- loading
 
 def _complete(d: Path) -> bool:
@@ -125,16 +129,55 @@ def is_missing(v) -> bool:
         return False
 
 
+def _hashable(v):
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return repr(v)
+
+
+def _hashable_column(s: pd.Series) -> pd.Series:
+    if s.dtype != object:
+        return s
+    try:
+        s.nunique(dropna=False)
+        return s
+    except TypeError:  # lists or dicts (a parameter column holding a list)
+        return s.map(_hashable)
+
+
+def config_ids(df: pd.DataFrame) -> pd.Series:
+    """One id per row naming its configuration: its ``config_hash``. Rows with
+    the same hash but different configuration columns (inconsistent input) are
+    told apart as ``hash#1``, ``hash#2`` with an :class:`InconsistentHash`
+    warning, rows without a hash are named by their configuration columns:
+    two configurations never share an id."""
+    cols = config_columns(df)
+    h = df["config_hash"].astype("string").fillna("") if "config_hash" in df.columns \
+        else pd.Series("", index=df.index, dtype="string")
+    keys = pd.DataFrame({"__h": h, **{c: _hashable_column(df[c]) for c in cols}})
+    group = keys.groupby(list(keys.columns), dropna=False, sort=False).ngroup()
+    first = keys.assign(__g=group).drop_duplicates("__g").set_index("__g")["__h"]
+    names = {}
+    for g, hv in first.items():
+        names[g] = hv if hv else "cfg" + str(g)
+    dup = first[first != ""].duplicated(keep=False)
+    if dup.any():
+        bad = sorted(set(first[first != ""][dup]))
+        warnings.warn(f"config_hash {', '.join(b[:12] for b in bad)} labels rows with different settings: "
+                      "drawn as separate configurations", InconsistentHash, stacklevel=3)
+        for k, g in enumerate(first[first != ""][dup].index):
+            names[g] = f"{first[g]}#{k + 1}"
+    return group.map(names).astype(str)
+
+
 def configs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: its configuration columns (first row's values),
-    any ``DERIVED`` column, and ``config_hash`` (made up from the configuration
-    columns when the table has none), in the table's order."""
+    """One row per configuration (:func:`config_ids`), in the table's order: its
+    configuration columns (first row's values), any ``DERIVED`` column, and
+    ``config_hash`` (the configuration's id)."""
     keep = config_columns(df) + [c for c in df.columns if c in DERIVED]
-    if "config_hash" in df.columns:
-        h = df["config_hash"].astype(str)
-    else:
-        h = row_keys(df, config_columns(df))
-    first = df.assign(config_hash=h).drop_duplicates("config_hash")
+    first = df.assign(config_hash=config_ids(df).to_numpy()).drop_duplicates("config_hash")
     return first[keep + ["config_hash"]].reset_index(drop=True)
 
 
@@ -149,8 +192,10 @@ def curves(df: pd.DataFrame, cf: pd.DataFrame | None = None):
     """(configuration dict, rows) per configuration of ``cf`` (default
     :func:`configs` of ``df``), in its order."""
     cf = configs(df) if cf is None else cf
-    h = df["config_hash"].astype(str) if "config_hash" in df.columns else row_keys(df, config_columns(df))
-    by = dict(iter(df.groupby(h.to_numpy(), sort=False)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InconsistentHash)  # said once, by configs()
+        ids = config_ids(df)
+    by = dict(iter(df.groupby(ids.to_numpy(), sort=False)))
     for kv in cf.to_dict("records"):
         if kv["config_hash"] in by:
             yield kv, by[kv["config_hash"]]
@@ -200,7 +245,7 @@ def label_columns(cf: pd.DataFrame, given, *, exclude=(), within=()) -> list[str
     cand = [c for c in cand if "." not in str(c)] + [c for c in cand if "." in str(c)]
     cols = distinguishing(cf, cand, given)
     if n_distinct(cf, [*given, *within, *cols]) < len(cf):
-        cf[CONFIG] = cf["config_hash"].astype(str).str[:8]
+        cf[CONFIG] = cf["config_hash"].astype(str).map(lambda h: h[:8] + (h[h.index("#"):] if "#" in h else ""))
         cols.append(CONFIG)
     return cols
 

@@ -173,8 +173,22 @@ def test_figures_skip_without_variation(tmp_path):
 def test_convergence_with_stepsize_rows_and_extra_keys(tmp_path):
     df = synthetic(iterations=(0, 10, 20))
     q = df[df["problem"] == "quadratic"]
-    two = pd.concat([q, q.assign(stepsize=2.0, sketch="orthonormal")], ignore_index=True)
+    other = q.assign(stepsize=2.0, sketch="orthonormal", config_hash=q["config_hash"] + "-2")
+    two = pd.concat([q, other], ignore_index=True)
     _check(plots.convergence(two, tmp_path / "grid", metric="f_gap"))
+
+
+def test_one_hash_on_different_settings_is_not_pooled():
+    # inconsistent input (one config_hash on two stepsizes): said, and drawn as two configurations
+    df = pd.DataFrame(_runs(_cfg(), (0, 1), range(0, 20, 4), _geometric(0.1)))
+    two = pd.concat([df, df.assign(stepsize=2.0, f_gap=df["f_gap"] ** 2)], ignore_index=True)
+    with pytest.warns(data.InconsistentHash, match=df["config_hash"].iloc[0][:12]):
+        cf = data.configs(two)
+    assert list(cf["stepsize"]) == [1.0, 2.0] and cf["config_hash"].nunique() == 2
+    with pytest.warns(data.InconsistentHash):
+        assert len(data.rate_table(two, "f_gap")) == 2
+    no_hash = two.drop(columns="config_hash")
+    assert len(data.configs(no_hash)) == 2 and len(data.configs(no_hash.assign(stepsize=1.0))) == 1
 
 
 def test_make_no_results_exits_2(tmp_path):
@@ -360,14 +374,14 @@ def test_estimators_at_the_same_p_look_different(drawn):
     assert style.BOUND_STYLE["linestyle"] not in {lk["linestyle"] for lk in style.ESTIMATOR_STYLES.values()}
 
 
-def _quadratic(ranks, ps, *, stepsizes=(1.0,), iterations=range(0, 30, 3)):
+def _quadratic(ranks, ps, *, stepsizes=(1.0,), iterations=range(0, 30, 3), seeds=(0, 1)):
     rows = []
     for f in stepsizes:
         for r in ranks:
             for p in ps:
                 lam = p * r / M + (1 - p) * r / N
                 cfg = _cfg(rank=r, p=p, stepsize=f, lambda_min_p=lam)
-                rows += _runs(cfg, (0, 1), iterations, _geometric(0.5 * f * lam),
+                rows += _runs(cfg, seeds, iterations, _geometric(0.5 * f * lam),
                               bound=lambda t, lam=lam, f=f: 4.4 * (1 - 0.5 * f * lam) ** t)
     return pd.DataFrame(rows)
 
@@ -414,7 +428,7 @@ def test_tightness_says_which_ratio_and_shows_only_settings_that_apply(drawn):
 def test_wide_sweeps_wrap_into_a_grid(tmp_path, drawn):
     # before: 6 rank panels and a 16-entry legend in one row, 4039 px wide at 200 dpi
     df = _quadratic((1, 2, 4, 8, 16, 32), (0.0, 0.01, 0.2, 0.4, 0.6, 0.8, 0.99, 1.0), stepsizes=(1.0, 2.0),
-                    iterations=(0, 5, 10))
+                    iterations=(0, 5, 10), seeds=(0,))
     fig = drawn("convergence", df, metric="f_gap")
     assert fig.get_size_inches()[0] <= WIDTH_LIMIT_IN
     panels = [ax for ax in fig.axes]
