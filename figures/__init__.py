@@ -7,10 +7,11 @@ function ``fn_figure(df, ...) -> Figure``: :mod:`figures.plots` (``convergence``
 ``tightness``) and :mod:`figures.rates` (``rate_vs_p``, ``rate_vs_rank``,
 ``rate_vs_lambda``). How lines look and how large figures get in
 :mod:`figures.style`; panels, labels and axis limits in :mod:`figures.layout`;
-loading (unreadable files skipped with a warning) and reductions in
-:mod:`figures.data`.
+reading (an unreadable file is skipped with a warning) in :mod:`figures.files`;
+configurations and reductions in :mod:`figures.data`.
 """
-from figures.data import NotEnoughData, UnreadableResults, load
+from figures.data import NotEnoughData
+from figures.files import UnreadableResults, load
 from figures.plots import convergence, convergence_figure, tightness, tightness_figure
 from figures.rates import (rate_vs_lambda, rate_vs_lambda_figure, rate_vs_p, rate_vs_p_figure, rate_vs_rank,
                            rate_vs_rank_figure)

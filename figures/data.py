@@ -1,8 +1,4 @@
-"""Reading results files and reducing them to what the figures draw.
-
-This module depends on files only (pandas + the results store's file layout:
-``results.parquet`` beside a ``_COMPLETE`` JSON marker whose ``results_bytes``
-is the parquet's size); it never imports the solvers or the experiments.
+"""Reducing results tables to what the figures draw (reading them: :mod:`figures.files`).
 
 A *configuration* (one curve, one heatmap cell, one point of a rate plot) is the
 set of rows sharing a ``config_hash`` (the job's configuration without the seed):
@@ -11,17 +7,10 @@ equal. Tables without ``config_hash`` fall back to every configuration column.
 """
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-RESULTS_FILE = "results.parquet"
-COMPLETE_MARKER = "_COMPLETE"
-COLLECTED_FILE = "collected.parquet"
 
 MEASUREMENTS = frozenset({
     "iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
@@ -39,62 +28,8 @@ class NotEnoughData(ValueError):
     """The table lacks the columns or the variation a figure needs."""
 
 
-class UnreadableResults(UserWarning):
-    """A results file that could not be read was skipped."""
-
-
 class InconsistentHash(UserWarning):
     """One config_hash labels rows with different settings (they are not pooled)."""
-
-
-# --------------------------------------------------------------------------- loading
-
-def _complete(d: Path) -> bool:
-    try:
-        info = json.loads((d / COMPLETE_MARKER).read_text(encoding="utf-8"))
-        return int(info["results_bytes"]) == (d / RESULTS_FILE).stat().st_size
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _read(path: Path) -> pd.DataFrame | None:
-    """The table in ``path``, or None (with an :class:`UnreadableResults` warning
-    naming the file) when it cannot be read: a corrupt or truncated file must not
-    cost the figures of every other job."""
-    try:
-        return pd.read_parquet(path)
-    except Exception as err:  # pyarrow raises several types (ArrowInvalid, OSError, ...)
-        warnings.warn(f"skipping {path}: cannot read parquet ({type(err).__name__}: {err})",
-                      UnreadableResults, stacklevel=3)
-        return None
-
-
-def load(path: str | os.PathLike) -> pd.DataFrame:
-    """A results table from a parquet file, or from the complete jobs under a
-    directory (recursively); a directory without any falls back to its
-    ``collected.parquet``. Unreadable files are skipped with an
-    :class:`UnreadableResults` warning. Returns an empty DataFrame when nothing
-    is found."""
-    p = Path(path)
-    if p.is_file():
-        df = _read(p)
-        return pd.DataFrame() if df is None else df
-    if not p.is_dir():
-        return pd.DataFrame()
-    tables, found = [], False
-    for here, dirs, files in os.walk(p):
-        dirs.sort()
-        if RESULTS_FILE in files and _complete(Path(here)):
-            found = True
-            t = _read(Path(here) / RESULTS_FILE)
-            if t is not None and len(t):
-                tables.append(t)
-    if tables:
-        return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
-    if not found and (p / COLLECTED_FILE).is_file():
-        df = _read(p / COLLECTED_FILE)
-        return pd.DataFrame() if df is None else df
-    return pd.DataFrame()
 
 
 # --------------------------------------------------------------------------- configurations

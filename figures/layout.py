@@ -59,9 +59,10 @@ def line_label(kv: dict, extra=()) -> str:
 
 def n_cols(n_panels: int, per_row: int | None = None) -> int:
     """Columns of the grid: ``per_row`` when it fits (one row per setting, e.g. the
-    ranks side by side), else as few rows as :data:`style.MAX_COLS` allows, balanced."""
-    if per_row and 1 <= per_row <= style.MAX_COLS:
-        return per_row
+    ranks side by side), else ``per_row`` split evenly over as few rows as
+    :data:`style.MAX_COLS` allows, else ``n_panels`` so split."""
+    if per_row and per_row >= 1:  # 6 ranks -> 3 columns, 2 rows per setting
+        return math.ceil(per_row / math.ceil(per_row / style.MAX_COLS))
     rows = math.ceil(n_panels / style.MAX_COLS)
     return max(1, math.ceil(n_panels / rows))
 

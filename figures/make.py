@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from figures import plots, rates, style
-from figures.data import NotEnoughData, UnreadableResults, has_values, load
+from figures.data import NotEnoughData, has_values
+from figures.files import UnreadableResults, load
 
 FINITE_SUM = {"sgd", "page", "mvr"}
 

@@ -232,8 +232,8 @@ def tightness_figure(df: pd.DataFrame, *, title: str | None = None, max_panels: 
     norm = TwoSlopeNorm(vmin=-span, vcenter=0.0, vmax=span)
     nc = min(len(combos), 3)
     nr = math.ceil(len(combos) / nc)
-    fig, axes = plt.subplots(nr, nc, figsize=(3.2 * nc + 1.2, 2.6 * nr + 0.6), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(nr, nc, figsize=(min(3.1 * nc + 1.0, style.MAX_WIDTH_IN - 0.25), 2.6 * nr + 0.6),
+                             squeeze=False, layout="constrained")
     im = None
     for ax, combo in zip(axes.flat, combos):
         sel = np.ones(len(tt), dtype=bool)
