@@ -25,9 +25,9 @@ def fmt(v) -> str:
     return str(v)
 
 
-def setting(col: str, val) -> str:
+def setting(col: str, val, *, full: bool = False) -> str:
     """One setting as text: ``rank r = 2``, ``gamma = 1/L``, ``L = 10`` (a prefixed
-    column ``problem.L`` is shown by its last part)."""
+    column ``problem.L`` is shown by its last part unless ``full``)."""
     if col == "rank":
         return f"rank r = {fmt(val)}" if val != 0 else "full rank"
     if col == stepsize_column([col]):
@@ -36,12 +36,15 @@ def setting(col: str, val) -> str:
         return f"{style.estimator_name(val)}"
     if col == CONFIG:
         return f"config {val}"
-    return f"{str(col).rsplit('.', 1)[-1]} = {fmt(val)}"
+    return f"{col if full else str(col).rsplit('.', 1)[-1]} = {fmt(val)}"
 
 
 def settings(kv: dict, cols) -> str:
-    """The settings ``cols`` of ``kv`` that apply (NaN: not applicable, left out)."""
-    return ", ".join(setting(c, kv[c]) for c in cols if c in kv and not is_missing(kv[c]))
+    """The settings ``cols`` of ``kv`` that apply (NaN: not applicable, left out);
+    prefixed columns by their last part unless two of them share it."""
+    cols = [c for c in cols if c in kv and not is_missing(kv[c])]
+    last = [str(c).rsplit(".", 1)[-1] for c in cols]
+    return ", ".join(setting(c, kv[c], full=last.count(s) > 1) for c, s in zip(cols, last))
 
 
 def line_label(kv: dict, extra=()) -> str:

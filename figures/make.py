@@ -12,6 +12,7 @@ line on stderr, when no results are found.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import warnings
@@ -20,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from figures import plots, rates, style
-from figures.data import NotEnoughData, has_values
+from figures.data import InconsistentHash, NotEnoughData, has_values
 from figures.files import UnreadableResults, load
 
 FINITE_SUM = {"sgd", "page", "mvr"}
@@ -82,20 +83,31 @@ def make_all(df: pd.DataFrame, out_dir, *, log=print) -> tuple[list[Path], list[
     return written, skipped
 
 
+@contextlib.contextmanager
+def _said_once():
+    """The suite's own warnings (a skipped file, an inconsistent hash) as one line
+    each on stderr, each said once; other warnings as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for w in caught:
+        if issubclass(w.category, (UnreadableResults, InconsistentHash)):
+            if str(w.message) not in seen:
+                seen.add(str(w.message))
+                print(f"figures.make: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m figures.make", description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", help="results parquet, or a directory of job results")
     ap.add_argument("--out", default=None, help="figure directory (default DIR/figures)")
     args = ap.parse_args(argv)
     src = Path(args.dir)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UnreadableResults)
+    with _said_once():
         df = load(src)
-    for w in caught:  # one line per skipped file, naming it
-        if issubclass(w.category, UnreadableResults):
-            print(f"figures.make: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if df.empty:
         print(f"figures.make: no results found in {src}", file=sys.stderr)
         return 2
@@ -104,12 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out) if args.out else (src.parent if src.is_file() else src) / "figures"
     style.apply_style()
-    written, _ = make_all(df, out)
+    with _said_once():
+        written, _ = make_all(df, out)
     if not written:
         print(f"figures.make: no figure could be drawn from {src}", file=sys.stderr)
         return 2
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

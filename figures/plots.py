@@ -255,10 +255,12 @@ def tightness_figure(df: pd.DataFrame, *, title: str | None = None, max_panels: 
         ax.set_xlabel("rank r")
         ax.set_ylabel("p")
         ax.grid(False)
-        head = settings(combo, list(combo))
+        ests = sub["estimator"].unique() if "estimator" in sub.columns else []
+        est = f"{style.estimator_name(ests[0])}: " if len(ests) == 1 else ""
+        head = settings(combo, [c for c in combo if not (est and c == "estimator")])
         its = sorted(sub["iteration"].unique())
         at = f"T = {its[0]}" if len(its) == 1 else f"T = {its[0]}..{its[-1]}"
-        ax.set_title(f"bound on {sub['metric'].iloc[0]}, {at}" + (f"\n{head}" if head else ""))
+        ax.set_title(f"{est}bound on {sub['metric'].iloc[0]}, {at}" + (f"\n{head}" if head else ""))
     for ax in list(axes.flat)[len(combos):]:
         ax.axis("off")
     cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9)

@@ -37,13 +37,14 @@ def _rate_figure(rt: pd.DataFrame, *, x: str, xlabel: str, metric: str, title: s
     if rt.empty or rt[x].nunique() < 2:
         raise NotEnoughData(f"fewer than two values of {x} with a fitted rate")
     lines, cols = _lines(rt, x, along)
-    # colour from method and p (unless p is on the x axis), style from the estimator
+    # colour from method and p (one per line when p is on the x axis, or when two
+    # lines would look alike), style and marker from the estimator
     def colour_kv(kv):
         return {**kv, "p": np.nan} if x == "p" else kv
 
     labels = [line_label(colour_kv(kv), [c for c in cols if c != x]) for kv, _ in lines]
     kws = [style.line_style(colour_kv(kv)) for kv, _ in lines]
-    if len({style.look(k) for k in kws}) < len(set(labels)):
+    if x == "p" or len({style.look(k) for k in kws}) < len(set(labels)):
         for k, c in zip(kws, style.palette(len(kws))):
             k["color"] = c
     any_theory = bool(np.isfinite(rt["theory_rate"].to_numpy(dtype=float)).any())

@@ -239,9 +239,7 @@ def test_tightness_says_which_ratio_and_shows_only_settings_that_apply(drawn):
     fig = drawn("tightness", pd.DataFrame(rows))
     heat = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     titles = [ax.get_title() for ax in heat]
-    assert len(heat) == 2 and all(t.endswith(("\nGD", "\nSGD")) for t in titles)
-    assert not any("batch" in t or " - " in t for t in titles)
-    assert all("T = 16" in t for t in titles)
+    assert sorted(titles) == ["GD: bound on f_gap, T = 16", "SGD: bound on f_gap, T = 16"]
     (cbar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert "at the final iteration" in cbar.get_ylabel() and "max over iterations" in cbar.get_ylabel()
 
@@ -299,3 +297,29 @@ def test_label_columns_tell_every_configuration_apart(cfgs):
     assert "method.p" not in cols
     for k, c in enumerate(cols):  # each shown setting tells some configurations apart
         assert data.n_distinct(cf, ["estimator", "p", *cols[:k + 1]]) > data.n_distinct(cf, ["estimator", "p", *cols[:k]])
+
+
+def test_too_many_panels_move_settings_into_labels_and_lines_stay_apart(drawn):
+    # 3 ranks x 2 stepsizes x 3 sketches = 18 panels > MAX_PANELS: the sketch goes into the labels
+    rows = []
+    for f in (1.0, 2.0):
+        for r in (1, 2, 4):
+            for sk in ("gaussian", "orthonormal", "column"):
+                for p in (0.2, 0.8):
+                    rows += _runs(_cfg(stepsize=f, rank=r, sketch=sk, p=p), (0,), (0, 5, 10),
+                                  _geometric(0.01 * r * f + 0.001 * len(sk)))
+    fig = drawn("convergence", pd.DataFrame(rows), metric="f_gap")
+    assert len(fig.axes) == 6 and 3 * 2 * 3 > style.MAX_PANELS
+    labels = _legend_texts(fig)
+    assert "Bernoulli-LoRA-GD (p=0.2), sketch = orthonormal" in labels
+    for ax in fig.axes:  # six curves per panel, no two alike
+        curves = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1]
+        assert len(curves) == 6 and len({_look(ln) for ln in curves}) == 6
+
+
+def test_prefixed_settings_shown_by_their_last_part_unless_ambiguous():
+    from figures.layout import settings as text
+
+    kv = {"problem.L": 10.0, "estimator.L": 2.0, "problem.mu": 0.5, "batch": np.nan}
+    assert text(kv, ["problem.mu", "batch"]) == "mu = 0.5"  # n/a settings left out
+    assert text(kv, ["problem.L", "estimator.L", "problem.mu"]) == "problem.L = 10, estimator.L = 2, mu = 0.5"
