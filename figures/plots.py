@@ -83,23 +83,29 @@ def panels(cf: pd.DataFrame, *, facet: str | None, row: str | None):
     extra = label_columns(cf, given)
     fvals, rvals = _panel_values(cf, fcol), _panel_values(cf, rcol)
     combos = _combos(cf, extra)
-    in_panels = len(fvals) * len(rvals) * len(combos) <= style.MAX_PANELS
-    if not in_panels:
-        combos = [{}]
-    out = []
-    recs = cf.to_dict("records")
-    for rv in rvals:
-        for combo in combos:
-            for fv in fvals:
-                members = [kv for kv in recs
-                           if _matches(kv.get(rcol), rv, zero_joins=False)
-                           and _matches(kv.get(fcol), fv, zero_joins=fcol == "rank")
-                           and all(_matches(kv[c], combo[c], zero_joins=False) for c in combo)]
-                if members:
-                    title = {**({rcol: rv} if rcol else {}), **combo, **({fcol: fv} if fcol else {})}
-                    out.append((title, members))
     per_row = len(fvals) if fcol and len(fvals) > 1 else None
-    return out, ([] if in_panels else extra), per_row
+    recs = cf.to_dict("records")
+
+    def lay_out(combos):
+        out = []
+        for rv in rvals:
+            for combo in combos:
+                for fv in fvals:
+                    members = [kv for kv in recs
+                               if _matches(kv.get(rcol), rv, zero_joins=False)
+                               and _matches(kv.get(fcol), fv, zero_joins=fcol == "rank")
+                               and all(_matches(kv[c], combo[c], zero_joins=False) for c in combo)]
+                    if members:
+                        title = {**({rcol: rv} if rcol else {}), **combo, **({fcol: fv} if fcol else {})}
+                        out.append((title, members))
+        return out
+
+    if len(fvals) * len(rvals) * len(combos) <= style.MAX_PANELS:
+        out = lay_out(combos)
+        # a configuration that joins a panel (n/a setting) must not meet its twin there
+        if all(n_distinct(pd.DataFrame(m), [c for c in given if c != fcol]) == len(m) for _, m in out):
+            return out, [], per_row
+    return lay_out([{}]), extra, per_row
 
 
 def line_looks(panel_list, extra) -> tuple[dict, dict]:
@@ -223,7 +229,10 @@ def tightness_figure(df: pd.DataFrame, *, title: str | None = None, max_panels: 
     cf = tt.drop(columns=out_cols)
     panel_keys = label_columns(cf, ("p", "rank"))
     tt = tt.assign(**{c: cf[c] for c in panel_keys if c not in tt.columns})
-    combos = _combos(cf, panel_keys)
+    # one panel per combination as it is (n/a included): every configuration in one cell
+    combos = [dict(zip(panel_keys, k)) for k in dict.fromkeys(
+        tuple(None if is_missing(v) else v for v in r) for r in cf[panel_keys].itertuples(index=False, name=None))]
+    combos.sort(key=lambda c: [sort_key(c[k]) for k in panel_keys])
     if len(combos) > max_panels:
         raise NotEnoughData(f"{len(combos)} panels (settings {panel_keys}) exceed {max_panels}")
     ratios = tt["ratio"].to_numpy(dtype=float)
@@ -238,7 +247,7 @@ def tightness_figure(df: pd.DataFrame, *, title: str | None = None, max_panels: 
     for ax, combo in zip(axes.flat, combos):
         sel = np.ones(len(tt), dtype=bool)
         for c, v in combo.items():
-            sel &= tt[c].map(lambda u, v=v: _matches(u, v, zero_joins=False)).to_numpy()
+            sel &= tt[c].map(lambda u, v=v: u == v or (is_missing(u) and is_missing(v))).to_numpy()
         sub = tt[sel]
         grid_ = sub.pivot(index="p", columns="rank", values="ratio")  # one configuration per cell
         vals = grid_.to_numpy(dtype=float)

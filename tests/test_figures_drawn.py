@@ -323,3 +323,24 @@ def test_prefixed_settings_shown_by_their_last_part_unless_ambiguous():
     kv = {"problem.L": 10.0, "estimator.L": 2.0, "problem.mu": 0.5, "batch": np.nan}
     assert text(kv, ["problem.mu", "batch"]) == "mu = 0.5"  # n/a settings left out
     assert text(kv, ["problem.L", "estimator.L", "problem.mu"]) == "problem.L = 10, estimator.L = 2, mu = 0.5"
+
+
+def test_a_configuration_without_a_setting_never_meets_its_twin(drawn):
+    # SGD without a batch (n/a) beside SGD with batch 10 and 100, same p and rank: in the
+    # convergence figure the n/a one may not join the batch panels (it would look the same
+    # as its twin there); in the heatmap every configuration has its own cell
+    rows = []
+    for batch in (np.nan, 10.0, 100.0):
+        for r in (1, 2):
+            cfg = _cfg(estimator="sgd", batch=batch, rank=r)
+            rows += _runs(cfg, (0,), (0, 5, 10), _geometric(0.1 + 0.01 * r), bound=lambda t: 4.4 * 0.9 ** t)
+    df = pd.DataFrame(rows)
+    fig = drawn("convergence", df, metric="f_gap")
+    for ax in fig.axes:
+        curves = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1 and ln.get_linestyle() != ":"]
+        assert len({_look(ln) for ln in curves}) == len(curves) == 3
+    assert {"Bernoulli-LoRA-SGD (p=0.5)", "Bernoulli-LoRA-SGD (p=0.5), batch = 10"} <= set(_legend_texts(fig))
+    fig = drawn("tightness", df)
+    heat = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert sorted(ax.get_title().split("\n")[-1] for ax in heat) == \
+        ["SGD: bound on f_gap, T = 10", "batch = 10", "batch = 100"]
