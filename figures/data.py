@@ -1,24 +1,16 @@
-"""Reading results files and reducing them to what the figures draw.
+"""Reducing results tables to what the figures draw (reading them: :mod:`figures.files`).
 
-This module depends on files only (pandas + the results store's file layout:
-``results.parquet`` beside a ``_COMPLETE`` JSON marker whose ``results_bytes``
-is the parquet's size); it never imports the solvers or the experiments.
-
-A *curve* is one configuration over all its seeds: rows sharing every column
-that is neither a measurement, nor bookkeeping, nor derived from the others.
+A *configuration* (one curve, one heatmap cell, one point of a rate plot) is the
+set of rows sharing a ``config_hash`` (the job's configuration without the seed):
+two configurations are never pooled, even when every column shown in a figure is
+equal. Tables without ``config_hash`` fall back to every configuration column.
 """
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+import warnings
 
 import numpy as np
 import pandas as pd
-
-RESULTS_FILE = "results.parquet"
-COMPLETE_MARKER = "_COMPLETE"
-COLLECTED_FILE = "collected.parquet"
 
 MEASUREMENTS = frozenset({
     "iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
@@ -26,67 +18,174 @@ MEASUREMENTS = frozenset({
 })
 BOOKKEEPING = frozenset({"seed", "config_hash", "device", "bound_status", "bound_metric", "wall_s"})
 DERIVED = frozenset({"gamma", "lambda_min_p", "lambda_max_p"})
+#: the stepsize factor's column (gamma = factor / L), newest name first
+STEPSIZE_COLUMNS = ("stepsize_factor", "stepsize")
+#: pseudo-column naming a configuration by its hash when no column tells it apart
+CONFIG = "config"
 
 
 class NotEnoughData(ValueError):
     """The table lacks the columns or the variation a figure needs."""
 
 
-# --------------------------------------------------------------------------- loading
-
-def _complete(d: Path) -> bool:
-    try:
-        info = json.loads((d / COMPLETE_MARKER).read_text(encoding="utf-8"))
-        return int(info["results_bytes"]) == (d / RESULTS_FILE).stat().st_size
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+class InconsistentHash(UserWarning):
+    """One config_hash labels rows with different settings (they are not pooled)."""
 
 
-def load(path: str | os.PathLike) -> pd.DataFrame:
-    """A results table from a parquet file, or from the complete jobs under a
-    directory (recursively); a directory without any falls back to its
-    ``collected.parquet``. Returns an empty DataFrame when nothing is found."""
-    p = Path(path)
-    if p.is_file():
-        return pd.read_parquet(p)
-    if not p.is_dir():
-        return pd.DataFrame()
-    tables = []
-    for here, dirs, files in os.walk(p):
-        dirs.sort()
-        if RESULTS_FILE in files and _complete(Path(here)):
-            tables.append(pd.read_parquet(Path(here) / RESULTS_FILE))
-    if tables:
-        return pd.concat(tables, ignore_index=True)
-    if (p / COLLECTED_FILE).is_file():
-        return pd.read_parquet(p / COLLECTED_FILE)
-    return pd.DataFrame()
+# --------------------------------------------------------------------------- configurations
+
+def stepsize_column(df) -> str | None:
+    """The name of the stepsize factor's column in ``df`` (tables before and after
+    its rename), or None."""
+    cols = df.columns if hasattr(df, "columns") else df
+    return next((c for c in STEPSIZE_COLUMNS if c in cols), None)
 
 
-# --------------------------------------------------------------------------- curves
-
-def curve_keys(df: pd.DataFrame) -> list[str]:
-    """Columns that identify a curve (configuration without the seed). Timings
-    (any column ending in ``_s``, e.g. a sweep's ``group_wall_s``) are not keys."""
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """Columns that describe a configuration (neither a measurement, nor
+    bookkeeping, nor derived from the others). Timings (any column ending in
+    ``_s``, e.g. a sweep's ``group_wall_s``) are not configuration."""
     skip = MEASUREMENTS | BOOKKEEPING | DERIVED
     return [c for c in df.columns if c not in skip and not str(c).endswith("_s")]
 
 
-def varying(df: pd.DataFrame, keys) -> list[str]:
-    """The columns among ``keys`` that take more than one value (NaN counts as one)."""
-    return [k for k in keys if k in df.columns and df[k].nunique(dropna=False) > 1]
+def _text(s: pd.Series) -> pd.Series:
+    """A column as comparable strings (NaN one value; lists and dicts allowed)."""
+    return s.map(lambda v: "\0nan" if is_missing(v) else repr(v))
 
 
-def groups(df: pd.DataFrame, keys):
-    """(key dict, sub-frame) per combination of ``keys``, NaN kept, in sorted order."""
-    keys = list(keys)
-    if not keys:
-        yield {}, df
-        return
-    for vals, sub in df.groupby(keys, dropna=False, sort=True):
-        vals = vals if isinstance(vals, tuple) else (vals,)
-        yield dict(zip(keys, vals)), sub
+def is_missing(v) -> bool:
+    """NaN / None (a setting that does not apply to this configuration)."""
+    if v is None:
+        return True
+    try:
+        return bool(np.isnan(v))
+    except (TypeError, ValueError):
+        return False
 
+
+def _hashable(v):
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return repr(v)
+
+
+def _hashable_column(s: pd.Series) -> pd.Series:
+    if s.dtype != object:
+        return s
+    try:
+        s.nunique(dropna=False)
+        return s
+    except TypeError:  # lists or dicts (a parameter column holding a list)
+        return s.map(_hashable)
+
+
+def config_ids(df: pd.DataFrame) -> pd.Series:
+    """One id per row naming its configuration: its ``config_hash``. Rows with
+    the same hash but different configuration columns (inconsistent input) are
+    told apart as ``hash#1``, ``hash#2`` with an :class:`InconsistentHash`
+    warning, rows without a hash are named by their configuration columns:
+    two configurations never share an id."""
+    cols = config_columns(df)
+    h = df["config_hash"].astype("string").fillna("") if "config_hash" in df.columns \
+        else pd.Series("", index=df.index, dtype="string")
+    keys = pd.DataFrame({"__h": h, **{c: _hashable_column(df[c]) for c in cols}})
+    group = keys.groupby(list(keys.columns), dropna=False, sort=False).ngroup()
+    first = keys.assign(__g=group).drop_duplicates("__g").set_index("__g")["__h"]
+    names = {}
+    for g, hv in first.items():
+        names[g] = hv if hv else "cfg" + str(g)
+    dup = first[first != ""].duplicated(keep=False)
+    if dup.any():
+        bad = sorted(set(first[first != ""][dup]))
+        warnings.warn(f"config_hash {', '.join(b[:12] for b in bad)} labels rows with different settings: "
+                      "drawn as separate configurations", InconsistentHash, stacklevel=3)
+        for k, g in enumerate(first[first != ""][dup].index):
+            names[g] = f"{first[g]}#{k + 1}"
+    return group.map(names).astype(str)
+
+
+def configs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (:func:`config_ids`), in the table's order: its
+    configuration columns (first row's values), any ``DERIVED`` column, and
+    ``config_hash`` (the configuration's id)."""
+    keep = config_columns(df) + [c for c in df.columns if c in DERIVED]
+    first = df.assign(config_hash=config_ids(df).to_numpy()).drop_duplicates("config_hash")
+    return first[keep + ["config_hash"]].reset_index(drop=True)
+
+
+def row_keys(df: pd.DataFrame, cols) -> pd.Series:
+    """One comparable string per row from the columns ``cols`` (NaN-safe)."""
+    if not cols:
+        return pd.Series("all", index=df.index)
+    return pd.concat([_text(df[c]) for c in cols], axis=1).agg("|".join, axis=1)
+
+
+def curves(df: pd.DataFrame, cf: pd.DataFrame | None = None):
+    """(configuration dict, rows) per configuration of ``cf`` (default
+    :func:`configs` of ``df``), in its order."""
+    cf = configs(df) if cf is None else cf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InconsistentHash)  # said once, by configs()
+        ids = config_ids(df)
+    by = dict(iter(df.groupby(ids.to_numpy(), sort=False)))
+    for kv in cf.to_dict("records"):
+        if kv["config_hash"] in by:
+            yield kv, by[kv["config_hash"]]
+
+
+def sort_key(v):
+    """Numbers in numeric order, then the rest by text; missing last."""
+    if is_missing(v):
+        return (2, 0.0, "")
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, repr(v))
+
+
+def n_distinct(cf: pd.DataFrame, cols) -> int:
+    cols = [c for c in cols if c in cf.columns]
+    return int(row_keys(cf, cols).nunique()) if len(cf) else 0
+
+
+def distinguishing(cf: pd.DataFrame, candidates, given=()) -> list[str]:
+    """The columns among ``candidates`` (in order) that tell configurations apart
+    beyond ``given`` and the columns chosen before them: a column is kept when it
+    splits some group of configurations that agree on those. So a setting that
+    follows from another (``batch`` from the estimator: NaN for GD) or a copy
+    under another name (``method.p`` beside ``p``) is not shown twice."""
+    chosen: list[str] = []
+    base = [c for c in given if c in cf.columns]
+    count = n_distinct(cf, base)
+    for c in candidates:
+        if c not in cf.columns or c in base:
+            continue
+        k = n_distinct(cf, base + chosen + [c])
+        if k > count:
+            chosen.append(c)
+            count = k
+    return chosen
+
+
+def label_columns(cf: pd.DataFrame, given, *, exclude=(), within=()) -> list[str]:
+    """:func:`distinguishing` over every configuration column but ``given``,
+    ``exclude`` and ``within``, short names before prefixed ones (``problem.L``),
+    plus the pseudo-column :data:`CONFIG` (added to ``cf`` as the hash's first 8
+    characters) when configurations remain that neither these columns nor
+    ``within`` (settings that vary inside a group, e.g. a plot's x) tell apart."""
+    skip = set(given) | set(exclude) | set(within) | DERIVED | {"config_hash", CONFIG}
+    cand = [c for c in cf.columns if c not in skip]
+    cand = [c for c in cand if "." not in str(c)] + [c for c in cand if "." in str(c)]
+    cols = distinguishing(cf, cand, given)
+    if n_distinct(cf, [*given, *within, *cols]) < len(cf):
+        cf[CONFIG] = cf["config_hash"].astype(str).map(lambda h: h[:8] + (h[h.index("#"):] if "#" in h else ""))
+        cols.append(CONFIG)
+    return cols
+
+
+# --------------------------------------------------------------------------- curves
 
 def has_values(df: pd.DataFrame, col: str, *, positive: bool = True) -> bool:
     if col not in df.columns or not pd.api.types.is_numeric_dtype(df[col]):
@@ -167,13 +266,13 @@ def rate_metric(df: pd.DataFrame) -> str | None:
 
 
 def rate_table(df: pd.DataFrame, metric: str, *, quantiles=(0.1, 0.9), geometric_r2: float = 0.999) -> pd.DataFrame:
-    """One row per curve: its keys, the median and quantile band over (non-diverged)
-    seeds of the fitted linear rate of ``metric``, ``theory_rate`` (the same fit on
-    the bound when it bounds ``metric`` and is geometric, i.e. its log is a line
-    with R^2 >= ``geometric_r2``; else NaN), and the first ``lambda_min_p``."""
-    keys = curve_keys(df)
+    """One row per configuration: its :func:`configs` row, the median and quantile
+    band over (non-diverged) seeds of the fitted linear rate of ``metric``,
+    ``theory_rate`` (the same fit on the bound when it bounds ``metric`` and is
+    geometric, i.e. its log is a line with R^2 >= ``geometric_r2``; else NaN),
+    ``n_runs`` and ``n_diverged``."""
     rows = []
-    for kv, curve in groups(df, keys):
+    for kv, curve in curves(df):
         ok = ~curve["diverged"].astype(bool) if "diverged" in curve.columns else pd.Series(True, index=curve.index)
         bad_seeds = set(curve.loc[~ok, "seed"]) if "seed" in curve.columns else set()
         rates = []
@@ -196,24 +295,29 @@ def rate_table(df: pd.DataFrame, metric: str, *, quantiles=(0.1, 0.9), geometric
                    rate_lo=np.quantile(r, quantiles[0]) if r.size else np.nan,
                    rate_hi=np.quantile(r, quantiles[1]) if r.size else np.nan,
                    theory_rate=theory, n_runs=int(r.size), n_diverged=len(bad_seeds))
-        if "lambda_min_p" in curve.columns:
-            row["lambda_min_p"] = float(curve["lambda_min_p"].iloc[0])
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- tightness
 
+#: what :func:`tightness_table`'s ratio is (figure labels say it; ``experiments.verify``'s
+#: "tightness" is instead the largest such ratio over the iterations T >= 1)
+FINAL_RATIO = "mean measured / bound at the final iteration"
+
+
 def tightness_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per curve with a finite bound on one of its columns: at the last
-    iteration, ``measured`` is the MEAN over seeds of the bounded column (the
+    """One row per configuration with a finite bound on one of its columns: at the
+    last iteration, ``measured`` is the MEAN over seeds of the bounded column (the
     theorems bound an expectation), ``bound`` the bound there, ``ratio`` their
-    quotient (<= 1: the bound holds; a diverged run makes it inf)."""
+    quotient (<= 1: the bound holds there; a diverged run makes it inf). This is
+    the ratio at the final iteration (:data:`FINAL_RATIO`), not verify's maximum
+    over the trajectory."""
     need = {"bound", "bound_metric", "iteration"}
     if not need <= set(df.columns):
         return pd.DataFrame()
     rows = []
-    for kv, curve in groups(df, curve_keys(df)):
+    for kv, curve in curves(df):
         metric = str(curve["bound_metric"].iloc[0])
         if metric not in curve.columns:
             continue

@@ -3,7 +3,8 @@
     python -m figures.make DIR [--out FIGDIR]
 
 DIR is a results parquet file or a directory (complete jobs found recursively,
-else DIR/collected.parquet). FIGDIR defaults to DIR/figures (beside the file
+else DIR/collected.parquet); a file that cannot be read is skipped with one
+warning line on stderr naming it. FIGDIR defaults to DIR/figures (beside the file
 for a parquet). One set of figures per problem; a figure whose columns or
 variation are absent is skipped with one printed line. Exit status 2, with one
 line on stderr, when no results are found.
@@ -11,14 +12,17 @@ line on stderr, when no results are found.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from figures import plots
-from figures.data import NotEnoughData, has_values, load
+from figures import plots, rates, style
+from figures.data import InconsistentHash, NotEnoughData, has_values
+from figures.files import UnreadableResults, load
 
 FINITE_SUM = {"sgd", "page", "mvr"}
 
@@ -49,8 +53,9 @@ def figure_specs(df: pd.DataFrame, tag: str):
         specs.append((f"convergence_{tag}_grad_norm_sq_bits", plots.convergence,
                       dict(metric="grad_norm_sq", x="bits")))
     specs += [
-        (f"rate_vs_p_{tag}", plots.rate_vs_p, {}),
-        (f"rate_vs_rank_{tag}", plots.rate_vs_rank, {}),
+        (f"rate_vs_p_{tag}", rates.rate_vs_p, {}),
+        (f"rate_vs_rank_{tag}", rates.rate_vs_rank, {}),
+        (f"rate_vs_lambda_{tag}", rates.rate_vs_lambda, {}),
         (f"tightness_{tag}", plots.tightness, {}),
     ]
     return specs
@@ -78,13 +83,31 @@ def make_all(df: pd.DataFrame, out_dir, *, log=print) -> tuple[list[Path], list[
     return written, skipped
 
 
+@contextlib.contextmanager
+def _said_once():
+    """The suite's own warnings (a skipped file, an inconsistent hash) as one line
+    each on stderr, each said once; other warnings as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for w in caught:
+        if issubclass(w.category, (UnreadableResults, InconsistentHash)):
+            if str(w.message) not in seen:
+                seen.add(str(w.message))
+                print(f"figures.make: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m figures.make", description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", help="results parquet, or a directory of job results")
     ap.add_argument("--out", default=None, help="figure directory (default DIR/figures)")
     args = ap.parse_args(argv)
     src = Path(args.dir)
-    df = load(src)
+    with _said_once():
+        df = load(src)
     if df.empty:
         print(f"figures.make: no results found in {src}", file=sys.stderr)
         return 2
@@ -92,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"figures.make: {src} holds no trajectory table (no 'iteration' column)", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else (src.parent if src.is_file() else src) / "figures"
-    plots.style.apply_style()
-    written, _ = make_all(df, out)
+    style.apply_style()
+    with _said_once():
+        written, _ = make_all(df, out)
     if not written:
         print(f"figures.make: no figure could be drawn from {src}", file=sys.stderr)
         return 2
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,18 @@
-"""One function per figure. Each takes a results DataFrame and an output path
-stem, writes ``stem.pdf`` and ``stem.png``, and returns the two paths. A figure
-whose columns or variation are absent raises :class:`figures.data.NotEnoughData`.
+"""Convergence and tightness figures. Each figure has a drawing function
+``*_figure(df, ...) -> matplotlib Figure`` (for inspection and tests) and a
+writer ``fn(df, stem, ...) -> [stem.pdf, stem.png]``. A figure whose columns or
+variation are absent raises :class:`figures.data.NotEnoughData`.
+
+Every curve is one configuration (``config_hash``); configurations that share
+the method, p and estimator are told apart by the settings in which they differ
+(e.g. ``L = 10`` vs ``L = 100``), shown in the panel titles (one panel per
+combination, at most :data:`figures.style.MAX_PANELS` panels) or else in the
+line labels.
 """
 from __future__ import annotations
 
+import functools
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,93 +20,124 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
 
 from figures import style
-from figures.data import (NotEnoughData, curve_keys, groups, has_values, rate_metric, rate_table,
-                          summarize, tightness_table, varying)
+from figures.data import (FINAL_RATIO, NotEnoughData, configs, curves, has_values, is_missing,
+                          label_columns, n_distinct, sort_key, stepsize_column, summarize, tightness_table)
+from figures.layout import (METHOD_KEYS, bound_handle, clip_log_ylim, diverged_handle, grid, legend,
+                            line_label, n_cols, save, settings)
 from figures.style import plt
 
-METHOD_KEYS = ("method", "p", "estimator")
-LINESTYLES = ("-", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)))
+STEPSIZE = "stepsize"  # the row facet's default: whichever stepsize-factor column the table has
 
 
-# --------------------------------------------------------------------------- helpers
-
-def save(fig, stem, *, tight=False) -> list[Path]:
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(stem.name + ".pdf"), stem.with_name(stem.name + ".png")]
-    try:
-        for p in paths:
-            fig.savefig(p, bbox_inches="tight" if tight else None)
-    finally:
-        plt.close(fig)
-    return paths
+def writer(draw):
+    """``fn(df, stem, **kw)``: draw with ``draw(df, **kw)`` and save as stem.pdf and stem.png."""
+    @functools.wraps(draw)
+    def write(df, stem, **kw):
+        with plt.rc_context(style.RC):
+            return save(draw(df, **kw), stem)
+    write.__name__ = write.__qualname__ = draw.__name__.removesuffix("_figure")
+    return write
 
 
-def _fmt(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        if math.isnan(v):
-            return "-"
-        return f"{v:g}"
-    return str(v)
+# --------------------------------------------------------------------------- panels
+
+def _matches(v, want, *, zero_joins: bool) -> bool:
+    if want is None:
+        return True
+    if is_missing(v) or (zero_joins and v == 0):  # n/a (or full rank): the same in every panel
+        return True
+    return v == want
 
 
-def facet_title(col: str, val) -> str:
-    if col == "rank":
-        return f"rank r = {_fmt(val)}" if val != 0 else "full rank"
-    if col == "stepsize_factor":
-        return rf"$\gamma$ = {_fmt(val)}/L"
-    if col == "p":
-        return f"p = {_fmt(val)}"
-    return f"{col} = {_fmt(val)}"
-
-
-def _line_id(kv: dict) -> tuple:
-    # NaN != NaN: spell it so that equal configurations give equal dictionary keys
-    return tuple((k, "nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in kv.items())
-
-
-def line_label(kv: dict, extra: list[str]) -> str:
-    """Paper's method name, then the other varying keys as k=v."""
-    parts = []
-    if "method" in kv:
-        parts.append(style.method_label(kv["method"], kv.get("p"), kv.get("estimator", "gd")))
-    for k in extra:
-        if k in METHOD_KEYS or k not in kv:
-            continue
-        parts.append(facet_title(k, kv[k]).replace("rank r", "r"))
-    return ", ".join(parts) if parts else "all runs"
-
-
-def _facet_values(df, col):
-    if col is None or col not in df.columns or df[col].nunique(dropna=False) < 2:
+def _panel_values(cf: pd.DataFrame, col: str | None) -> list:
+    if col is None:
         return [None]
-    vals = df[col].drop_duplicates().tolist()
-    if col == "rank":
-        vals = [v for v in vals if v != 0] or vals  # full-parameter rows join every panel
-    return sorted(vals, key=lambda v: (isinstance(v, float) and math.isnan(v), v))
+    vals = [v for v in cf[col].drop_duplicates() if not is_missing(v) and not (col == "rank" and v == 0)]
+    return sorted(vals, key=sort_key) or [None]
 
 
-def _select(df, col, val):
-    if val is None:
-        return df
-    if col == "rank":
-        return df[(df[col] == val) | (df[col] == 0)]
-    if isinstance(val, float) and math.isnan(val):
-        return df[df[col].isna()]
-    return df[df[col] == val]
+def _combos(cf: pd.DataFrame, cols: list[str]) -> list[dict]:
+    """The combinations of ``cols`` that get a panel: those of the configurations
+    where every one applies; a configuration with an n/a setting joins them all."""
+    if not cols:
+        return [{}]
+    recs = cf[cols].to_dict("records")
+    out = []
+    for rec in sorted(recs, key=lambda r: [sort_key(r[c]) for c in cols]):
+        if not any(is_missing(v) for v in rec.values()) and rec not in out:
+            out.append(rec)
+    for rec in recs:  # n/a in some but not all: a panel of its own unless it joins one
+        if not any(all(_matches(rec[c], o[c], zero_joins=False) for c in cols) for o in out):
+            out.append(rec)
+    return out
+
+
+def panels(cf: pd.DataFrame, *, facet: str | None, row: str | None):
+    """Lay the configurations ``cf`` out in panels. Returns (panels, extra,
+    per_row): ``panels`` a list of (title settings dict, configuration dicts),
+    ``extra`` the settings left for the line labels, ``per_row`` the panels per
+    row that keep one row per setting (the facet's number of values)."""
+    fcol = facet if facet in cf.columns and n_distinct(cf, [facet]) > 1 else None
+    rcol = row if row in cf.columns and n_distinct(cf, [row]) > 1 else None
+    given = [c for c in (*METHOD_KEYS, fcol, rcol) if c]
+    extra = label_columns(cf, given)
+    fvals, rvals = _panel_values(cf, fcol), _panel_values(cf, rcol)
+    combos = _combos(cf, extra)
+    per_row = len(fvals) if fcol and len(fvals) > 1 else None
+    recs = cf.to_dict("records")
+
+    def lay_out(combos):
+        out = []
+        for rv in rvals:
+            for combo in combos:
+                for fv in fvals:
+                    members = [kv for kv in recs
+                               if _matches(kv.get(rcol), rv, zero_joins=False)
+                               and _matches(kv.get(fcol), fv, zero_joins=fcol == "rank")
+                               and all(_matches(kv[c], combo[c], zero_joins=False) for c in combo)]
+                    if members:
+                        title = {**({rcol: rv} if rcol else {}), **combo, **({fcol: fv} if fcol else {})}
+                        out.append((title, members))
+        return out
+
+    if len(fvals) * len(rvals) * len(combos) <= style.MAX_PANELS:
+        out = lay_out(combos)
+        # a configuration that joins a panel (n/a setting) must not meet its twin there
+        if all(n_distinct(pd.DataFrame(m), [c for c in given if c != fcol]) == len(m) for _, m in out):
+            return out, [], per_row
+    return lay_out([{}]), extra, per_row
+
+
+def line_looks(panel_list, extra) -> tuple[dict, dict]:
+    """({config_hash: label}, {label: plot kwargs}): colour from method and p, style
+    from the estimator (:func:`figures.style.line_style`); when two lines of a panel
+    would still look alike, one palette colour per label instead."""
+    labels = {kv["config_hash"]: line_label(kv, extra) for _, members in panel_list for kv in members}
+    kws = {}
+    for _, members in panel_list:
+        for kv in members:
+            kws.setdefault(labels[kv["config_hash"]], style.line_style(kv))
+    clash = any(len({style.look(kws[labels[kv["config_hash"]]]) for kv in m})
+                < len({labels[kv["config_hash"]] for kv in m}) for _, m in panel_list)
+    if clash:
+        for lab, color in zip(list(kws), style.palette(len(kws))):
+            kws[lab]["color"] = color
+    return labels, kws
 
 
 # --------------------------------------------------------------------------- convergence
 
 @style.styled
-def convergence(df: pd.DataFrame, stem, *, metric: str = "grad_norm_sq", x: str = "iteration",
-                facet: str | None = "rank", row: str | None = "stepsize_factor", bound: bool = True,
-                title: str | None = None) -> list[Path]:
+def convergence_figure(df: pd.DataFrame, *, metric: str = "grad_norm_sq", x: str = "iteration",
+                       facet: str | None = "rank", row: str | None = STEPSIZE, bound: bool = True,
+                       title: str | None = None):
     """Median and 10-90% band over seeds of ``metric`` (log scale) against ``x``
-    (iteration, epochs or bits), one panel per ``facet`` value (columns) and ``row``
-    value (rows); the theorem's bound dashed in the curve's colour where the
-    table's ``bound_metric`` is ``metric`` and the bound is finite.
-    Full-parameter rows (rank 0) are drawn in every rank panel, as in the paper."""
+    (iteration, epochs or bits) per configuration, one panel per ``facet`` value
+    (rank; full-parameter rows, rank 0, join every rank panel, as in the paper),
+    ``row`` value (the stepsize factor) and combination of the other settings that
+    differ; the theorem's bound dotted in the curve's colour where the table's
+    ``bound_metric`` is ``metric``. The y-range is clipped (see
+    :func:`figures.layout.clip_log_ylim`), and the figure says so when it is."""
     for col in ("iteration", x, metric):
         if col not in df.columns:
             raise NotEnoughData(f"no column {col!r}")
@@ -107,168 +145,78 @@ def convergence(df: pd.DataFrame, stem, *, metric: str = "grad_norm_sq", x: str 
         raise NotEnoughData(f"{metric} has no finite positive values")
     if x != "iteration" and df[x].nunique() < 2:
         raise NotEnoughData(f"{x} does not vary")
-    keys = curve_keys(df)
-    fcols, frows = _facet_values(df, facet), _facet_values(df, row)
-    panel_cols = [c for c, vals in ((facet, fcols), (row, frows)) if vals != [None]]
-    line_keys = [k for k in keys if k not in panel_cols]
-    extra = [k for k in varying(df, line_keys) if k not in METHOD_KEYS]
-
-    # one colour per line, consistent over panels
-    # colour by method (and p); the other varying settings by line style, or by a
-    # palette when there are more of them than line styles
-    line_kvs = [kv for kv, _ in groups(df, line_keys)]
-    combos = sorted({_line_id({k: kv[k] for k in extra}) for kv in line_kvs}, key=repr)
-    if len(combos) <= len(LINESTYLES):
-        colors = {_line_id(kv): style.method_color(kv.get("method"), kv.get("p")) for kv in line_kvs}
-        styles = {_line_id(kv): LINESTYLES[combos.index(_line_id({k: kv[k] for k in extra}))] for kv in line_kvs}
-    else:
-        colors = dict(zip(map(_line_id, line_kvs), style.palette(len(line_kvs))))
-        styles = {}
-
-    nr, nc = len(frows), len(fcols)
-    fig, axes = plt.subplots(nr, nc, figsize=(2.7 * nc + 0.5, 2.3 * nr + 0.4), squeeze=False,
-                             sharex=True, sharey=True)
-    handles: dict[str, object] = {}
-    any_bound = any_diverged = False
-    for i, rv in enumerate(frows):
-        for j, cv in enumerate(fcols):
-            ax = axes[i][j]
-            sub = _select(_select(df, row, rv), facet, cv)
-            for kv, curve in groups(sub, line_keys):
-                lid = _line_id(kv)
-                s = summarize(curve, metric, x)
-                if not s["median"].notna().any():
-                    continue
-                color = colors.get(lid, "tab:gray")
-                label = line_label(kv, extra)
-                (h,) = ax.plot(s["x"], s["median"], color=color, linestyle=styles.get(lid, "-"), label=label)
-                handles.setdefault(label, h)
-                if "diverged" in curve.columns and curve["diverged"].astype(bool).any():
-                    last = s[s["median"].notna()].iloc[-1]
-                    ax.plot([last["x"]], [last["median"]], marker="x", markersize=7, color=color, linestyle="none")
-                    any_diverged = True
-                if (s["hi"] > s["lo"]).any():
-                    ax.fill_between(s["x"], s["lo"], s["hi"], color=color, alpha=0.18, linewidth=0)
-                if bound and s["bound"].notna().any():
-                    ax.plot(s["x"], s["bound"], color=color, linestyle="--", linewidth=1.0, alpha=0.9)
-                    any_bound = True
-            ax.set_yscale("log")
-            t = [facet_title(c, v) for c, v in ((row, rv), (facet, cv)) if v is not None]
-            if t:
-                ax.set_title(", ".join(t))
-            if i == nr - 1:
-                ax.set_xlabel(style.x_label(x))
-            if j == 0:
-                ax.set_ylabel(style.metric_label(metric))
-    if not handles:
+    row = stepsize_column(df) if row == STEPSIZE else row
+    cf = configs(df)
+    panel_list, extra, per_row = panels(cf, facet=facet, row=row)
+    labels, kws = line_looks(panel_list, extra)
+    rows_of = {kv["config_hash"]: rows for kv, rows in curves(df, cf)}
+    bounded = bound and "bound_metric" in df.columns and \
+        (df["bound_metric"].astype(str).eq(metric) & df["bound"].gt(0)).any()
+    diverged = "diverged" in df.columns and df["diverged"].astype(bool).any()
+    n_entries = len(kws) + int(bool(bounded)) + int(bool(diverged))
+    ncols = n_cols(len(panel_list), per_row)
+    fig, axes, loc = grid(len(panel_list), ncols, legend_entries=n_entries)
+    drawn, starts, marks = [], [], []
+    for k, (ax, (ptitle, members)) in enumerate(zip(axes, panel_list)):
+        for kv in members:
+            s = summarize(rows_of[kv["config_hash"]], metric, x)
+            if not s["median"].notna().any():
+                continue
+            kw = kws[labels[kv["config_hash"]]]
+            ax.plot(s["x"], s["median"], markevery=style.MARK_EVERY, markersize=3.5, **kw)
+            drawn += [s["median"], s["lo"], s["hi"]]
+            starts.append(s["median"].dropna().iloc[0])
+            if (s["hi"] > s["lo"]).any():
+                ax.fill_between(s["x"], s["lo"], s["hi"], color=kw["color"], alpha=0.18, linewidth=0)
+            if bounded and s["bound"].notna().any():
+                ax.plot(s["x"], s["bound"], color=kw["color"], **style.BOUND_STYLE)
+                drawn.append(s["bound"])
+            rows = rows_of[kv["config_hash"]]
+            if "diverged" in rows.columns and rows["diverged"].astype(bool).any():
+                last = s[s["median"].notna()].iloc[-1]
+                marks.append((ax, last["x"], last["median"], kw["color"]))
+        ax.set_yscale("log")
+        if ptitle:
+            ax.set_title(settings(ptitle, list(ptitle)))
+        if k + ncols >= len(panel_list):
+            ax.set_xlabel(style.x_label(x))
+        if k % ncols == 0:
+            ax.set_ylabel(style.metric_label(metric))
+    if not drawn:
         plt.close(fig)
         raise NotEnoughData(f"no curve of {metric} to draw")
-    labels = list(handles)
-    hs = list(handles.values())
-    if any_bound:
-        hs.append(Line2D([], [], color="gray", linestyle="--", linewidth=1.0))
-        labels.append("theorem bound (dashed)")
-    if any_diverged:
-        hs.append(Line2D([], [], color="gray", marker="x", linestyle="none"))
-        labels.append("some seeds diverged")
-    fig.legend(hs, labels, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    note = clip_log_ylim(axes, np.concatenate([np.asarray(d, dtype=float) for d in drawn]), starts)
+    top = axes[0].get_ylim()[1]
+    for ax, xv, yv, color in marks:  # a diverged run's last point, on the cap when above it
+        ax.plot([xv], [min(yv, top)], marker="x", markersize=7, color=color, linestyle="none", clip_on=False)
+    hs = [Line2D([], [], markersize=3.5, **kw) for kw in kws.values()]
+    ls = list(kws)
+    if bounded:
+        hs.append(bound_handle())
+        ls.append("theorem bound (dotted)")
+    if marks:
+        hs.append(diverged_handle())
+        ls.append("some seeds diverged")
+    legend(fig, hs, ls, loc, ncols)
+    if note:
+        fig.supxlabel(note, fontsize=7, color="0.3")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, stem)
+    return fig
 
 
-# --------------------------------------------------------------------------- rates
-
-def _rate_plot(rt: pd.DataFrame, stem, *, x: str, xlabel: str, metric: str, title: str | None,
-               logx: bool = False) -> list[Path]:
-    rt = rt[np.isfinite(rt["rate"].to_numpy(dtype=float))]
-    if rt.empty or rt[x].nunique() < 2:
-        raise NotEnoughData(f"fewer than two values of {x} with a fitted rate")
-    skip = {x, "rate", "rate_lo", "rate_hi", "theory_rate", "n_runs", "n_diverged", "lambda_min_p"}
-    if x == "lambda_min_p":
-        skip |= {"rank"}
-    line_keys = [k for k in rt.columns if k not in skip]
-    shown = varying(rt, line_keys)
-    lines = list(groups(rt, shown))
-    colors = style.palette(len(lines))
-    fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    any_theory = False
-    for (kv, sub), color in zip(lines, colors):
-        sub = sub.sort_values(x)
-        xs, r = sub[x].to_numpy(dtype=float), sub["rate"].to_numpy(dtype=float)
-        err = np.vstack([r - sub["rate_lo"].to_numpy(dtype=float), sub["rate_hi"].to_numpy(dtype=float) - r])
-        label = line_label(kv, shown) if "method" in kv else ", ".join(facet_title(k, v) for k, v in kv.items())
-        ax.errorbar(xs, r, yerr=np.clip(err, 0, None), color=color, marker="o", markersize=3.5,
-                    capsize=2, label=label or "measured")
-        th = sub["theory_rate"].to_numpy(dtype=float)
-        if np.isfinite(th).any():
-            ax.plot(xs, th, color=color, linestyle="--", linewidth=1.0)
-            any_theory = True
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"linear rate of {style.metric_label(metric)}\n" r"$-\Delta\log(\cdot)$ per iteration")
-    if logx:
-        ax.set_xscale("log", base=2)
-        ticks = np.unique(rt[x].to_numpy(dtype=float))
-        ax.set_xticks(ticks, [_fmt(t) for t in ticks])
-        ax.minorticks_off()
-    hs, ls = ax.get_legend_handles_labels()
-    if any_theory:
-        hs.append(Line2D([], [], color="gray", linestyle="--", linewidth=1.0))
-        ls.append("rate of the bound (dashed)")
-    if title:
-        ax.set_title(title)
-    # lay out the axes alone, then hang the legend outside: a long legend must widen the
-    # saved figure (bbox_inches='tight'), not squeeze the axes
-    fig.tight_layout()
-    ax.legend(hs, ls, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return save(fig, stem, tight=True)
-
-
-@style.styled
-def rate_vs_p(df: pd.DataFrame, stem, *, metric: str | None = None, title: str | None = None) -> list[Path]:
-    """Empirical linear rate (median and 10-90% over seeds of the fitted slope of
-    log ``metric``; default f_gap, else grad_norm_sq) against p, one line per
-    rank / shape / other varying setting; the bound's rate dashed when geometric."""
-    if "p" not in df.columns:
-        raise NotEnoughData("no column 'p'")
-    sub = df[df["p"].notna()]
-    if sub["p"].nunique() < 2:
-        raise NotEnoughData("p does not vary")
-    metric = metric or rate_metric(sub)
-    if metric is None:
-        raise NotEnoughData("neither f_gap nor grad_norm_sq has positive values")
-    return _rate_plot(rate_table(sub, metric), stem, x="p", xlabel="p (probability of the left sketch)",
-                      metric=metric, title=title)
-
-
-@style.styled
-def rate_vs_rank(df: pd.DataFrame, stem, *, metric: str | None = None, title: str | None = None) -> list[Path]:
-    """Empirical linear rate against lambda_min^p when the table has a
-    ``lambda_min_p`` column that varies, else against the rank; one line per p /
-    method / other varying setting."""
-    if "rank" not in df.columns:
-        raise NotEnoughData("no column 'rank'")
-    sub = df[df["rank"] > 0]
-    metric = metric or rate_metric(sub)
-    if metric is None:
-        raise NotEnoughData("neither f_gap nor grad_norm_sq has positive values")
-    if "lambda_min_p" in sub.columns and sub["lambda_min_p"].nunique() > 1:
-        return _rate_plot(rate_table(sub, metric), stem, x="lambda_min_p", xlabel=r"$\lambda_{\min}^p$",
-                          metric=metric, title=title)
-    if sub["rank"].nunique() < 2:
-        raise NotEnoughData("rank does not vary")
-    return _rate_plot(rate_table(sub, metric), stem, x="rank", xlabel="rank r", metric=metric,
-                      title=title, logx=True)
+convergence = writer(convergence_figure)
 
 
 # --------------------------------------------------------------------------- tightness
 
 @style.styled
-def tightness(df: pd.DataFrame, stem, *, title: str | None = None, max_panels: int = 12) -> list[Path]:
-    """Heatmap over (p, rank) of measured / bound at the final iteration (mean over
-    seeds of the bounded column; <= 1 means the bound holds), one panel per
-    combination of the other varying settings."""
+def tightness_figure(df: pd.DataFrame, *, title: str | None = None, max_panels: int = 12):
+    """Heatmap over (p, rank) of the mean measured value over the bound at the
+    final iteration (:data:`figures.data.FINAL_RATIO`; <= 1 means the bound holds
+    there; ``experiments.verify``'s *tightness* is instead the largest such ratio
+    over the iterations), one panel per combination of the other settings that
+    differ (one configuration per cell)."""
     for col in ("p", "rank", "bound", "bound_metric"):
         if col not in df.columns:
             raise NotEnoughData(f"no column {col!r}")
@@ -277,22 +225,32 @@ def tightness(df: pd.DataFrame, stem, *, title: str | None = None, max_panels: i
         raise NotEnoughData("no finite bound")
     if len(tt[["p", "rank"]].drop_duplicates()) < 2:
         raise NotEnoughData("p and rank do not vary")
-    skip = {"p", "rank", "metric", "iteration", "measured", "bound", "ratio", "lambda_min_p"}
-    panel_keys = varying(tt, [k for k in tt.columns if k not in skip])
-    panels = list(groups(tt, panel_keys))
-    if len(panels) > max_panels:
-        raise NotEnoughData(f"{len(panels)} panels (settings {panel_keys}) exceed {max_panels}")
+    out_cols = ["metric", "iteration", "measured", "bound", "ratio"]
+    cf = tt.drop(columns=out_cols)
+    panel_keys = label_columns(cf, ("p", "rank"))
+    tt = tt.assign(**{c: cf[c] for c in panel_keys if c not in tt.columns})
+    # one panel per combination as it is (n/a included): every configuration in one cell
+    combos = [dict(zip(panel_keys, k)) for k in dict.fromkeys(
+        tuple(None if is_missing(v) else v for v in r) for r in cf[panel_keys].itertuples(index=False, name=None))]
+    combos.sort(key=lambda c: [sort_key(c[k]) for k in panel_keys])
+    if len(combos) > max_panels:
+        raise NotEnoughData(f"{len(combos)} panels (settings {panel_keys}) exceed {max_panels}")
     ratios = tt["ratio"].to_numpy(dtype=float)
     finite = ratios[np.isfinite(ratios) & (ratios > 0)]
     span = max(1.0, float(np.max(np.abs(np.log10(finite))))) if finite.size else 1.0
     norm = TwoSlopeNorm(vmin=-span, vcenter=0.0, vmax=span)
-    nc = min(len(panels), 3)
-    nr = math.ceil(len(panels) / nc)
-    fig, axes = plt.subplots(nr, nc, figsize=(3.2 * nc + 0.8, 2.6 * nr + 0.4), squeeze=False)
+    nc = min(len(combos), 3)
+    nr = math.ceil(len(combos) / nc)
+    fig, axes = plt.subplots(nr, nc, figsize=(min(3.1 * nc + 1.0, style.MAX_WIDTH_IN - 0.25), 2.6 * nr + 0.6),
+                             squeeze=False, layout="constrained")
     im = None
-    for ax, (kv, sub) in zip(axes.flat, panels):
-        grid = sub.pivot_table(index="p", columns="rank", values="ratio", aggfunc="max")
-        vals = grid.to_numpy(dtype=float)
+    for ax, combo in zip(axes.flat, combos):
+        sel = np.ones(len(tt), dtype=bool)
+        for c, v in combo.items():
+            sel &= tt[c].map(lambda u, v=v: u == v or (is_missing(u) and is_missing(v))).to_numpy()
+        sub = tt[sel]
+        grid_ = sub.pivot(index="p", columns="rank", values="ratio")  # one configuration per cell
+        vals = grid_.to_numpy(dtype=float)
         logv = np.where(vals > 0, np.log10(np.where(vals > 0, vals, 1.0)), np.nan)
         logv = np.where(np.isinf(vals), span, logv)
         im = ax.imshow(logv, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
@@ -301,19 +259,24 @@ def tightness(df: pd.DataFrame, stem, *, title: str | None = None, max_panels: i
                 dark = np.isinf(v) or abs(logv[a, b]) > 0.6 * span
                 ax.text(b, a, "inf" if np.isinf(v) else f"{v:.2g}", ha="center", va="center", fontsize=7,
                         color="white" if dark else "black")
-        ax.set_xticks(range(grid.shape[1]), [_fmt(c) for c in grid.columns])
-        ax.set_yticks(range(grid.shape[0]), [_fmt(r) for r in grid.index])
+        ax.set_xticks(range(grid_.shape[1]), [f"{c:g}" for c in grid_.columns])
+        ax.set_yticks(range(grid_.shape[0]), [f"{r:g}" for r in grid_.index])
         ax.set_xlabel("rank r")
         ax.set_ylabel("p")
         ax.grid(False)
-        t = ", ".join(facet_title(k, v) for k, v in kv.items() if k not in METHOD_KEYS)
-        est = kv.get("estimator")
-        head = f"{style.estimator_name(est)}, " if est is not None else ""
-        ax.set_title(f"{head}bound on {sub['metric'].iloc[0]}" + (f"\n{t}" if t else ""))
-    for ax in list(axes.flat)[len(panels):]:
+        ests = sub["estimator"].unique() if "estimator" in sub.columns else []
+        est = f"{style.estimator_name(ests[0])}: " if len(ests) == 1 else ""
+        head = settings(combo, [c for c in combo if not (est and c == "estimator")])
+        its = sorted(sub["iteration"].unique())
+        at = f"T = {its[0]}" if len(its) == 1 else f"T = {its[0]}..{its[-1]}"
+        ax.set_title(f"{est}bound on {sub['metric'].iloc[0]}, {at}" + (f"\n{head}" if head else ""))
+    for ax in list(axes.flat)[len(combos):]:
         ax.axis("off")
     cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9)
-    cb.set_label(r"$\log_{10}$(measured / bound)")
+    cb.set_label(r"$\log_{10}$(" + FINAL_RATIO + ")\n(verify's tightness is the max over iterations)")
     if title:
-        fig.suptitle(title, y=1.0 + 0.04 / nr)
-    return save(fig, stem)
+        fig.suptitle(title)
+    return fig
+
+
+tightness = writer(tightness_figure)

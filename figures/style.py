@@ -9,16 +9,26 @@ left sketch (B sampled and frozen, A trained), so
     0 < p < 1 -> "Bernoulli-LoRA-GD (p=0.2)"
 
 The estimator suffix follows the paper (GD, SGD, PAGE, MVR, QGD, MARINA, EF21).
+
+How a line looks is decided here and nowhere else (:func:`line_style`): the
+method and p give the colour, the estimator the line style and marker, so that
+two estimators at the same p never look alike; the theorem's bound is a thin
+dotted line in its curve's colour (:data:`BOUND_STYLE`, a style no estimator
+uses). Figure sizes obey :data:`MAX_WIDTH_IN` (panels wrap into a grid of at
+most :data:`MAX_COLS` columns) and log y-axes are clipped to
+[:data:`Y_FLOOR_REL`, :data:`Y_CAP_REL`] times the largest starting value.
 """
 from __future__ import annotations
 
 import functools
 import math
+import zlib
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 
 RC = {
@@ -66,6 +76,42 @@ METRIC_LABELS = {
     "loss": r"$f(W_t)$",
 }
 
+#: line style and marker of each estimator (the colour is the method's and p's)
+ESTIMATOR_STYLES = {
+    "gd": {"linestyle": "-", "marker": None},
+    "sgd": {"linestyle": (0, (6, 2)), "marker": "o"},
+    "page": {"linestyle": "-.", "marker": "s"},
+    "mvr": {"linestyle": (0, (3, 1, 1, 1, 1, 1)), "marker": "^"},
+    "qgd": {"linestyle": (0, (8, 2, 2, 2)), "marker": "v"},
+    "marina": {"linestyle": (0, (4, 1)), "marker": "D"},
+    "ef21": {"linestyle": (0, (2, 1, 6, 1)), "marker": "P"},
+    "subgradient": {"linestyle": "-", "marker": "x"},
+}
+#: looks for estimators not listed above (picked by a hash of the name: stable across figures)
+SPARE_STYLES = ({"linestyle": (0, (1, 1, 4, 1)), "marker": "*"}, {"linestyle": (0, (10, 3)), "marker": "h"},
+                {"linestyle": (0, (5, 1, 1, 1, 1, 1, 1, 1)), "marker": "<"})
+#: the theorem's bound: dotted, thin, in its curve's colour
+BOUND_STYLE = {"linestyle": ":", "linewidth": 1.1, "alpha": 0.9}
+#: markers are spaced at this fraction of the axes' diagonal
+MARK_EVERY = 0.12
+
+#: layout: one panel's size (inches), columns before wrapping, the widest figure,
+#: the most panels before extra settings move from panels into the line labels,
+#: the most legend entries placed right of the panels (more go below, in columns)
+PANEL_SIZE = (2.5, 2.0)
+RATE_PANEL_SIZE = (4.2, 3.0)
+MAX_COLS = 4
+MAX_WIDTH_IN = 11.0
+MAX_PANELS = 16
+LEGEND_RIGHT_MAX = 12
+
+#: log y-axes show at most [Y_FLOOR_REL, Y_CAP_REL] x the largest starting value:
+#: squared quantities of float64 iterates (f - f*, gradient norms squared) are
+#: round-off below about eps^2 times their scale, and a diverged run's values
+#: above the cap only squash the rest of the figure
+Y_FLOOR_REL = float(np.finfo(np.float64).eps) ** 2
+Y_CAP_REL = 1e4
+
 X_LABELS = {"iteration": "iterations", "epochs": "epochs", "bits": "communicated bits",
             "time_s": "time (s)"}
 
@@ -110,7 +156,8 @@ def method_label(method, p=None, estimator="gd") -> str:
         return f"Bernoulli-LoRA-{est} (p={p:g})"
     if method == "fpft":
         return f"FPFT-{est}"
-    return {"lora": "LoRA", "cola": "COLA", "asymm_lora": "AsymmLoRA"}.get(method, method)
+    name = {"lora": "LoRA", "cola": "COLA", "asymm_lora": "AsymmLoRA"}.get(method, method)
+    return name if str(estimator) == "gd" else f"{name}-{est}"
 
 
 def method_color(method, p=None):
@@ -140,3 +187,26 @@ def palette(n: int):
     """n distinct colours for lines that are not methods (ranks, shapes)."""
     cmap = colormaps["tab10"] if n <= 10 else colormaps["viridis"]
     return [cmap(i if n <= 10 else i / max(n - 1, 1)) for i in range(n)]
+
+
+def estimator_style(estimator) -> dict:
+    """Line style and marker of an estimator (:data:`ESTIMATOR_STYLES`)."""
+    name = str(estimator)
+    if name in ESTIMATOR_STYLES:
+        return dict(ESTIMATOR_STYLES[name])
+    return dict(SPARE_STYLES[zlib.crc32(name.encode()) % len(SPARE_STYLES)])
+
+
+def line_style(kv: dict, color=None) -> dict:
+    """Keyword arguments of ``ax.plot`` for a configuration: colour from the method
+    and p (unless ``color`` is given), line style and marker from the estimator."""
+    out = estimator_style(kv.get("estimator", "gd"))
+    out["color"] = method_color(kv.get("method"), kv.get("p")) if color is None else color
+    return out
+
+
+def look(kw: dict) -> tuple:
+    """What the eye tells apart: colour, line style, marker (for collision checks)."""
+    from matplotlib.colors import to_hex
+
+    return to_hex(kw["color"]), repr(kw.get("linestyle")), repr(kw.get("marker"))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from figures import data, plots, style
+from figures import data, files, plots, rates, style
 from figures import make as figmake
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,8 @@ def _rows(problem, method, estimator, p, rank, seeds, iterations, *, lam, bound=
         for k, t in enumerate(iterations):
             gap = 4.0 * (1 - GAMMA * MU * lam) ** t * math.exp(noise[k])
             out.append(dict(
-                method=method, estimator=estimator, problem=problem, p=p, rank=rank, stepsize_factor=1.0,
-                gamma=GAMMA, sketch="gaussian", compressor="identity", seed=s, iteration=t, epochs=0.1 * t,
+                method=method, estimator=estimator, problem=problem, p=p, rank=rank, stepsize=1.0,
+                gamma=GAMMA, sketch="gaussian", compressor="none", seed=s, iteration=t, epochs=0.1 * t,
                 bits=0.0, time_s=1e-3 * t, loss=gap + 1.0, f_gap=gap if f_known else np.nan,
                 grad_norm_sq=2 * MU * gap, dist_sq=np.nan, avg_grad_norm_sq=np.nan, min_grad_norm_sq=np.nan,
                 avg_f_gap=np.nan, min_f_gap=np.nan,
@@ -123,12 +123,12 @@ def test_make_writes_every_figure_and_skips_the_rest(tmp_path, capsys):
     out = capsys.readouterr().out
     figs = tmp_path / "figs"
     expected = ["convergence_quadratic_grad_norm_sq_iteration", "convergence_quadratic_f_gap_iteration",
-                "rate_vs_p_quadratic", "rate_vs_rank_quadratic", "tightness_quadratic",
+                "rate_vs_p_quadratic", "rate_vs_rank_quadratic", "rate_vs_lambda_quadratic", "tightness_quadratic",
                 "convergence_logistic_grad_norm_sq_iteration", "convergence_logistic_grad_norm_sq_epochs"]
     for stem in expected:
         _check([figs / f"{stem}.pdf", figs / f"{stem}.png"])
         assert str(figs / f"{stem}.pdf") in out
-    for stem in ("rate_vs_p_logistic", "rate_vs_rank_logistic", "tightness_logistic"):
+    for stem in ("rate_vs_p_logistic", "rate_vs_rank_logistic", "rate_vs_lambda_logistic", "tightness_logistic"):
         assert f"skip {stem}:" in out and not (figs / f"{stem}.pdf").exists()
     assert len(list(figs.glob("*.pdf"))) == len(expected)
 
@@ -144,7 +144,7 @@ def test_make_reads_job_directories(tmp_path, capsys):
         write_job(tmp_path / "sweep" / str(k), sub, cfg)
     (tmp_path / "sweep" / "broken").mkdir()
     df.head(3).to_parquet(tmp_path / "sweep" / "broken" / "results.parquet")  # no marker: ignored
-    assert len(data.load(tmp_path / "sweep")) == len(q)
+    assert len(files.load(tmp_path / "sweep")) == len(q)
     assert figmake.main([str(tmp_path / "sweep")]) == 0
     assert (tmp_path / "sweep" / "figures" / "tightness_quadratic.png").stat().st_size > 1000
 
@@ -153,9 +153,9 @@ def test_figures_skip_without_variation(tmp_path):
     df = synthetic()
     one = df[(df["problem"] == "logistic")]
     with pytest.raises(data.NotEnoughData, match="p does not vary"):
-        plots.rate_vs_p(one, tmp_path / "a")
+        rates.rate_vs_p(one, tmp_path / "a")
     with pytest.raises(data.NotEnoughData):
-        plots.rate_vs_rank(one, tmp_path / "b")
+        rates.rate_vs_rank(one, tmp_path / "b")
     with pytest.raises(data.NotEnoughData, match="bound"):
         plots.tightness(one, tmp_path / "c")
     with pytest.raises(data.NotEnoughData, match="f_gap"):
@@ -169,7 +169,8 @@ def test_figures_skip_without_variation(tmp_path):
 def test_convergence_with_stepsize_rows_and_extra_keys(tmp_path):
     df = synthetic(iterations=(0, 10, 20))
     q = df[df["problem"] == "quadratic"]
-    two = pd.concat([q, q.assign(stepsize_factor=2.0, sketch="orthonormal")], ignore_index=True)
+    other = q.assign(stepsize=2.0, sketch="orthonormal", config_hash=q["config_hash"] + "-2")
+    two = pd.concat([q, other], ignore_index=True)
     _check(plots.convergence(two, tmp_path / "grid", metric="f_gap"))
 
 
