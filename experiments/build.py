@@ -2,7 +2,7 @@
 
 Used by the Hydra app (:mod:`experiments.run`) and by the Hydra-free batch entry
 point (:mod:`experiments.sweep`), so both run exactly the same code. The mapping
-has the canonical keys of DESIGN.md section 6::
+has the canonical keys of docs/design.md#overrides::
 
     problem: {name, m, n, mu, L, seed, ...}     method: {name, p, rank, alpha, ...}
     estimator: {name, batch, noise, q, momentum, ...}   sketch: {name}
@@ -11,7 +11,7 @@ has the canonical keys of DESIGN.md section 6::
 
 The stepsize is ``gamma = factor / L`` for smooth problems. For non-smooth ones
 (L unknown) the constant stepsize is ``gamma = factor * ||W0 - W*|| / (L0 sqrt(T))``
-(the minimiser of the bound of theory item 8 when lambda_min^p = lambda_max^p),
+(the minimiser of the bound of docs/theory.md#t8 when lambda_min^p = lambda_max^p),
 and the Polyak rule uses ``factor * lambda_min^p / lambda_max^p``.
 """
 from __future__ import annotations
