@@ -34,9 +34,11 @@ def _reproduce(tmp_path, fail_module, status):
 def test_reproduce_exits_with_verify_status_after_making_the_figures(tmp_path):
     r, calls = _reproduce(tmp_path, "experiments.verify", 1)
     assert r.returncode == 1, r.stdout + r.stderr
-    # every later stage still ran, in order
-    assert calls[-4:] == ["experiments.collect", "experiments.verify", "experiments.summarize", "figures.make"]
+    # every later stage still ran after the failed verify, the figures last
+    after = calls[calls.index("experiments.verify") + 1:]
+    assert after == ["experiments.summarize", "curves", "rates", "figures.make"]
     assert "verify exited with status 1" in r.stdout
+    assert "verify exited with status 1" in (tmp_path / "out" / "timing.txt").read_text()
 
 
 def test_reproduce_prints_a_line_per_experiment_with_its_time(tmp_path):
@@ -47,6 +49,7 @@ def test_reproduce_prints_a_line_per_experiment_with_its_time(tmp_path):
     done = [line for line in r.stdout.splitlines() if " done in " in line and "experiment" in line]
     assert len(done) == n_runs
     assert all(line.startswith("[") and " s] experiment" in line for line in done)
+    assert (tmp_path / "out" / "timing.txt").read_text().splitlines()[-1].startswith("[")
 
 
 @pytest.mark.parametrize("module", ["experiments.run", "experiments.collect"])
