@@ -87,13 +87,13 @@ def linreg_constants(r: Rows, log="h200/sweeps/log.txt"):
 
 
 def predicted_rates(r: Rows, ranks=(1, 2, 4, 8, 16, 32), n=64):
-    """-ln(1 - (2 g h - g^2 h^2) r/n) with h = (2/3) L (the regulariser's curvature at W0):
+    """ln(1 - (2 g h - g^2 h^2) r/n) per iteration, with h = (2/3) L (the regulariser's curvature at W0):
     8/9 for both gamma = 1/L and 2/L (paper_repro.md A1)."""
     for factor in (1.0, 2.0):
         c = 2 * factor * (2 / 3) - factor**2 * (2 / 3) ** 2
         r.add("A1 linreg", f"2 gamma h - gamma^2 h^2 at gamma = {factor:g}/L", c, "formula")
     for k in ranks:
-        r.add("A1 linreg", f"predicted log-rate, rank {k}", -math.log(1 - (8 / 9) * k / n), "formula")
+        r.add("A1 linreg", f"predicted log-rate ln(1 - (8/9) r/{n}), rank {k}", math.log(1 - (8 / 9) * k / n), "formula")
 
 
 def final_medians(r: Rows, summary, section, label):

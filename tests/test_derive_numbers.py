@@ -61,7 +61,7 @@ def test_predicted_rates_are_the_quadratic_model_rates():
     vals = {row["quantity"]: float(row["value"]) for row in r.rows}
     assert vals["2 gamma h - gamma^2 h^2 at gamma = 1/L"] == pytest.approx(8 / 9, rel=1e-5)
     assert vals["2 gamma h - gamma^2 h^2 at gamma = 2/L"] == pytest.approx(8 / 9, rel=1e-5)
-    assert vals["predicted log-rate, rank 1"] == pytest.approx(-math.log(1 - 8 / 9 / 64), rel=1e-5)
+    assert vals["predicted log-rate ln(1 - (8/9) r/64), rank 1"] == pytest.approx(math.log(1 - 8 / 9 / 64), rel=1e-5)
 
 
 def test_committed_derived_numbers_are_up_to_date():
