@@ -56,6 +56,8 @@ def test_every_cited_section_exists():
     anchors = {doc: _anchors(doc) for doc in DOCS}
     missing = []
     for f in _tracked():
+        if f == Path(__file__).resolve():
+            continue  # its own examples of broken references
         text = f.read_text(encoding="utf-8", errors="replace")
         refs = CITED.findall(text) + (LINKED.findall(text) if f.parent == DOCS["theory"].parent else [])
         missing += [f"{f.relative_to(ROOT)}: {doc}.md#{a}" for doc, a in refs if a not in anchors[doc]]
