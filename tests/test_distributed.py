@@ -237,7 +237,7 @@ def test_factor_transmission_variance_is_the_qgd_one():
 
 
 def test_factor_transmission_bound_holds_with_orthonormal_sketch(fed):
-    """The QGD theorem (item 5) with omega = theory_omega, checked through the verifier."""
+    """The QGD theorem (docs/theory.md#t5) with omega = theory_omega, checked through the verifier."""
     from theory.dispatch import Constants, bound_for
 
     p, rank, factor, steps = 0.5, 2, 0.5, 40
