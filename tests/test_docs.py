@@ -13,6 +13,8 @@ DOCS = {"theory": ROOT / "docs" / "theory.md", "design": ROOT / "docs" / "design
 #: files whose references are integrated by the lead from docs/README_changes.md;
 #: remove a name from here once its changes are applied
 PENDING = {"README.md"}
+#: quotes the old README text on purpose
+QUOTES_OLD_TEXT = {"README_changes.md"}
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".yaml", ".toml", ".txt"}
 # a cited document that is not in the repository, or the old citation forms
 FOREIGN = re.compile(r"DESIGN\.md|shared/research|theory\.md item|theory item|\(item \d|(?<![\w/.-])(?:theory|design)\.md(?!#)")
@@ -42,11 +44,11 @@ def test_no_reference_to_a_document_outside_the_repository():
     for f in _tracked():
         rel = f.relative_to(ROOT)
         # recorded outputs keep the words of the run that wrote them
-        if f.name in PENDING or f == Path(__file__).resolve() or rel.parts[0] == "paper_results":
+        if f.name in PENDING | QUOTES_OLD_TEXT or f == Path(__file__).resolve() or rel.parts[0] == "paper_results":
             continue
         for n, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             for m in FOREIGN.finditer(line):
-                if rel.parts[0] == "docs" and m.group(0).lower() in ("theory.md", "design.md"):
+                if rel.parts[0] == "docs" and m.group(0) in ("theory.md", "design.md"):
                     continue  # a relative link between the two documents
                 bad.append(f"{rel}:{n}: {m.group(0)}")
     assert not bad, "\n".join(bad)
