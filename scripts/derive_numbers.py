@@ -222,6 +222,20 @@ def real_model_numbers(r: Rows, log="h200/real_model/log.txt"):
         bern = next((v for k, v in ms.items() if str(k).startswith("bernoulli")), None)
         if lora and bern:
             r.add("B real model", f"Bernoulli-LoRA step time over LoRA's, {rel}", bern / lora - 1, rel)
+    table = "h200/real_model/mnist_matched/summary.csv"
+    if r.path(table):
+        t = pd.read_csv(r.root / table)
+        t = t[t["paper"].notna()]
+        for row in t.itertuples():
+            paper = float(str(row.paper).split("+-")[0])
+            r.add("B real model", f"ours - paper, points, {row.label}", float(row.acc_median) - paper, table)
+    b20, b1 = "h200/real_model/bench_20seeds.json", "h200/real_model/bench_1seed.json"
+    if r.path(b20) and r.path(b1):
+        m20, m1 = _json(r.root / b20)["methods"], _json(r.root / b1)["methods"]
+        key = next(k for k in m20 if k.startswith("bernoulli"))
+        ratio = m20[key]["ms_per_step"] / m1[key]["ms_per_step"]
+        r.add("B real model", "Bernoulli-LoRA step, 20 seeds batched / 1 seed", ratio, b20, b1)
+        r.add("B real model", "throughput of 20 seeds batched over 1 seed at a time", 20 / ratio, b20, b1)
     splits = r.path("real_model_splits.csv")
     if splits:
         for row in pd.read_csv(splits).itertuples():
