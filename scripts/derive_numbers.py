@@ -276,6 +276,19 @@ def derive(root: Path) -> pd.DataFrame:
     real_model_numbers(r)
     verdict_numbers(r, "cpu_ci/verdicts.txt", "cpu_ci/verdicts.csv", "C reproduce.sh (ci)")
     curve_numbers(r, "cpu_ci/median_curves.csv", "C reproduce.sh (ci)")
+    if r.path("cpu_ci/rates.csv"):
+        rates = pd.read_csv(root / "cpu_ci/rates.csv")
+        for row in rates.itertuples():
+            label = f"{row.m}x{row.n} {row.sketch} p {row.p:g} rank {row.rank}"
+            r.add("C rates", f"median fitted rate, {label}", float(row.rate), "cpu_ci/rates.csv")
+            r.add("C rates", f"PL bound's rate, {label}", float(row.theory_rate), "cpu_ci/rates.csv")
+            r.add("C rates", f"lambda_min_p, {label}", float(row.lambda_min_p), "cpu_ci/rates.csv")
+        for (m, n, sk), g in rates.groupby(["m", "n", "sketch"]):
+            ratio = g["rate"] / g["lambda_min_p"]
+            r.add("C rates", f"rate / lambda_min_p, {m}x{n} {sk}, min .. max", f"{ratio.min():.3g} .. {ratio.max():.3g}",
+                  "cpu_ci/rates.csv")
+            r.add("C rates", f"rate, {m}x{n} {sk}, min .. max", f"{g['rate'].min():.3g} .. {g['rate'].max():.3g}",
+                  "cpu_ci/rates.csv")
     if r.path("cpu_ci/timing.txt"):
         r.add("C reproduce.sh (ci)", "total time", _last_line(root / "cpu_ci/timing.txt"), "cpu_ci/timing.txt")
     return pd.DataFrame(r.rows, columns=["section", "quantity", "value", "source"])
