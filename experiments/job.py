@@ -150,10 +150,16 @@ def execute(cfg, *, progress=None, job=None):
     traj = run(job.method, job.problem, job.problem.W0, job.seeds, steps=cfg["steps"],
                eval_every=cfg["eval_every"], track_every_step=cfg.get("track_every_step", True), progress=progress)
     log.info("ran %d seeds x %d steps in %.2fs on %s", len(job.seeds), cfg["steps"], time.perf_counter() - t0, job.device)
-    table = trajectory_table(traj, job, cfg, h)
+    return tabulate(traj, job, cfg, h), job
+
+
+def tabulate(traj, job, cfg, config_hash) -> pd.DataFrame:
+    """The results table of one job's trajectory: its rows and configuration
+    columns, the bound of its theorem and, where computable, the exact expectation.
+    The one place both the Hydra app and the batched sweep make a job's table."""
+    table = trajectory_table(traj, job, cfg, config_hash)
     table = attach_bounds(table, job, cfg)
-    table = attach_exact(table, job, cfg)
-    return table, job
+    return attach_exact(table, job, cfg)
 
 
 @dataclass

@@ -58,7 +58,7 @@ def run_group(cfgs, jobs, out_root, log=print):
     each job's table exactly as the Hydra app's :func:`experiments.job.execute` does."""
     import torch
 
-    from experiments.job import attach_bounds, trajectory_table
+    from experiments.job import tabulate
     from experiments.results import config_hash, write_job
     from solvers.engine import Trajectory, run
 
@@ -74,7 +74,7 @@ def run_group(cfgs, jobs, out_root, log=print):
         sel = owner == k
         sub = Trajectory(data={f: v[sel] for f, v in traj.data.items()}, seeds=traj.seeds[sel], W=traj.W[torch.as_tensor(sel)])
         h = config_hash(cfg)
-        table = attach_bounds(trajectory_table(sub, job, cfg, h), job, cfg)
+        table = tabulate(sub, job, cfg, h)
         write_job(os.path.join(out_root, "jobs", h[:16]), table, cfg)
     log(f"  {len(cfgs)} jobs, {len(seeds)} runs, {cfg0['steps']} steps: {wall:.2f}s on {first.device}")
     return wall
@@ -83,9 +83,16 @@ def run_group(cfgs, jobs, out_root, log=print):
 def run_sweep(cfgs, out_root, log=print):
     """Run the jobs of ``cfgs`` not yet complete under ``out_root``, batched by
     :func:`_group_key`. Every configuration is checked and built before any runs
-    (a bad one is refused with one line, and nothing is written)."""
+    (a bad one is refused with one line, and nothing is written). Each job is
+    claimed (:mod:`experiments.claims`) before its group runs, exactly as the Hydra
+    app claims it, so a Hydra sweep or a second batched sweep into the same root
+    never runs it twice; a job claimed by a live process is left to it."""
+    import contextlib
+
     from experiments.build import build_job
+    from experiments.claims import try_claim
     from experiments.results import config_hash, find_complete
+    from experiments.storage import remove_stale_temps
 
     jobs = [build_job(c) for c in cfgs]
     todo = [(c, j) for c, j in zip(cfgs, jobs) if find_complete(out_root, config_hash(c)) is None]
@@ -95,9 +102,23 @@ def run_sweep(cfgs, out_root, log=print):
         groups.setdefault(_group_key(c), []).append((c, j))
     for members in groups.values():
         _batched([j for _, j in members])  # refuses a method it cannot batch, before any run
+    if os.path.isdir(out_root):
+        remove_stale_temps(out_root)
     total = 0.0
     for members in groups.values():
-        total += run_group([c for c, _ in members], [j for _, j in members], out_root, log=log)
+        with contextlib.ExitStack() as held:
+            mine = []
+            for c, j in members:
+                h = config_hash(c)
+                claim = try_claim(out_root, h, out_dir=os.path.join(out_root, "jobs", h[:16]))
+                if claim is None:
+                    log(f"  skipped: config {h[:12]} is being run by another process")
+                    continue
+                held.enter_context(claim)
+                if find_complete(out_root, h) is None:  # finished while we were claiming it
+                    mine.append((c, j))
+            if mine:
+                total += run_group([c for c, _ in mine], [j for _, j in mine], out_root, log=log)
     return total
 
 

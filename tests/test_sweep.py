@@ -123,3 +123,23 @@ def test_every_experiment_preset_passes_the_schema(preset):
     from experiments.conf.check import check_config
 
     check_config(_hydra_plain([f"experiment={preset}"]))
+
+
+def test_sweep_leaves_a_job_claimed_by_another_process_alone(tmp_path):
+    """A job claimed elsewhere (a live Hydra job or another batched sweep) is not run
+    twice: the batched sweep skips it and runs the rest."""
+    from experiments.claims import try_claim
+    from experiments.sweep import run_sweep
+    from experiments.sweeps import linreg_gd
+
+    cfgs = [c for c in linreg_gd(size="ci", device="cpu", seeds=2, steps=5, factors=(1.0,))
+            if c["method"]["name"] == "bernoulli_lora" and c["method"]["rank"] == 1][:3]
+    held = config_hash(cfgs[0])
+    lines = []
+    with try_claim(tmp_path, held, out_dir=tmp_path / "elsewhere"):
+        run_sweep(cfgs, str(tmp_path), log=lines.append)
+    done = set(load_results(tmp_path)["config_hash"])
+    assert done == {config_hash(c) for c in cfgs[1:]}
+    assert any("being run by another process" in line for line in lines)
+    run_sweep(cfgs, str(tmp_path), log=lines.append)  # released: now it runs, the rest are skipped
+    assert set(load_results(tmp_path)["config_hash"]) == {config_hash(c) for c in cfgs}
