@@ -257,22 +257,22 @@ def test_bernoulli_p1_and_p0_are_the_two_rac_lora_methods(pretrained, digits32):
 def _one_error_line(capsys, argv, field):
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {field}"), err
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {field}:"), err
     return err[0]
 
 
 def test_cli_bad_input_exits_2_with_one_line(capsys, tmp_path):
     out = str(tmp_path / "o")
-    _one_error_line(capsys, ["--p", "0.5,1.5", "--out", out], "p")
-    _one_error_line(capsys, ["--rank", "0", "--out", out], "rank")
-    _one_error_line(capsys, ["--rank", "6", "--out", out], "rank")
-    _one_error_line(capsys, ["--method", "lora,bogus", "--out", out], "method")
-    _one_error_line(capsys, ["--data", "cifar", "--out", out], "data")
-    _one_error_line(capsys, ["--lr", "-1", "--out", out], "lr")
-    _one_error_line(capsys, ["--switch", "sometimes", "--out", out], "switch")
-    _one_error_line(capsys, ["--data", "mnist", "--mnist-dir", str(tmp_path / "missing"), "--out", out], "mnist-dir")
+    _one_error_line(capsys, ["--p", "0.5,1.5", "--out", out], "--p")
+    _one_error_line(capsys, ["--rank", "0", "--out", out], "--rank")
+    _one_error_line(capsys, ["--rank", "6", "--out", out], "--rank")
+    _one_error_line(capsys, ["--method", "lora,bogus", "--out", out], "--method")
+    _one_error_line(capsys, ["--data", "cifar", "--out", out], "--data")
+    _one_error_line(capsys, ["--lr", "-1", "--out", out], "--lr")
+    _one_error_line(capsys, ["--switch", "sometimes", "--out", out], "--switch")
+    _one_error_line(capsys, ["--data", "mnist", "--mnist-dir", str(tmp_path / "missing"), "--out", out], "--mnist-dir")
     _tiny_mnist(tmp_path)
-    line = _one_error_line(capsys, ["--data", "mnist", "--mnist-dir", str(tmp_path), "--out", out], "mnist-dir")
+    line = _one_error_line(capsys, ["--data", "mnist", "--mnist-dir", str(tmp_path), "--out", out], "--mnist-dir")
     assert "checksum mismatch" in line
     assert not (tmp_path / "o").exists()  # failed before any work
 
@@ -280,7 +280,7 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, tmp_path):
 def test_cli_module_entry_point_exit_code():
     r = subprocess.run([sys.executable, "-m", "experiments.real_model", "--p", "2"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == "error: p: 2 is outside [0, 1]"
+    assert r.returncode == 2 and r.stderr.strip() == "error: --p: 2 is outside [0, 1]"
 
 
 def test_cli_end_to_end_writes_results(tmp_path, capsys):

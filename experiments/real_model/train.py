@@ -61,6 +61,7 @@ class TrainConfig:
     opt_state: str = "keep"  # keep | reset optimiser moments at merges
     dropout: float = 0.1
     steps_per_epoch: int | None = None  # None: one pass over the data; else K steps cycling through passes
+    # batch_size above a training set's size means the whole set (full batch), see Run.batch
     mask_block: int = 8  # dropout masks are drawn for this many steps at once (fewer kernel launches)
 
 
@@ -201,6 +202,8 @@ class Run:
                  spec: mt.MethodSpec | None = None, sub: int = FINETUNE_SUB, lr: float | None = None,
                  optimizer: str | None = None, p: torch.Tensor | None = None):
         self.cfg, self.spec, self.seeds, self.train, self.sub = cfg, spec, seeds, train, sub
+        # a minibatch cannot hold more than the whole set: cap (same numbers as batch_size = len(train))
+        self.batch = min(cfg.batch_size, len(train))
         self.p = p  # per-run Bernoulli probability (batched p sweep), else spec.p
         self._order, self._start, self._pass = None, 0, 0
         self._mask_block, self._masks_cache = -1, None
@@ -233,7 +236,7 @@ class Run:
         self._kinds = kinds
         for x in self.leaves:
             x.requires_grad_(True)
-        opt_cls = {"adamw": AdamW, "sgd": SGD}[optimizer or cfg.optimizer]
+        opt_cls = {"adamw": AdamW, "sgd": SGD}[cfg.optimizer if optimizer is None else optimizer]
         self.opt = opt_cls(self.flat, sizes, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
         self.lr = torch.full((self.S,), cfg.lr if lr is None else lr, dtype=self.dtype, device=seeds.device)
         self.active = None  # (S,) bool: seeds still training (early stopping), None = all
@@ -283,13 +286,13 @@ class Run:
         """Inverted-dropout masks of this step, [(S, batch, h_l)].
 
         Drawn ``mask_block`` steps at a time: one rng.random_bits call (stream NOISE,
-        step = block index, sub = phase) of shape (block, batch_size, sum h_l) per seed.
+        step = block index, sub = phase) of shape (block, self.batch, sum h_l) per seed.
         """
         block, j = divmod(self.step_count, self.cfg.mask_block)
         hidden = [m for m, _ in self.params.dims[:-1]]
         if block != self._mask_block:
             bits = rng.random_bits(self.seeds, rng.Stream.NOISE, block,
-                                   (self.cfg.mask_block, self.cfg.batch_size, sum(hidden)), sub=self.sub)
+                                   (self.cfg.mask_block, self.batch, sum(hidden)), sub=self.sub)
             keep = 1.0 - self.cfg.dropout
             self._masks_cache = (bits < int(keep * 2**32)).to(self.dtype) / keep
             self._mask_block = block
@@ -305,8 +308,8 @@ class Run:
             if self._order is not None:
                 self._pass += 1
             self._order, self._start = epoch_order(self.seeds, self._pass, n, self.sub), 0
-        idx = self._order[:, self._start:self._start + self.cfg.batch_size]
-        self._start += self.cfg.batch_size
+        idx = self._order[:, self._start:self._start + self.batch]
+        self._start += self.batch
         return idx
 
     def merge(self):
@@ -326,8 +329,8 @@ class Run:
 
     def epoch(self, e: int) -> torch.Tensor:
         """One epoch: a pass over the data (or ``steps_per_epoch`` steps); mean loss (S,)."""
-        n, b = len(self.train), self.cfg.batch_size
-        steps = self.cfg.steps_per_epoch or -(-n // b)
+        n, b = len(self.train), self.batch
+        steps = -(-n // b) if self.cfg.steps_per_epoch is None else self.cfg.steps_per_epoch
         total = torch.zeros(self.S, dtype=self.dtype, device=self.seeds.device)
         seen = 0
         for _ in range(steps):
