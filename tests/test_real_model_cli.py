@@ -265,3 +265,24 @@ def test_gpu_script_fails_fast_without_cuda(tmp_path):
     r, stages = _gpu_script(tmp_path, "none", PY=sys.executable)
     assert r.returncode != 0 and stages == []
     assert "torch.cuda.is_available() is False" in r.stdout + r.stderr
+
+
+# ----------------------------------------------------------------------------- dropout masks in chunks
+@pytest.mark.parametrize("chunk_elements", [1, 2 * 8 * 128 * 128, 2**40])
+def test_dropout_masks_drawn_in_seed_chunks_equal_one_whole_draw(digits, monkeypatch, chunk_elements):
+    """Chunks of 1 seed, 2 seeds (uneven: 5 = 2 + 2 + 1) or all at once give the masks of one
+    whole-batch rng.random_bits draw, block after block (the buffer is reused)."""
+    from solvers import rng
+
+    monkeypatch.setattr(tr, "MASK_CHUNK_ELEMENTS", chunk_elements)
+    seeds = torch.tensor([4, 0, 9, 2, 7])
+    cfg = tr.TrainConfig(batch_size=128)
+    run = tr.Run(tr.init_mlp(seeds, 64, dtype=torch.float64), seeds, cfg, digits.finetune.train,
+                 spec=mt.MethodSpec("lora_a"))
+    keep = 1.0 - cfg.dropout
+    for step in (0, 8, 17):
+        run.step_count = step
+        masks = run._dropout(128)
+        bits = rng.random_bits(seeds, rng.Stream.NOISE, step // 8, (8, 128, 128), sub=tr.FINETUNE_SUB)
+        whole = (bits < int(keep * 2**32)).to(torch.float64) / keep
+        assert torch.equal(torch.cat(masks, dim=-1), whole[:, step % 8])

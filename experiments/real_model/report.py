@@ -84,7 +84,8 @@ def summary_markdown(df: pd.DataFrame, table: pd.DataFrame) -> str:
         f"{first['optimizer']}, switch every {first['switch']}\n",
         "Test accuracy (%) over seeds: median and std (ddof 1). trainable_params: parameters trained per step "
         "and seed (Bernoulli-LoRA: expected count p*|A| + (1-p)*|B|). wall_s: wall time of the batched run of "
-        "all seeds of a configuration (fine-tuning only), on " + str(first["device"]) + ".\n",
+        "all seeds of a configuration (fine-tuning only; the Bernoulli-LoRA p values run as one batch and each "
+        "gets an equal share of its time), on " + str(first["device"]) + ".\n",
         "Counts: a rank-r adapter of a layer n -> m has r*n entries in A (input side) and r*m in B; "
         "biases are frozen. For MNIST 784-64-64-5 at rank 1, |A| = 784+64+64 = 912 and |B| = 64+64+5 = 133, "
         "the paper's 912 and 133.\n",

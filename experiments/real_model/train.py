@@ -37,6 +37,8 @@ from .model import MLPParams, accuracy_per_seed, dropout_masks, forward, init_ml
 
 # sub-streams of rng.Stream.MINIBATCH / rng.Stream.NOISE per phase
 PRETRAIN_SUB, FINETUNE_SUB = 0, 8
+#: most random numbers drawn at once for dropout masks on CPU (see Run._dropout)
+MASK_CHUNK_ELEMENTS = 2**19
 
 
 @dataclasses.dataclass
@@ -285,16 +287,27 @@ class Run:
     def _dropout(self, batch: int):
         """Inverted-dropout masks of this step, [(S, batch, h_l)].
 
-        Drawn ``mask_block`` steps at a time: one rng.random_bits call (stream NOISE,
-        step = block index, sub = phase) of shape (block, self.batch, sum h_l) per seed.
+        Drawn ``mask_block`` steps at a time: rng.random_bits (stream NOISE, step = block
+        index, sub = phase) of shape (block, self.batch, sum h_l) per seed, into one buffer
+        kept for the whole run. On CPU the seeds are drawn in chunks of at most
+        :data:`MASK_CHUNK_ELEMENTS` numbers: the generator's int64 temporaries then stay
+        small enough for the heap (whole-batch draws of 40 runs made ~400k page faults
+        per block); every seed's bits depend on that seed only, so chunks change nothing.
         """
         block, j = divmod(self.step_count, self.cfg.mask_block)
         hidden = [m for m, _ in self.params.dims[:-1]]
         if block != self._mask_block:
-            bits = rng.random_bits(self.seeds, rng.Stream.NOISE, block,
-                                   (self.cfg.mask_block, self.batch, sum(hidden)), sub=self.sub)
+            shape = (self.cfg.mask_block, self.batch, sum(hidden))
+            if self._masks_cache is None:
+                self._masks_cache = torch.empty((self.S,) + shape, dtype=self.dtype, device=self.seeds.device)
+            per_seed = math.prod(shape)
+            chunk = self.S if self.seeds.device.type != "cpu" else max(1, MASK_CHUNK_ELEMENTS // per_seed)
             keep = 1.0 - self.cfg.dropout
-            self._masks_cache = (bits < int(keep * 2**32)).to(self.dtype) / keep
+            for c in range(0, self.S, chunk):
+                bits = rng.random_bits(self.seeds[c:c + chunk], rng.Stream.NOISE, block, shape, sub=self.sub)
+                out = self._masks_cache[c:c + chunk]
+                out.copy_(bits < int(keep * 2**32))  # 1.0 / 0.0, then / keep: (bits < t).to(dtype) / keep
+                out.div_(keep)
             self._mask_block = block
         m = self._masks_cache[:, j, :batch]
         offsets = [sum(hidden[:i]) for i in range(len(hidden))]
