@@ -4,8 +4,10 @@ Runs use digits with 1-2 seeds and 1-2 epochs: what is checked (files, markers, 
 configurations run again, exact equality of resumed and uninterrupted numbers) does
 not depend on the size.
 """
+import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -46,6 +48,8 @@ def test_a_value_below_its_bound_is_refused_naming_the_option(capsys, tmp_path, 
     (["--data", "mnist", "--mnist-dir", ""], "--mnist-dir"),  # not "$MNIST_DIR instead"
     (["--out", ""], "--out"),
     (["--p", "0.5,0.5"], "--p"),
+    (["--p", "0.5,,1"], "--p"),  # not "0.5,1"
+    (["--p", ""], "--p"),
     (["--alpha", "0"], "--alpha"),
 ])
 def test_empty_or_duplicate_values_are_refused(capsys, tmp_path, monkeypatch, argv, option):
@@ -133,8 +137,8 @@ def test_killed_run_leaves_no_table_and_a_rerun_finishes_only_what_is_missing(tm
     with pytest.raises(KeyboardInterrupt):
         cli.main([*ARGV3, "--out", str(out)])
     monkeypatch.setattr(pd.DataFrame, "to_parquet", real_to_parquet)
-    assert not results.is_complete(out)
     assert not (out / results.RESULTS_FILE).exists(), "a partial table must not sit where the finished one goes"
+    assert not store.finished(out)
     assert not list(out.rglob("*.tmp")), "no temporary file left behind"
     assert len([d for d in (out / "jobs").iterdir() if store.finished(d)]) == 1  # fpft finished
 
@@ -144,7 +148,7 @@ def test_killed_run_leaves_no_table_and_a_rerun_finishes_only_what_is_missing(tm
         monkeypatch.setattr(table, name, lambda *a, _real=real, _name=name, **k: ran.append(_name) or _real(*a, **k))
     assert cli.main([*ARGV3, "--out", str(out)]) == 0
     assert ran == ["finetune", "finetune"], "only rac_lora_b and lora_a run again, on the saved pretrained models"
-    assert results.is_complete(out) and store.finished(out)
+    assert store.finished(out)
     resumed = pd.read_parquet(out / results.RESULTS_FILE)
     assert cli.main([*ARGV3, "--out", str(tmp_path / "ref")]) == 0
     assert _numbers(resumed).equals(_numbers(pd.read_parquet(tmp_path / "ref" / results.RESULTS_FILE)))
@@ -166,25 +170,28 @@ def test_kill_before_the_final_marker_is_finished_by_a_rerun(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         cli.main([*TINY, "--method", "fpft", "--out", str(out)])
     monkeypatch.setattr(store, "atomic_write", real_write)
-    assert (out / results.RESULTS_FILE).exists() and not results.is_complete(out) and not store.finished(out)
+    assert (out / results.RESULTS_FILE).exists() and not store.finished(out)
     assert cli.main([*TINY, "--method", "fpft", "--out", str(out)]) == 0
-    assert store.finished(out) and results.is_complete(out)
+    assert store.finished(out)
     assert "1 of 1 configurations already finished" in capsys.readouterr().out
 
 
 def test_finished_dirs_follow_the_results_store_convention(tmp_path):
-    out = tmp_path / "o"
+    """_COMPLETE last with the config hash of config.yaml; one config_hash per configuration;
+    and the Hydra jobs' readers do not mistake these tables for theirs (a shared root)."""
+    out = tmp_path / "root" / "real_model"
     assert cli.main([*ARGV3, "--out", str(out)]) == 0
     df = pd.read_parquet(out / results.RESULTS_FILE)
     plan = table.make_plan(out=out, data="digits", seeds=[0, 1], dtype=torch.float32,
                            cfg=cli.validate(cli.build_parser().parse_args([*ARGV3, "--out", str(out)]))[1],
                            specs=mt.parse_methods("fpft,rac_lora_b,lora_a"))
-    assert results.is_complete(out, plan.hash)
+    assert store.finished(out, plan.hash) and store.read_marker(out)["rows"] == len(df) == 6
     assert results.read_config(out) == plan.config and results.config_hash(plan.config) == plan.hash
     for job in plan.jobs:
-        assert results.is_complete(job.dir, job.hash)
+        assert store.finished(job.dir, job.hash) and results.config_hash(results.read_config(job.dir)) == job.hash
         rows = df[df["config_hash"] == job.hash]
         assert len(rows) == 2 and set(rows["method"]) == {job.spec.name}
+    assert results.complete_jobs(tmp_path / "root") == [] and len(results.load_results(tmp_path / "root")) == 0
     # a changed file is noticed (the marker vouches for every file's size)
     (out / "summary.md").write_text("edited")
     assert not store.finished(out, plan.hash)
@@ -202,6 +209,21 @@ def test_out_holding_another_table_is_refused_and_left_untouched(tmp_path, capsy
     assert cli.main([*TINY, "--method", "fpft", "--out", str(done)]) == 0
     line = _error(capsys, [*TINY, "--method", "fpft", "--lr", "0.5", "--out", str(done)])
     assert line.startswith("error: --out: ") and "finished run of another command" in line
+
+
+def test_out_claimed_by_a_live_process_is_refused_and_a_dead_ones_claim_taken_over(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    claim = out / store.CLAIM_FILE
+    claim.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+    line = _error(capsys, [*TINY, "--method", "fpft", "--out", str(out)])
+    assert line.startswith("error: --out: ") and f"pid {os.getpid()}" in line
+    assert sorted(os.listdir(out)) == [store.CLAIM_FILE]  # nothing written under another process's claim
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    claim.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "since": "then"}))
+    assert cli.main([*TINY, "--method", "fpft", "--out", str(out)]) == 0
+    assert store.finished(out) and not claim.exists()  # taken over, released at the end
 
 
 # ----------------------------------------------------------------------------- defaults that learn

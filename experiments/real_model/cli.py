@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import methods as mt
+from . import store
 from .bench import bench
 from .data import DataError, load_bundle
 from .model import layer_dims
@@ -124,8 +125,11 @@ def _fail(message: str, parser: argparse.ArgumentParser) -> int:
 
 
 def _floats(text: str, field: str) -> list[float]:
+    items = text.split(",")
+    if any(not t.strip() for t in items):
+        raise UsageError(f"{field}: empty item in the comma list {text!r}")
     try:
-        return [float(t) for t in text.split(",") if t.strip()]
+        return [float(t) for t in items]
     except ValueError:
         raise UsageError(f"{field}: not a comma list of numbers: {text!r}") from None
 
@@ -138,8 +142,6 @@ def validate(args) -> tuple[list[mt.MethodSpec], TrainConfig, torch.device, torc
     if args.data not in ("digits", "mnist"):
         raise UsageError(f"data: unknown data set {args.data!r} (choose digits or mnist)")
     ps = _floats(args.p, "p")
-    if not ps:
-        raise UsageError("p: empty list")
     for p in ps:
         if not 0.0 <= p <= 1.0:
             raise UsageError(f"p: {p:g} is outside [0, 1]")
@@ -199,6 +201,11 @@ def batch_note(batch_size: int, bundle) -> str | None:
             f"the whole set (full batch)")
 
 
+def _done(plan) -> int:
+    print(f"{plan.out}: this command already finished (config_hash {plan.hash[:12]}); nothing to do", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -210,19 +217,23 @@ def main(argv=None) -> int:
         seeds = list(range(args.seed, args.seed + args.seeds))
         plan = None if args.bench else make_plan(out=out, data=args.data, seeds=seeds, dtype=dtype, cfg=cfg, specs=specs)
         if plan is not None and out_state(plan) == "done":
-            print(f"{out}: this command already finished (config_hash {plan.hash[:12]}); nothing to do", flush=True)
-            return 0
+            return _done(plan)
         bundle = load_bundle(args.data, mnist_dir=args.mnist_dir, download=args.download, dtype=dtype, device=device)
     except (UsageError, mt.MethodError, DataError, OutError) as exc:
         return _fail(str(exc), parser)
     note = batch_note(args.batch_size, bundle)
     if note:
         print(note, flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.bench:
-        ps = _floats(args.p, "p")
-        bench(seeds=torch.tensor(seeds, dtype=torch.int64, device=device), p=ps[0] if len(ps) == 1 else 0.5,
-              steps=args.bench_steps, cfg=cfg, device=device, dtype=dtype, bundle=bundle, out=out)
-    else:
-        run_table(plan, cfg, device, dtype, bundle, batch_p=not args.no_batch_p)
+    try:
+        with store.claim(out):  # one writer per OUT at a time
+            if args.bench:
+                ps = _floats(args.p, "p")
+                bench(seeds=torch.tensor(seeds, dtype=torch.int64, device=device), p=ps[0] if len(ps) == 1 else 0.5,
+                      steps=args.bench_steps, cfg=cfg, device=device, dtype=dtype, bundle=bundle, out=out)
+            elif out_state(plan) == "done":  # another process finished it meanwhile
+                return _done(plan)
+            else:
+                run_table(plan, cfg, device, dtype, bundle, batch_p=not args.no_batch_p)
+    except (store.ClaimError, OutError) as exc:
+        return _fail(str(exc), parser)
     return 0

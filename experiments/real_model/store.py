@@ -13,17 +13,23 @@ them; this module writes them under the same convention:
   (:func:`experiments.results.config_hash` of its configuration, also written as
   ``config.yaml``), the byte size of every file it vouches for (``files``),
   ``kind: "real_model"`` and, when the directory holds ``results.parquet``, that
-  table's ``rows`` and ``results_bytes``: so
-  :func:`experiments.results.is_complete` accepts a finished directory too.
+  table's ``rows``.
 
 A directory is finished (:func:`finished`) iff its marker exists, is of this kind,
 names the expected hash, and every file it lists exists with the recorded size.
+The marker deliberately has no ``results_bytes``: the Hydra jobs' readers
+(:func:`experiments.results.is_complete`, ``complete_jobs``, ``load_results``,
+``python -m experiments.collect``) then never take a real-model table, whose
+columns are not theirs, for one of their jobs when both live under one root.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -32,6 +38,7 @@ import yaml
 from experiments.results import COMPLETE_MARKER, CONFIG_FILE, RESULTS_FILE, config_hash
 
 KIND = "real_model"
+CLAIM_FILE = "_CLAIM"
 #: Version of the real-model row layout (bump when a column changes meaning).
 TABLE_VERSION = 1
 
@@ -116,9 +123,8 @@ def write_marked(directory, files: Mapping[str, Writer], config: Mapping, *, row
     names = [CONFIG_FILE, *files]
     info = {"kind": KIND, "config_hash": h, "table_version": TABLE_VERSION,
             "files": {name: (d / name).stat().st_size for name in names}}
-    if RESULTS_FILE in files:
-        info["rows"] = int(rows) if rows is not None else None
-        info["results_bytes"] = info["files"][RESULTS_FILE]
+    if RESULTS_FILE in files and rows is not None:
+        info["rows"] = int(rows)
     atomic_write(d / COMPLETE_MARKER, text_writer(json.dumps(info, sort_keys=True) + "\n"))
     return h
 
@@ -130,3 +136,57 @@ def read_config(directory) -> dict | None:
     except (OSError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
+
+
+class ClaimError(RuntimeError):
+    """Another live process holds the directory; the message is one line."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def claim(directory, *, field: str = "out"):
+    """Hold ``directory`` for this process while the block runs.
+
+    ``_CLAIM`` is created with O_EXCL (JSON: pid, host, since) and removed when the
+    block ends, exceptions included. A claim held by a live process, or by any
+    process on another host (whose liveness cannot be checked), raises
+    :class:`ClaimError` naming ``field``; a claim left by a dead process on this host
+    (a killed run) is taken over. Two processes taking over the same stale claim at
+    the same instant can both succeed; atomic writes keep even that from corrupting
+    a file."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / CLAIM_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                held = {}
+            pid, host = held.get("pid"), held.get("host")
+            if isinstance(pid, int) and host == me["host"] and not _alive(pid):
+                path.unlink(missing_ok=True)  # a killed run's claim
+                continue
+            raise ClaimError(f"{field}: {d} is being written by pid {pid} on {host} since {held.get('since')} "
+                             f"(remove {path} if that process is gone)") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(me) + "\n")
+        break
+    else:  # pragma: no cover - a third process re-created it between our two attempts
+        raise ClaimError(f"{field}: {d} is being claimed by another process; try again")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
