@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.real_model import data, methods as mt, model as md, train as tr
+from experiments.real_model import data, methods as mt, model as md, optim as op, train as tr
 from experiments.real_model.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,8 +127,8 @@ def test_functional_adamw_matches_torch_adamw():
     torch.manual_seed(0)
     p0 = [torch.randn(2, 4, 3, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)]
     grads = [[torch.randn_like(p) for p in p0] for _ in range(5)]
-    flat, views, sizes = tr.flat_views(p0, 2)
-    opt = tr.AdamW(flat, sizes, weight_decay=0.01)
+    flat, views, sizes = op.flat_views(p0, 2)
+    opt = op.AdamW(flat, sizes, weight_decay=0.01)
     ref = [p.clone().requires_grad_(True) for p in p0]
     topt = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.01)
     for g in grads:
@@ -142,8 +142,8 @@ def test_functional_adamw_matches_torch_adamw():
 
 def test_masked_adamw_leaves_inactive_seeds_and_tensors_untouched():
     p = [torch.ones(3, 2, 2, dtype=torch.float64), torch.ones(3, 4, dtype=torch.float64)]
-    flat, views, sizes = tr.flat_views(p, 3)
-    opt = tr.AdamW(flat, sizes)
+    flat, views, sizes = op.flat_views(p, 3)
+    opt = op.AdamW(flat, sizes)
     active = torch.tensor([[True, False], [False, False], [True, True]])
     opt.update(flat, torch.ones_like(flat), active, torch.full((3,), 0.1, dtype=torch.float64))
     assert torch.equal(views[0][1], p[0][1]) and torch.equal(views[1][0], p[1][0]) and torch.equal(views[1][1], p[1][1])
@@ -155,7 +155,7 @@ def test_masked_adamw_leaves_inactive_seeds_and_tensors_untouched():
 def test_per_seed_plateau_matches_torch_scheduler():
     metrics = np.array([[1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.8, 0.81, 0.82, 0.83, 0.84, 0.85],
                         [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01]])
-    ours = tr.Plateau(torch.full((2,), 1.0, dtype=torch.float64), patience=2)
+    ours = op.Plateau(torch.full((2,), 1.0, dtype=torch.float64), patience=2)
     for t in range(metrics.shape[1]):
         ours.step(torch.as_tensor(metrics[:, t]))
     for s in range(2):
@@ -341,7 +341,7 @@ def test_steps_per_epoch_cycles_through_passes(digits32, pretrained):
 def test_optimiser_mask_follows_each_new_mask_object(opt_name):
     """The expanded mask is cached per mask object: a new round's mask takes effect at once,
     and exactly the (seed, tensor) blocks it marks change (values; AdamW moments too)."""
-    from experiments.real_model.train import SGD, AdamW
+    from experiments.real_model.optim import SGD, AdamW
 
     sizes, S = [3, 5, 2], 4
     flat = torch.randn(S, sum(sizes), dtype=torch.float64, generator=torch.Generator().manual_seed(0))

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from experiments import results
-from experiments.real_model import cli, data, methods as mt, store, table, train as tr
+from experiments.real_model import cli, data, methods as mt, model as md, store, table, train as tr
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data", "digits", "--seeds", "2", "--epochs", "1", "--pretrain-epochs", "2", "--device", "cpu"]
@@ -92,7 +92,7 @@ def digits():
 def test_batch_size_above_the_training_set_is_full_batch(digits):
     """Same numbers as batch size = n, and the dropout masks stay (block, n, hidden)."""
     seeds = torch.tensor([0, 1])
-    base = tr.init_mlp(seeds, 64, dtype=torch.float64)
+    base = md.init_mlp(seeds, 64, dtype=torch.float64)
     n = len(digits.finetune.train)
     runs = {}
     for b in (n, 4 * n):
@@ -299,7 +299,7 @@ def test_dropout_masks_drawn_in_seed_chunks_equal_one_whole_draw(digits, monkeyp
     monkeypatch.setattr(tr, "MASK_CHUNK_ELEMENTS", chunk_elements)
     seeds = torch.tensor([4, 0, 9, 2, 7])
     cfg = tr.TrainConfig(batch_size=128)
-    run = tr.Run(tr.init_mlp(seeds, 64, dtype=torch.float64), seeds, cfg, digits.finetune.train,
+    run = tr.Run(md.init_mlp(seeds, 64, dtype=torch.float64), seeds, cfg, digits.finetune.train,
                  spec=mt.MethodSpec("lora_a"))
     keep = 1.0 - cfg.dropout
     for step in (0, 8, 17):

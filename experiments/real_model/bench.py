@@ -9,7 +9,8 @@ import torch
 
 from . import methods as mt
 from . import store
-from .train import Run, TrainConfig, epoch_order, init_mlp
+from .model import init_mlp
+from .train import Run, TrainConfig, epoch_order
 
 
 def _sync(device):
