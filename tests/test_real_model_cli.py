@@ -51,8 +51,12 @@ def test_a_value_below_its_bound_is_refused_naming_the_option(capsys, tmp_path, 
     (["--p", "0.5,,1"], "--p"),  # not "0.5,1"
     (["--p", ""], "--p"),
     (["--alpha", "0"], "--alpha"),
+    (["--method", "lora", "--p", "0.5"], "--p"),  # p of a method that does not run
+    (["--bench", "--p", "0.2,0.5"], "--p"),
+    (["--data", "digits", "--mnist-dir", "/somewhere"], "--mnist-dir"),  # forgot --data mnist
+    (["--download"], "--download"),
 ])
-def test_empty_or_duplicate_values_are_refused(capsys, tmp_path, monkeypatch, argv, option):
+def test_empty_duplicate_or_unused_values_are_refused(capsys, tmp_path, monkeypatch, argv, option):
     monkeypatch.setenv("MNIST_DIR", str(tmp_path))
     line = _error(capsys, ["--epochs", "1", *argv] + (["--out", str(tmp_path / "o")] if "--out" not in argv else []))
     assert line.startswith(f"error: {option}: ")

@@ -49,6 +49,9 @@ _D = TrainConfig()  # the paper's protocol (MNIST presets: scripts/gpu_real_mode
 QUICK_LR = 1e-2
 
 
+DEFAULT_P_TEXT = ",".join(f"{p:g}" for p in mt.DEFAULT_P)
+
+
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default (unless the text already states it)."""
 
@@ -68,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--download", action="store_true", help="fetch the official MNIST files if missing")
     ap.add_argument("--method", default="all",
                     help="comma list of " + ", ".join(("all",) + mt.FAMILIES + mt.METHODS[1:-1]))
-    ap.add_argument("--p", default=",".join(f"{p:g}" for p in mt.DEFAULT_P),
-                    help="Bernoulli-LoRA p values (probability of training A with B sampled), comma list")
+    ap.add_argument("--p", default=None,
+                    help="Bernoulli-LoRA p values (probability of training A with B sampled), comma list; "
+                         "with --bench one value (default there: 0.5) "
+                         f"(default: {DEFAULT_P_TEXT})")
     ap.add_argument("--rank", type=int, default=_D.rank, help="adapter rank r")
     ap.add_argument("--alpha", type=float, default=_D.alpha, help="adapter scale alpha (W = W0 + alpha/r B A)")
     ap.add_argument("--epochs", type=int, default=_D.epochs, help="fine-tuning epochs")
@@ -141,13 +146,22 @@ def validate(args) -> tuple[list[mt.MethodSpec], TrainConfig, torch.device, torc
     (``--steps-per-epoch 0`` is refused, not read as "one pass")."""
     if args.data not in ("digits", "mnist"):
         raise UsageError(f"data: unknown data set {args.data!r} (choose digits or mnist)")
-    ps = _floats(args.p, "p")
+    ps = _floats(DEFAULT_P_TEXT if args.p is None else args.p, "p")
     for p in ps:
         if not 0.0 <= p <= 1.0:
             raise UsageError(f"p: {p:g} is outside [0, 1]")
     if len(set(ps)) != len(ps):
         raise UsageError(f"p: a value is given twice in {args.p!r}")
     specs = mt.parse_methods(args.method, ps, resample_frozen=not args.no_resample, rezero_trained=not args.no_rezero)
+    # a value given for an option that this run does not use is a mistake, not something to ignore
+    if args.p is not None and not args.bench and not any(s.family == "bernoulli_lora" for s in specs):
+        raise UsageError(f"p: given, but --method {args.method!r} has no Bernoulli-LoRA")
+    if args.p is not None and args.bench and len(ps) != 1:
+        raise UsageError(f"p: --bench times one p value, got {args.p!r}")
+    if args.data != "mnist":
+        for name, given in (("mnist-dir", args.mnist_dir is not None), ("download", args.download)):
+            if given:
+                raise UsageError(f"{name}: only used with --data mnist (got --data {args.data})")
     ints = [("epochs", args.epochs, 1), ("pretrain-epochs", args.pretrain_epochs, 0), ("seeds", args.seeds, 1),
             ("switch-every", args.switch_every, 1), ("batch-size", args.batch_size, 1),
             ("bench-steps", args.bench_steps, 1), ("pretrain-patience", args.pretrain_patience, 1),
@@ -227,8 +241,8 @@ def main(argv=None) -> int:
     try:
         with store.claim(out):  # one writer per OUT at a time
             if args.bench:
-                ps = _floats(args.p, "p")
-                bench(seeds=torch.tensor(seeds, dtype=torch.int64, device=device), p=ps[0] if len(ps) == 1 else 0.5,
+                bench(seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
+                      p=0.5 if args.p is None else float(args.p),
                       steps=args.bench_steps, cfg=cfg, device=device, dtype=dtype, bundle=bundle, out=out)
             elif out_state(plan) == "done":  # another process finished it meanwhile
                 return _done(plan)
