@@ -47,6 +47,7 @@ def test_a_value_below_its_bound_is_refused_naming_the_option(capsys, tmp_path, 
 @pytest.mark.parametrize("argv,option", [
     (["--data", "mnist", "--mnist-dir", ""], "--mnist-dir"),  # not "$MNIST_DIR instead"
     (["--out", ""], "--out"),
+    (["--out", "a_file"], "--out"),  # relative to tmp_path (chdir below)
     (["--p", "0.5,0.5"], "--p"),
     (["--p", "0.5,,1"], "--p"),  # not "0.5,1"
     (["--p", ""], "--p"),
@@ -58,6 +59,8 @@ def test_a_value_below_its_bound_is_refused_naming_the_option(capsys, tmp_path, 
 ])
 def test_empty_duplicate_or_unused_values_are_refused(capsys, tmp_path, monkeypatch, argv, option):
     monkeypatch.setenv("MNIST_DIR", str(tmp_path))
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.chdir(tmp_path)
     line = _error(capsys, ["--epochs", "1", *argv] + (["--out", str(tmp_path / "o")] if "--out" not in argv else []))
     assert line.startswith(f"error: {option}: ")
 

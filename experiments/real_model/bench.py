@@ -10,12 +10,7 @@ import torch
 from . import methods as mt
 from . import store
 from .model import init_mlp
-from .train import Run, TrainConfig, epoch_order
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .train import Run, TrainConfig, epoch_order, sync
 
 
 def bench(*, seeds: torch.Tensor, p: float, steps: int, cfg: TrainConfig, device, dtype, bundle, out: Path) -> dict:
@@ -36,11 +31,11 @@ def bench(*, seeds: torch.Tensor, p: float, steps: int, cfg: TrainConfig, device
         run = Run(base, seeds, cfg, train, spec=spec, optimizer="adamw")
         for i in range(10):  # warm-up
             run.train_step(order[:, (i % n_batches) * b:(i % n_batches + 1) * b])
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for i in range(steps):
             run.train_step(order[:, (i % n_batches) * b:(i % n_batches + 1) * b])
-        _sync(device)
+        sync(device)
         dt = (time.perf_counter() - t0) / steps
         expected, most = mt.trainable_params(spec, base.dims, cfg.rank)
         result["methods"][spec.label] = {

@@ -186,6 +186,8 @@ def validate(args) -> tuple[list[mt.MethodSpec], TrainConfig, torch.device, torc
         raise UsageError(f"rank: must be in [1, {max_rank}] (min layer dimension), got {args.rank}")
     if not args.out:
         raise UsageError("out: empty path")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"out: {args.out} exists and is not a directory")
     if args.mnist_dir is not None and not args.mnist_dir:
         raise UsageError("mnist-dir: empty path")
     if args.data == "mnist":

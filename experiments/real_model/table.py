@@ -33,7 +33,7 @@ from . import methods as mt
 from . import store
 from .model import MLPParams
 from .report import report_files
-from .train import TrainConfig, finetune, finetune_sweep, pretrain
+from .train import TrainConfig, finetune, finetune_sweep, pretrain, sync
 
 PRETRAIN_FILES = ("weights.pt", "pretrain.csv")
 
@@ -119,7 +119,7 @@ def _pretrained(plan: Plan, bundle, cfg: TrainConfig, dtype, device):
     seeds = torch.tensor(plan.seeds, dtype=torch.int64, device=device)
     t0 = time.perf_counter()
     base, info = pretrain(bundle.pretrain, seeds, cfg, dtype=dtype)
-    _sync(device)
+    sync(device)
     wall = time.perf_counter() - t0
     pre = pd.DataFrame({"seed": list(plan.seeds), "pretrain_test_acc": info["test_acc"].cpu().numpy(),
                         "pretrain_val_acc": info["val_acc"].cpu().numpy(),
@@ -130,11 +130,6 @@ def _pretrained(plan: Plan, bundle, cfg: TrainConfig, dtype, device):
     print(f"pretrained {len(plan.seeds)} seeds on {bundle.name} 0-4: test acc median "
           f"{100 * pre['pretrain_test_acc'].median():.2f}% ({wall:.1f}s)", flush=True)
     return base, pre
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _parquet(df: pd.DataFrame):
@@ -168,7 +163,7 @@ def run_table(plan: Plan, cfg: TrainConfig, device, dtype, bundle, *, batch_p: b
             results = [finetune(base, bundle.finetune, batch[0].spec, seeds, cfg)]
         else:
             results = finetune_sweep(base, bundle.finetune, [j.spec for j in batch], seeds, cfg)
-        _sync(device)
+        sync(device)
         batch_wall = time.perf_counter() - t0
         for job, res in zip(batch, results):
             df = job_rows(job, res, batch_wall=batch_wall, n_configs=len(batch), cfg=cfg, device=device,

@@ -65,6 +65,12 @@ class TrainConfig:
     mask_block: int = 8  # dropout masks are drawn for this many steps at once (fewer kernel launches)
 
 
+def sync(device) -> None:
+    """Wait for the device's queued kernels (so wall-clock timings are honest on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def epoch_order(seeds, epoch: int, n: int, sub: int) -> torch.Tensor:
     """Per-seed random permutation of range(n) for this epoch, (S, n)."""
     return rng.subset(seeds, rng.Stream.MINIBATCH, epoch, n, n, sub=sub)
