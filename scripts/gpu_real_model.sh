@@ -3,7 +3,7 @@
 # Run from the repository root:
 #     OUT=/some/dir MNIST_DIR=../shared/data/mnist bash scripts/gpu_real_model.sh
 # Produces, each directory with results.parquet, summary.{md,csv}, accuracy_vs_p.{pdf,png},
-# pretrain.csv:
+# pretrain.csv and _COMPLETE (written last):
 #   $OUT/bench/bench.json      ms per step (fpft, lora_a, bernoulli_lora side by side) and AdamW state bytes
 #   $OUT/mnist/                the full MNIST table: all methods, p sweep, 20 seeds, 50 epochs,
 #                              merge/switch once per epoch (the authors' code)
@@ -11,61 +11,92 @@
 #                              (our estimate: ~27k training images of digits 5-9 in the paper / batch 128),
 #                              cycling through our 6k-image split; merges and LR schedule still per epoch
 #   $OUT/mnist_step/           the merging methods with the theory's per-step switching
-#   $OUT/digits/               the same table on scikit-learn's digits (embedded data)
+#   $OUT/digits/               the same table (same protocol) on scikit-learn's digits (embedded data)
 # all of it under $WORK (default /tmp/blora_real_model); $OUT receives log.txt and
-# real_model_gpu.tar.gz, refreshed after every stage (a run cut short keeps what it finished).
-# SEEDS, EPOCHS, PY override the defaults; set ONLY="bench mnist" etc. to run a subset.
-set -uo pipefail
+# real_model_gpu.tar.gz, refreshed after every stage (a run cut short keeps what it finished;
+# running the script again finishes only the missing configurations).
+# Every stage passes the paper's protocol explicitly (COMMON below), so changing the CLI's
+# defaults never changes these tables.
+# SEEDS, EPOCHS, PY, DEVICE (default cuda) override the defaults; ONLY="bench mnist" etc. runs a subset.
+# Exit status: 0 only if every stage succeeded; the first failing stage stops the script
+# with a non-zero status (log.txt and the tarball still hold what finished before it).
+set -euo pipefail
 export PYTHONPATH=$PWD MPLBACKEND=Agg PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-OUT=${OUT:-results/real_model_gpu}
-FINAL=$OUT
+FINAL=${OUT:-results/real_model_gpu}
 OUT=${WORK:-/tmp/blora_real_model}
 MNIST_DIR=${MNIST_DIR:-../shared/data/mnist}
 SEEDS=${SEEDS:-20}
 EPOCHS=${EPOCHS:-50}
+DEVICE=${DEVICE:-cuda}
 ONLY=${ONLY:-"bench mnist mnist_step digits mnist_matched"}  # run in this order
 P=0,0.01,0.2,0.4,0.6,0.8,0.99,1
-RM="$PY -m experiments.real_model"
-COMMON="--rank 1 --seeds $SEEDS --seed 0 --epochs $EPOCHS --pretrain-epochs 50 --optimizer adamw --lr 2e-4 --device cuda"
+RM=("$PY" -m experiments.real_model)
+MNIST=(--data mnist --mnist-dir "$MNIST_DIR")
+# the paper's protocol, every option that changes the numbers given explicitly
+COMMON=(--rank 1 --alpha 1 --init-std 1 --seeds "$SEEDS" --seed 0 --epochs "$EPOCHS" --pretrain-epochs 50
+        --pretrain-patience 10 --pretrain-lr 2e-4 --optimizer adamw --lr 2e-4 --batch-size 128
+        --opt-state keep --switch-every 1 --dtype float32 --device "$DEVICE")
+for stage in $ONLY; do
+  case $stage in bench|mnist|mnist_step|digits|mnist_matched) ;;
+    *) echo "error: ONLY: unknown stage '$stage' (choose from bench mnist mnist_step digits mnist_matched)" >&2; exit 2;;
+  esac
+done
 mkdir -p "$OUT" "$FINAL"
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 pack() { tar -C "$OUT" -czf "$FINAL/real_model_gpu.tar.gz.tmp" . && mv "$FINAL/real_model_gpu.tar.gz.tmp" "$FINAL/real_model_gpu.tar.gz"; }
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
-  $PY -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])"
+# stage NAME CMD...: run one stage, timed; a failure stops everything (non-zero exit)
+stage() {
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name"
+  if ! "$@"; then
+    echo "error: stage $name failed: $*" >&2
+    return 1
+  fi
+  echo "$name wall $((SECONDS - start)) s"
+  pack
+}
+stages() {
+  set -euo pipefail
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  else
+    echo "nvidia-smi: not found"
+  fi
+  # versions; with DEVICE=cuda, fail at once (not after the first stage) when CUDA is missing
+  "$PY" -c "import sys, torch; print('torch', torch.__version__, 'python', sys.version.split()[0]);
+sys.exit('error: DEVICE=cuda but torch.cuda.is_available() is False'
+         if sys.argv[1] == 'cuda' and not torch.cuda.is_available() else 0)" "$DEVICE"
   if want bench; then
-    echo "== bench (MNIST shapes, $SEEDS seeds, per-epoch switching)"
-    $RM --data mnist --mnist-dir "$MNIST_DIR" --bench --bench-steps 300 --seeds "$SEEDS" --device cuda --out "$OUT/bench"
-    $RM --data mnist --mnist-dir "$MNIST_DIR" --bench --bench-steps 300 --seeds 1 --device cuda --out "$OUT/bench_1seed"
-    pack
+    stage bench "${RM[@]}" "${MNIST[@]}" --bench --bench-steps 300 --seeds "$SEEDS" --device "$DEVICE" --out "$OUT/bench"
+    stage bench_1seed "${RM[@]}" "${MNIST[@]}" --bench --bench-steps 300 --seeds 1 --device "$DEVICE" --out "$OUT/bench_1seed"
   fi
   if want mnist; then
-    echo "== MNIST table (switch per epoch)"
-    /usr/bin/time -f "mnist wall %e s" $RM --data mnist --mnist-dir "$MNIST_DIR" --method all --p "$P" \
-        --switch epoch $COMMON --out "$OUT/mnist"
-    pack
+    stage mnist "${RM[@]}" "${MNIST[@]}" --method all --p "$P" --switch epoch "${COMMON[@]}" --out "$OUT/mnist"
   fi
   if want mnist_step; then
-    echo "== MNIST merging methods, switch every step (the theory)"
-    /usr/bin/time -f "mnist_step wall %e s" $RM --data mnist --mnist-dir "$MNIST_DIR" \
-        --method cola,rac_lora,bernoulli_lora --p "$P" --switch step $COMMON --out "$OUT/mnist_step"
-    pack
+    stage mnist_step "${RM[@]}" "${MNIST[@]}" --method cola,rac_lora,bernoulli_lora --p "$P" --switch step \
+        "${COMMON[@]}" --out "$OUT/mnist_step"
   fi
   if want digits; then
-    echo "== digits table (switch per epoch)"
-    /usr/bin/time -f "digits wall %e s" $RM --data digits --method all --p "$P" --switch epoch $COMMON \
-        --out "$OUT/digits"
-    pack
+    stage digits "${RM[@]}" --data digits --method all --p "$P" --switch epoch "${COMMON[@]}" --out "$OUT/digits"
   fi
   if want mnist_matched; then
-    echo "== MNIST table, paper's step budget (211 steps per epoch)"
-    /usr/bin/time -f "mnist_matched wall %e s" $RM --data mnist --mnist-dir "$MNIST_DIR" --method all --p "$P" \
-        --switch epoch --steps-per-epoch 211 $COMMON --out "$OUT/mnist_matched"
-    pack
+    stage mnist_matched "${RM[@]}" "${MNIST[@]}" --method all --p "$P" --switch epoch --steps-per-epoch 211 \
+        "${COMMON[@]}" --out "$OUT/mnist_matched"
   fi
   for d in mnist mnist_matched mnist_step digits; do
-    [ -f "$OUT/$d/summary.md" ] && { echo "== $d"; cat "$OUT/$d/summary.md"; }
+    if [ -f "$OUT/$d/summary.md" ]; then echo "== $d"; cat "$OUT/$d/summary.md"; fi
   done
-} 2>&1 | tee "$FINAL/log.txt"
-cp "$FINAL/log.txt" "$OUT/log.txt"; pack
+}
+set +e  # collect the stages' status instead of exiting before the log is saved
+stages 2>&1 | tee "$FINAL/log.txt"
+status=${PIPESTATUS[0]}
+set -e
+cp "$FINAL/log.txt" "$OUT/log.txt"
+pack
+if [ "$status" -ne 0 ]; then
+  echo "gpu_real_model.sh: FAILED (exit $status); see $FINAL/log.txt" >&2
+fi
+exit "$status"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.real_model import data, methods as mt, model as md, train as tr
+from experiments.real_model import data, methods as mt, model as md, optim as op, train as tr
 from experiments.real_model.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,8 +127,8 @@ def test_functional_adamw_matches_torch_adamw():
     torch.manual_seed(0)
     p0 = [torch.randn(2, 4, 3, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)]
     grads = [[torch.randn_like(p) for p in p0] for _ in range(5)]
-    flat, views, sizes = tr.flat_views(p0, 2)
-    opt = tr.AdamW(flat, sizes, weight_decay=0.01)
+    flat, views, sizes = op.flat_views(p0, 2)
+    opt = op.AdamW(flat, sizes, weight_decay=0.01)
     ref = [p.clone().requires_grad_(True) for p in p0]
     topt = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.01)
     for g in grads:
@@ -142,8 +142,8 @@ def test_functional_adamw_matches_torch_adamw():
 
 def test_masked_adamw_leaves_inactive_seeds_and_tensors_untouched():
     p = [torch.ones(3, 2, 2, dtype=torch.float64), torch.ones(3, 4, dtype=torch.float64)]
-    flat, views, sizes = tr.flat_views(p, 3)
-    opt = tr.AdamW(flat, sizes)
+    flat, views, sizes = op.flat_views(p, 3)
+    opt = op.AdamW(flat, sizes)
     active = torch.tensor([[True, False], [False, False], [True, True]])
     opt.update(flat, torch.ones_like(flat), active, torch.full((3,), 0.1, dtype=torch.float64))
     assert torch.equal(views[0][1], p[0][1]) and torch.equal(views[1][0], p[1][0]) and torch.equal(views[1][1], p[1][1])
@@ -155,7 +155,7 @@ def test_masked_adamw_leaves_inactive_seeds_and_tensors_untouched():
 def test_per_seed_plateau_matches_torch_scheduler():
     metrics = np.array([[1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.8, 0.81, 0.82, 0.83, 0.84, 0.85],
                         [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01]])
-    ours = tr.Plateau(torch.full((2,), 1.0, dtype=torch.float64), patience=2)
+    ours = op.Plateau(torch.full((2,), 1.0, dtype=torch.float64), patience=2)
     for t in range(metrics.shape[1]):
         ours.step(torch.as_tensor(metrics[:, t]))
     for s in range(2):
@@ -257,22 +257,22 @@ def test_bernoulli_p1_and_p0_are_the_two_rac_lora_methods(pretrained, digits32):
 def _one_error_line(capsys, argv, field):
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {field}"), err
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {field}:"), err
     return err[0]
 
 
 def test_cli_bad_input_exits_2_with_one_line(capsys, tmp_path):
     out = str(tmp_path / "o")
-    _one_error_line(capsys, ["--p", "0.5,1.5", "--out", out], "p")
-    _one_error_line(capsys, ["--rank", "0", "--out", out], "rank")
-    _one_error_line(capsys, ["--rank", "6", "--out", out], "rank")
-    _one_error_line(capsys, ["--method", "lora,bogus", "--out", out], "method")
-    _one_error_line(capsys, ["--data", "cifar", "--out", out], "data")
-    _one_error_line(capsys, ["--lr", "-1", "--out", out], "lr")
-    _one_error_line(capsys, ["--switch", "sometimes", "--out", out], "switch")
-    _one_error_line(capsys, ["--data", "mnist", "--mnist-dir", str(tmp_path / "missing"), "--out", out], "mnist-dir")
+    _one_error_line(capsys, ["--p", "0.5,1.5", "--out", out], "--p")
+    _one_error_line(capsys, ["--rank", "0", "--out", out], "--rank")
+    _one_error_line(capsys, ["--rank", "6", "--out", out], "--rank")
+    _one_error_line(capsys, ["--method", "lora,bogus", "--out", out], "--method")
+    _one_error_line(capsys, ["--data", "cifar", "--out", out], "--data")
+    _one_error_line(capsys, ["--lr", "-1", "--out", out], "--lr")
+    _one_error_line(capsys, ["--switch", "sometimes", "--out", out], "--switch")
+    _one_error_line(capsys, ["--data", "mnist", "--mnist-dir", str(tmp_path / "missing"), "--out", out], "--mnist-dir")
     _tiny_mnist(tmp_path)
-    line = _one_error_line(capsys, ["--data", "mnist", "--mnist-dir", str(tmp_path), "--out", out], "mnist-dir")
+    line = _one_error_line(capsys, ["--data", "mnist", "--mnist-dir", str(tmp_path), "--out", out], "--mnist-dir")
     assert "checksum mismatch" in line
     assert not (tmp_path / "o").exists()  # failed before any work
 
@@ -280,7 +280,7 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, tmp_path):
 def test_cli_module_entry_point_exit_code():
     r = subprocess.run([sys.executable, "-m", "experiments.real_model", "--p", "2"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == "error: p: 2 is outside [0, 1]"
+    assert r.returncode == 2 and r.stderr.strip() == "error: --p: 2 is outside [0, 1]"
 
 
 def test_cli_end_to_end_writes_results(tmp_path, capsys):
@@ -341,7 +341,7 @@ def test_steps_per_epoch_cycles_through_passes(digits32, pretrained):
 def test_optimiser_mask_follows_each_new_mask_object(opt_name):
     """The expanded mask is cached per mask object: a new round's mask takes effect at once,
     and exactly the (seed, tensor) blocks it marks change (values; AdamW moments too)."""
-    from experiments.real_model.train import SGD, AdamW
+    from experiments.real_model.optim import SGD, AdamW
 
     sizes, S = [3, 5, 2], 4
     flat = torch.randn(S, sum(sizes), dtype=torch.float64, generator=torch.Generator().manual_seed(0))

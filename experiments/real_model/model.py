@@ -117,22 +117,6 @@ def _linear(x, w, b):
     return torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
 
 
-def dropout_masks(seeds, step: int, batch: int, params_or_dims, *, p: float = DROPOUT, sub: int = 0, dtype=None):
-    """Inverted-dropout masks for the hidden layers, values 0 or 1/(1-p), (S, batch, h).
-
-    One 32-bit word per unit from rng.Stream.NOISE at ``step``; sub-stream
-    ``sub + layer`` (callers separate phases by ``sub``).
-    """
-    dims = params_or_dims.dims if isinstance(params_or_dims, MLPParams) else params_or_dims
-    seeds = torch.as_tensor(seeds, dtype=torch.int64)
-    threshold = int((1.0 - p) * 2**32)
-    masks = []
-    for layer, (m, _) in enumerate(dims[:-1]):
-        bits = rng.random_bits(seeds, rng.Stream.NOISE, step, (batch, m), sub=sub + layer)
-        masks.append((bits < threshold).to(dtype or torch.float32) / (1.0 - p))
-    return masks
-
-
 def forward(params: MLPParams, x: torch.Tensor, *, adapters: Adapters | None = None, masks=None) -> torch.Tensor:
     """Log-probabilities (S, N, C). ``masks``: dropout masks (training) or None (eval).
 

@@ -1,19 +1,20 @@
 """Tables and the accuracy-vs-p figure from a real-model ``results.parquet``.
 
 One row per (configuration, seed) in; out: ``summary.csv`` / ``summary.md`` (median and
-std of test accuracy over seeds per method and p, trainable parameters, wall time of the
-batched run) and ``accuracy_vs_p.{pdf,png}``.
+std of test accuracy over seeds per configuration, trainable parameters, wall time of the
+batched run) and ``accuracy_vs_p.{pdf,png}``, as writers (:func:`report_files`) so that
+the CLI writes them atomically under its completion marker. A configuration is one
+``config_hash`` (the column written by the CLI); the display columns only label it.
 """
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-GROUP = ["data", "method", "p", "rank", "switch", "optimizer", "epochs"]
+# display columns of a configuration (constant within one config_hash)
+LABELS = ["data", "method", "p", "rank", "switch", "optimizer", "epochs"]
 
 # The RAC-LoRA paper's MNIST table (rank 1, %, single runs) and the Bernoulli-LoRA
 # authors' best (median +- std of 20 seeds); trained on the 60k MNIST training set.
@@ -30,8 +31,8 @@ def _label(method, p) -> str:
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Median / std (ddof=1) of test accuracy per configuration, in percent."""
-    keys = [k for k in GROUP if k in df.columns]
+    """Median / std (ddof=1) of test accuracy per configuration (``config_hash``), in percent."""
+    keys = ["config_hash"] + [k for k in LABELS if k in df.columns]
     g = df.assign(p=df["p"].fillna(-1.0)).groupby(keys, sort=False, dropna=False)
     out = g.agg(
         seeds=("seed", "count"),
@@ -75,25 +76,16 @@ def _markdown(table: pd.DataFrame) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_summary(df: pd.DataFrame, out_dir) -> pd.DataFrame:
-    out_dir = Path(out_dir)
-    table = summarize(df)
-    tmp = out_dir / "summary.csv.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "summary.csv")
+def summary_markdown(df: pd.DataFrame, table: pd.DataFrame) -> str:
+    """``summary.md``: a header describing the run and the table of :func:`summarize`."""
     first = df.iloc[0]
     lines = [
         f"# Real-model fine-tuning: {first['data']}, rank {first['rank']}, {first['epochs']} epochs, "
         f"{first['optimizer']}, switch every {first['switch']}\n",
         "Test accuracy (%) over seeds: median and std (ddof 1). trainable_params: parameters trained per step "
         "and seed (Bernoulli-LoRA: expected count p*|A| + (1-p)*|B|). wall_s: wall time of the batched run of "
-        "all seeds of a configuration (fine-tuning only), on " + str(first["device"]) + ".\n",
+        "all seeds of a configuration (fine-tuning only; the Bernoulli-LoRA p values run as one batch and each "
+        "gets an equal share of its time), on " + str(first["device"]) + ".\n",
         "Counts: a rank-r adapter of a layer n -> m has r*n entries in A (input side) and r*m in B; "
         "biases are frozen. For MNIST 784-64-64-5 at rank 1, |A| = 784+64+64 = 912 and |B| = 64+64+5 = 133, "
         "the paper's 912 and 133.\n",
@@ -102,18 +94,16 @@ def write_summary(df: pd.DataFrame, out_dir) -> pd.DataFrame:
         lines.append("The paper column is the RAC-LoRA / Bernoulli-LoRA papers' number, trained on the 60k MNIST "
                      "training set; here train/val/test are a 60/20/20 stratified split of the 10k test set, so "
                      "the numbers are comparable in trend, not to the decimal.\n")
-    _atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n" + _markdown(table))
-    return table
+    return "\n".join(lines) + "\n" + _markdown(table)
 
 
-def plot_accuracy_vs_p(df: pd.DataFrame, out_dir) -> list[Path]:
+def accuracy_vs_p_figure(df: pd.DataFrame, table: pd.DataFrame):
     """Bernoulli-LoRA median test accuracy vs p (error bars: std), baselines as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = summarize(df)
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     bern = table[table["method"] == "bernoulli_lora"].sort_values("p")
     if len(bern):
@@ -134,10 +124,31 @@ def plot_accuracy_vs_p(df: pd.DataFrame, out_dir) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
-    paths = []
-    for ext in ("pdf", "png"):
-        path = Path(out_dir) / f"accuracy_vs_p.{ext}"
-        fig.savefig(path, dpi=150)
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    return fig
+
+
+def report_files(df: pd.DataFrame) -> dict:
+    """{file name: writer(path)} for summary.csv, summary.md and accuracy_vs_p.{pdf,png}.
+
+    The figure is drawn once and closed after the last writer ran."""
+    import matplotlib.pyplot as plt
+
+    table = summarize(df)
+    text = summary_markdown(df, table)
+    fig = accuracy_vs_p_figure(df, table)
+
+    def figure(fmt, last):
+        def write(path):
+            try:
+                fig.savefig(path, dpi=150, format=fmt)
+            finally:
+                if last:
+                    plt.close(fig)
+        return write
+
+    def text_file(path):
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    return {"summary.csv": lambda path: table.to_csv(path, index=False), "summary.md": text_file,
+            "accuracy_vs_p.pdf": figure("pdf", False), "accuracy_vs_p.png": figure("png", True)}

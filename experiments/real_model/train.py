@@ -6,12 +6,9 @@ taken on the device with ``torch.where``: no Python branch depends on a value, s
 CUDA run has no host synchronisation inside an epoch, and seed s of a batch of S
 computes what seed s alone computes.
 
-Optimisers are functional and elementwise, hence exactly per seed:
-:class:`AdamW` (torch.optim.AdamW's update, weight decay 0.01 by default, with a
-per-seed learning rate and per-seed, per-tensor step counts so that a factor that is
-frozen in a round keeps its moments untouched) and plain SGD. :class:`Plateau` is
-``torch.optim.lr_scheduler.ReduceLROnPlateau`` (mode min, factor 0.1, threshold 1e-4
-rel, patience 10) per seed, stepped on the validation loss after every epoch.
+Optimisers (:mod:`.optim`) are functional and elementwise, hence exactly per seed:
+AdamW and SGD masked per (seed, tensor), and ReduceLROnPlateau per seed, stepped on
+the validation loss after every epoch.
 
 Optimiser state across merges: ``opt_state='keep'`` (default, like the authors'
 Lightning code, whose optimiser lives through the merges) keeps the moments of each
@@ -33,10 +30,13 @@ from solvers import rng
 
 from . import methods as mt
 from .data import Split, Task
-from .model import MLPParams, accuracy_per_seed, dropout_masks, forward, init_mlp, nll_per_seed
+from .model import DROPOUT, MLPParams, accuracy_per_seed, forward, init_mlp, nll_per_seed
+from .optim import SGD, AdamW, Plateau, flat_views
 
 # sub-streams of rng.Stream.MINIBATCH / rng.Stream.NOISE per phase
 PRETRAIN_SUB, FINETUNE_SUB = 0, 8
+#: most random numbers drawn at once for dropout masks on CPU (see Run._dropout)
+MASK_CHUNK_ELEMENTS = 2**19
 
 
 @dataclasses.dataclass
@@ -59,127 +59,16 @@ class TrainConfig:
     switch: str = "epoch"  # epoch | step: when merging methods merge
     switch_every: int = 1  # merge every k epochs / k steps
     opt_state: str = "keep"  # keep | reset optimiser moments at merges
-    dropout: float = 0.1
+    dropout: float = DROPOUT  # after each hidden ReLU (Run._dropout draws the masks)
     steps_per_epoch: int | None = None  # None: one pass over the data; else K steps cycling through passes
+    # batch_size above a training set's size means the whole set (full batch), see Run.batch
     mask_block: int = 8  # dropout masks are drawn for this many steps at once (fewer kernel launches)
 
 
-def flat_views(tensors: list, n_seeds: int):
-    """One contiguous (S, P) buffer holding ``tensors`` and views of it shaped like them.
-
-    The views are autograd leaves; the optimiser updates the buffer in place, so a
-    whole step of AdamW is a handful of kernels whatever the number of tensors.
-    """
-    sizes = [int(t[0].numel()) for t in tensors]
-    flat = torch.cat([t.detach().reshape(n_seeds, -1) for t in tensors], dim=1).contiguous()
-    views, start = [], 0
-    for t, k in zip(tensors, sizes):
-        views.append(flat[:, start:start + k].view(t.shape))
-        start += k
-    return flat, views, sizes
-
-
-class _Masked:
-    """The per-(seed, tensor) mask of the optimisers over a flat (S, P) buffer of L tensors,
-    expanded to every parameter once per mask object (the trainer hands back the same
-    object for a whole round), so a masked step launches no expansion kernels."""
-
-    def __init__(self, flat: torch.Tensor, sizes: list):
-        self.sizes = torch.tensor(sizes, device=flat.device)
-        self.P = flat.shape[1]
-        self._mask_key, self._mask_val = None, None
-
-    def _expand(self, x):  # (S, L) -> (S, P)
-        return x.repeat_interleave(self.sizes, dim=1, output_size=self.P)
-
-    def _masks(self, active, dtype):
-        """``(active as dtype (S, L), keep (S, P) bool)``, or ``(None, None)`` unmasked."""
-        if active is None:
-            return None, None
-        if self._mask_key is not active:
-            self._mask_key, self._mask_val = active, (active.to(dtype), self._expand(active))
-        return self._mask_val
-
-
-class AdamW(_Masked):
-    """torch.optim.AdamW on a flat (S, P) buffer of L tensors, masked per (seed, tensor).
-
-    ``active`` (S, L) bool says which tensors of which seeds take this step; the others
-    keep value, moments and step count (so a factor frozen in a round is untouched).
-    """
-
-    def __init__(self, flat: torch.Tensor, sizes: list, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        super().__init__(flat, sizes)
-        self.b1, self.b2 = betas
-        self.eps, self.wd = eps, weight_decay
-        self.m = torch.zeros_like(flat)
-        self.v = torch.zeros_like(flat)
-        self.t = torch.zeros(flat.shape[0], len(sizes), dtype=flat.dtype, device=flat.device)
-
-    def update(self, flat, grad, active, lr):
-        with torch.no_grad():
-            act, keep = self._masks(active, self.t.dtype)
-            t = self.t + (1.0 if act is None else act)
-            tc = t.clamp(min=1.0)
-            step_size = self._expand(lr[:, None] / (1 - self.b1**tc))
-            bc2_sqrt = self._expand(torch.sqrt(1 - self.b2**tc))
-            m = self.m.lerp(grad, 1 - self.b1)
-            v = (self.v * self.b2).addcmul_(grad, grad, value=1 - self.b2)
-            new = flat * (1 - lr[:, None] * self.wd) - step_size * m / (v.sqrt() / bc2_sqrt + self.eps)
-            if active is None:
-                flat.copy_(new), self.m.copy_(m), self.v.copy_(v)
-            else:
-                flat.copy_(torch.where(keep, new, flat))
-                self.m.copy_(torch.where(keep, m, self.m))
-                self.v.copy_(torch.where(keep, v, self.v))
-            self.t = t
-
-    def reset(self):
-        for x in (self.m, self.v, self.t):
-            x.zero_()
-
-    def state_bytes(self) -> int:
-        return sum(x.numel() * x.element_size() for x in (self.m, self.v, self.t))
-
-
-class SGD(_Masked):
-    """Plain SGD on the flat buffer, masked like :class:`AdamW`; no state."""
-
-    def __init__(self, flat, sizes, **_):
-        super().__init__(flat, sizes)
-
-    def update(self, flat, grad, active, lr):
-        with torch.no_grad():
-            new = flat - lr[:, None] * grad
-            _, keep = self._masks(active, flat.dtype)
-            if keep is not None:
-                new = torch.where(keep, new, flat)
-            flat.copy_(new)
-
-    def reset(self):
-        pass
-
-    def state_bytes(self) -> int:
-        return 0
-
-
-class Plateau:
-    """ReduceLROnPlateau(mode='min', threshold_mode='rel') independently per seed."""
-
-    def __init__(self, lr: torch.Tensor, *, factor=0.1, patience=10, threshold=1e-4, min_lr=0.0, eps=1e-8):
-        self.lr = lr.clone()
-        self.best = torch.full_like(lr, math.inf)
-        self.bad = torch.zeros_like(lr)
-        self.factor, self.patience, self.threshold, self.min_lr, self.eps = factor, patience, threshold, min_lr, eps
-
-    def step(self, metric: torch.Tensor):
-        better = metric < self.best * (1 - self.threshold)
-        self.best = torch.where(better, metric, self.best)
-        self.bad = torch.where(better, torch.zeros_like(self.bad), self.bad + 1)
-        reduce = self.bad > self.patience
-        new_lr = torch.clamp(self.lr * self.factor, min=self.min_lr)
-        self.lr = torch.where(reduce & (self.lr - new_lr > self.eps), new_lr, self.lr)
-        self.bad = torch.where(reduce, torch.zeros_like(self.bad), self.bad)
+def sync(device) -> None:
+    """Wait for the device's queued kernels (so wall-clock timings are honest on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def epoch_order(seeds, epoch: int, n: int, sub: int) -> torch.Tensor:
@@ -201,6 +90,8 @@ class Run:
                  spec: mt.MethodSpec | None = None, sub: int = FINETUNE_SUB, lr: float | None = None,
                  optimizer: str | None = None, p: torch.Tensor | None = None):
         self.cfg, self.spec, self.seeds, self.train, self.sub = cfg, spec, seeds, train, sub
+        # a minibatch cannot hold more than the whole set: cap (same numbers as batch_size = len(train))
+        self.batch = min(cfg.batch_size, len(train))
         self.p = p  # per-run Bernoulli probability (batched p sweep), else spec.p
         self._order, self._start, self._pass = None, 0, 0
         self._mask_block, self._masks_cache = -1, None
@@ -233,7 +124,7 @@ class Run:
         self._kinds = kinds
         for x in self.leaves:
             x.requires_grad_(True)
-        opt_cls = {"adamw": AdamW, "sgd": SGD}[optimizer or cfg.optimizer]
+        opt_cls = {"adamw": AdamW, "sgd": SGD}[cfg.optimizer if optimizer is None else optimizer]
         self.opt = opt_cls(self.flat, sizes, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
         self.lr = torch.full((self.S,), cfg.lr if lr is None else lr, dtype=self.dtype, device=seeds.device)
         self.active = None  # (S,) bool: seeds still training (early stopping), None = all
@@ -282,16 +173,27 @@ class Run:
     def _dropout(self, batch: int):
         """Inverted-dropout masks of this step, [(S, batch, h_l)].
 
-        Drawn ``mask_block`` steps at a time: one rng.random_bits call (stream NOISE,
-        step = block index, sub = phase) of shape (block, batch_size, sum h_l) per seed.
+        Drawn ``mask_block`` steps at a time: rng.random_bits (stream NOISE, step = block
+        index, sub = phase) of shape (block, self.batch, sum h_l) per seed, into one buffer
+        kept for the whole run. On CPU the seeds are drawn in chunks of at most
+        :data:`MASK_CHUNK_ELEMENTS` numbers: the generator's int64 temporaries then stay
+        small enough for the heap (whole-batch draws of 40 runs made ~400k page faults
+        per block); every seed's bits depend on that seed only, so chunks change nothing.
         """
         block, j = divmod(self.step_count, self.cfg.mask_block)
         hidden = [m for m, _ in self.params.dims[:-1]]
         if block != self._mask_block:
-            bits = rng.random_bits(self.seeds, rng.Stream.NOISE, block,
-                                   (self.cfg.mask_block, self.cfg.batch_size, sum(hidden)), sub=self.sub)
+            shape = (self.cfg.mask_block, self.batch, sum(hidden))
+            if self._masks_cache is None:
+                self._masks_cache = torch.empty((self.S,) + shape, dtype=self.dtype, device=self.seeds.device)
+            per_seed = math.prod(shape)
+            chunk = self.S if self.seeds.device.type != "cpu" else max(1, MASK_CHUNK_ELEMENTS // per_seed)
             keep = 1.0 - self.cfg.dropout
-            self._masks_cache = (bits < int(keep * 2**32)).to(self.dtype) / keep
+            for c in range(0, self.S, chunk):
+                bits = rng.random_bits(self.seeds[c:c + chunk], rng.Stream.NOISE, block, shape, sub=self.sub)
+                out = self._masks_cache[c:c + chunk]
+                out.copy_(bits < int(keep * 2**32))  # 1.0 / 0.0, then / keep: (bits < t).to(dtype) / keep
+                out.div_(keep)
             self._mask_block = block
         m = self._masks_cache[:, j, :batch]
         offsets = [sum(hidden[:i]) for i in range(len(hidden))]
@@ -305,8 +207,8 @@ class Run:
             if self._order is not None:
                 self._pass += 1
             self._order, self._start = epoch_order(self.seeds, self._pass, n, self.sub), 0
-        idx = self._order[:, self._start:self._start + self.cfg.batch_size]
-        self._start += self.cfg.batch_size
+        idx = self._order[:, self._start:self._start + self.batch]
+        self._start += self.batch
         return idx
 
     def merge(self):
@@ -326,8 +228,8 @@ class Run:
 
     def epoch(self, e: int) -> torch.Tensor:
         """One epoch: a pass over the data (or ``steps_per_epoch`` steps); mean loss (S,)."""
-        n, b = len(self.train), self.cfg.batch_size
-        steps = self.cfg.steps_per_epoch or -(-n // b)
+        n, b = len(self.train), self.batch
+        steps = -(-n // b) if self.cfg.steps_per_epoch is None else self.cfg.steps_per_epoch
         total = torch.zeros(self.S, dtype=self.dtype, device=self.seeds.device)
         seen = 0
         for _ in range(steps):
