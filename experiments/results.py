@@ -45,6 +45,7 @@ import pandas as pd
 
 from experiments.confighash import NON_RESULT_KEYS, _plain, canonical_config, config_hash  # noqa: F401
 from experiments.storage import atomic_write as _atomic_write
+from experiments.storage import text_writer
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.parquet"
@@ -181,13 +182,6 @@ def _write_parquet(df: pd.DataFrame, tmp: str) -> None:
     df.to_parquet(tmp, index=False)
 
 
-def _write_text(text: str) -> Callable[[str], None]:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    return write
-
-
 def _dump_yaml(data: dict) -> str:
     import yaml
 
@@ -225,10 +219,10 @@ def write_job(directory: str | os.PathLike, df: pd.DataFrame, config: Mapping) -
         pass
     results = d / RESULTS_FILE
     _atomic_write(results, lambda tmp: _write_parquet(table, tmp))
-    _atomic_write(d / CONFIG_FILE, _write_text(_dump_yaml(_plain(config))))
+    _atomic_write(d / CONFIG_FILE, text_writer(_dump_yaml(_plain(config))))
     info = {"config_hash": h, "rows": int(len(table)), "results_bytes": results.stat().st_size,
             "schema_version": SCHEMA_VERSION}
-    _atomic_write(marker, _write_text(json.dumps(info, sort_keys=True) + "\n"))
+    _atomic_write(marker, text_writer(json.dumps(info, sort_keys=True) + "\n"))
     return results
 
 
@@ -259,9 +253,15 @@ def is_complete(directory: str | os.PathLike, config_hash: str | None = None) ->
 
 
 def _job_dirs(root: Path):
+    """Folders under ``root`` holding a job's files. A folder whose marker names
+    another ``kind`` (the real-model section's tables, :mod:`experiments.real_model.store`)
+    belongs to that writer and is neither a job nor an incomplete one."""
     for here, dirs, files in os.walk(root):
         dirs.sort()
         if RESULTS_FILE in files or COMPLETE_MARKER in files:
+            info = _marker(Path(here)) if COMPLETE_MARKER in files else None
+            if info is not None and info.get("kind", "job") != "job":
+                continue
             yield Path(here)
 
 

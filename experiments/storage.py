@@ -58,6 +58,14 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def text_writer(text: str) -> Callable[[str], None]:
+    """A ``write(tmp)`` for :func:`atomic_write` that writes ``text`` (UTF-8)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return write
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this host (a zombie counts as alive)."""
     if pid <= 0:

@@ -315,3 +315,15 @@ def test_dropout_masks_drawn_in_seed_chunks_equal_one_whole_draw(digits, monkeyp
         bits = rng.random_bits(seeds, rng.Stream.NOISE, step // 8, (8, 128, 128), sub=tr.FINETUNE_SUB)
         whole = (bits < int(keep * 2**32)).to(torch.float64) / keep
         assert torch.equal(torch.cat(masks, dim=-1), whole[:, step % 8])
+
+
+def test_real_model_tables_are_not_counted_as_hydra_jobs(tmp_path):
+    """A results root holding a real-model output (its own marker kind) is neither a
+    complete nor an incomplete Hydra job: collect and verify pass it by."""
+    from experiments.real_model.store import write_marked
+    from experiments.results import complete_jobs, incomplete_jobs
+
+    d = tmp_path / "real_model"
+    write_marked(d, {"results.parquet": lambda tmp: pd.DataFrame({"a": [1]}).to_parquet(tmp)}, {"x": 1}, rows=1)
+    assert (d / "_COMPLETE").is_file()
+    assert complete_jobs(tmp_path) == [] and incomplete_jobs(tmp_path) == []

@@ -28,13 +28,13 @@ import contextlib
 import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import yaml
 
+from experiments.storage import atomic_write, pid_alive, text_writer  # noqa: F401 (re-exported)
 from experiments.results import COMPLETE_MARKER, CONFIG_FILE, RESULTS_FILE, config_hash
 
 KIND = "real_model"
@@ -43,34 +43,6 @@ CLAIM_FILE = "_CLAIM"
 TABLE_VERSION = 1
 
 Writer = Callable[[str], None]  # writes the whole file at the given (temporary) path
-
-
-def atomic_write(path: Path, write: Writer) -> None:
-    """``write(tmp)`` on a temporary file beside ``path``, fsync, then rename over ``path``.
-
-    On any exception (KeyboardInterrupt included) the temporary file is removed and
-    ``path`` is untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def text_writer(text: str) -> Writer:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    return write
 
 
 def read_marker(directory) -> dict | None:
@@ -142,16 +114,6 @@ class ClaimError(RuntimeError):
     """Another live process holds the directory; the message is one line."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def claim(directory, *, field: str = "out"):
     """Hold ``directory`` for this process while the block runs.
@@ -176,7 +138,7 @@ def claim(directory, *, field: str = "out"):
             except (OSError, ValueError):
                 held = {}
             pid, host = held.get("pid"), held.get("host")
-            if isinstance(pid, int) and host == me["host"] and not _alive(pid):
+            if isinstance(pid, int) and host == me["host"] and not pid_alive(pid):
                 path.unlink(missing_ok=True)  # a killed run's claim
                 continue
             raise ClaimError(f"{field}: {d} is being written by pid {pid} on {host} since {held.get('since')} "
