@@ -1,0 +1,58 @@
+r"""Inclusion probabilities for sampling r distinct coordinates with unequal probabilities.
+
+Used by :class:`solvers.sketches.WeightedColumnSketch`: target probabilities
+proportional to weights, capped at 1 (:func:`capped_inclusion_probabilities`), and
+their rounding to multiples of :math:`1/D`, :math:`D = 2^{32}`, that the
+systematic sampler realises exactly (:func:`quantized_inclusion_probabilities`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: the sampler's inclusion probabilities are multiples of 1 / DEN (U is one 32-bit word)
+DEN = 1 << 32
+
+
+def capped_inclusion_probabilities(weights, r: int) -> np.ndarray:
+    r"""Inclusion probabilities proportional to ``weights``, capped at 1, summing to r.
+
+    :math:`\pi_i = \min(1, c\,w_i)` with the unique :math:`c > 0` such that
+    :math:`\sum_i \pi_i = r` (the classical "probability proportional to size"
+    rule). Computed exactly in finitely many steps: with the weights sorted in
+    decreasing order, the k largest are capped for the smallest k such that
+    :math:`c_k w_{(k+1)} \le 1`, :math:`c_k = (r - k) / \sum_{j > k} w_{(j)}`.
+
+    Parameters
+    ----------
+    weights : (dim,) array_like of finite numbers >= 0, at least r of them > 0
+    r : int in [1, dim]
+    """
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 1 or not 1 <= r <= w.size:
+        raise ValueError(f"rank: must lie in [1, dim = {w.size}], got {r}")
+    if not np.all(np.isfinite(w) & (w >= 0)) or np.count_nonzero(w) < r:
+        raise ValueError(f"weights: need finite numbers >= 0, at least r = {r} of them > 0")
+    order = np.argsort(-w, kind="stable")
+    ws = w[order]
+    tails = np.cumsum(ws[::-1])[::-1]  # tails[k] = sum_{j >= k} ws[j]
+    for k in range(r):  # stops at k = r - 1 at the latest: ws[r-1] / tails[r-1] <= 1
+        c = (r - k) / tails[k]
+        if c * ws[k] <= 1.0:
+            break
+    pi = np.empty_like(w)
+    pi[order] = np.concatenate([np.ones(k), np.minimum(1.0, c * ws[k:])])
+    return pi
+
+
+def quantized_inclusion_probabilities(pi, r: int, den: int = DEN) -> np.ndarray:
+    """Integers q (int64) with q_i <= den, sum(q) = r den and |q_i / den - pi_i| < 1 / den
+    (largest-remainder rounding of ``pi * den``): the sampler's exact probabilities."""
+    x = np.asarray(pi, dtype=float) * den
+    q = np.floor(x).astype(np.int64)
+    deficit = int(r * den - q.sum())
+    frac = x - q
+    if deficit:
+        q[np.argsort(-frac, kind="stable")[:deficit]] += 1
+    if q.sum() != r * den or q.min() < 0 or q.max() > den:  # pragma: no cover - guards the rounding
+        raise ValueError(f"weights: inclusion probabilities {pi} cannot be rounded to sum to r = {r}")
+    return q
