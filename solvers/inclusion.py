@@ -3,11 +3,13 @@ r"""Inclusion probabilities for sampling r distinct coordinates with unequal pro
 Used by :class:`solvers.sketches.WeightedColumnSketch`: target probabilities
 proportional to weights, capped at 1 (:func:`capped_inclusion_probabilities`), and
 their rounding to multiples of :math:`1/D`, :math:`D = 2^{32}`, that the
-systematic sampler realises exactly (:func:`quantized_inclusion_probabilities`).
+systematic sampler (:func:`systematic_sample`) realises exactly
+(:func:`quantized_inclusion_probabilities`).
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 #: the sampler's inclusion probabilities are multiples of 1 / DEN (U is one 32-bit word)
 DEN = 1 << 32
@@ -56,3 +58,26 @@ def quantized_inclusion_probabilities(pi, r: int, den: int = DEN) -> np.ndarray:
     if q.sum() != r * den or q.min() < 0 or q.max() > den:  # pragma: no cover - guards the rounding
         raise ValueError(f"weights: inclusion probabilities {pi} cannot be rounded to sum to r = {r}")
     return q
+
+
+def systematic_sample(q: torch.Tensor, keys: torch.Tensor, u: torch.Tensor, r: int, den: int = DEN) -> torch.Tensor:
+    r"""Systematic sampling in random order: r distinct indices, index i with probability q_i / den.
+
+    Parameters
+    ----------
+    q : (dim,) int64 tensor, :math:`0 \le q_i \le` ``den``, :math:`\sum_i q_i = r\,`\ ``den``
+    keys : (..., dim) int64 tensor; its stable argsort is the order :math:`\sigma`
+    u : (..., 1) int64 tensor of values in ``range(den)`` (uniform for the stated law)
+    r : int, the number of indices
+
+    Returns
+    -------
+    (..., r) int64 tensor: the index whose interval, in the order :math:`\sigma`, holds
+    the point :math:`u + j\,` ``den``, for j = 0, ..., r-1 (see
+    :class:`solvers.sketches.WeightedColumnSketch` for the law and its derivation).
+    """
+    order = torch.argsort(keys, dim=-1, stable=True)
+    ends = torch.cumsum(q.to(keys.device)[order], dim=-1)  # right ends of the intervals, in order sigma
+    points = u + den * torch.arange(r, device=keys.device)
+    pos = torch.searchsorted(ends.contiguous(), points.contiguous(), right=True)
+    return torch.gather(order, -1, pos)

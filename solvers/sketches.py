@@ -39,6 +39,7 @@ left sketch and 1 the right sketch, so the two never share numbers.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -49,7 +50,7 @@ import torch
 
 from solvers import rng
 from solvers.inclusion import DEN as _DEN
-from solvers.inclusion import capped_inclusion_probabilities, quantized_inclusion_probabilities
+from solvers.inclusion import capped_inclusion_probabilities, quantized_inclusion_probabilities, systematic_sample
 from solvers.projections import dense_projector_left
 
 LEFT, RIGHT = 0, 1
@@ -228,7 +229,7 @@ class WeightedColumnSketch(Sketch):
     left_decay: float = 1.0
     right_decay: float = 1.0
     name = "weighted_column"
-    isotropic = False  # (unless both decays are 1)
+    isotropic = False  # in general; the exact E[H] below is used, never a Monte Carlo c
     full_rank_almost_surely = True  # r distinct unit vectors: rank r surely
     block_draws = True
 
@@ -262,11 +263,7 @@ class WeightedColumnSketch(Sketch):
         q = torch.tensor(self.inclusion_numerators(dim, r, side="left" if sub % 2 == LEFT else "right"),
                             device=device)
         words = rng.random_bits(seeds, rng.Stream.SKETCH, step, (dim + 1,), sub=sub, device=device)
-        order = torch.argsort(words[..., :dim], dim=-1, stable=True)  # sigma
-        ends = torch.cumsum(q.to(words.device)[order], dim=-1)  # right ends of the intervals, in order sigma
-        points = words[..., dim:] + _DEN * torch.arange(r, device=words.device)  # U + j D
-        pos = torch.searchsorted(ends.contiguous(), points.contiguous(), right=True)  # interval containing it
-        idx = torch.gather(order, -1, pos)
+        idx = systematic_sample(q, words[..., :dim], words[..., dim:], r)  # keys of sigma, U
         out = torch.zeros(*idx.shape[:-1], dim, r, device=idx.device, dtype=dtype)
         out.scatter_(-2, idx[..., None, :], 1.0)
         return out
@@ -286,6 +283,10 @@ def make_sketch(name, **params) -> Sketch:
         return name
     if name not in SKETCHES:
         raise ValueError(f"sketch: unknown name {name!r}; choose one of {sorted(SKETCHES)}")
+    keys = [f.name for f in dataclasses.fields(SKETCHES[name])]
+    for key in params:
+        if key not in keys:
+            raise ValueError(f"sketch.{key}: unknown key: {name} takes {keys}")
     return SKETCHES[name](**params)
 
 
