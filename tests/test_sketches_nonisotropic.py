@@ -156,6 +156,7 @@ def test_lambda_p_against_dense_operator(p):
     lo, hi = lambda_p(sk, p, m, n, r)
     assert lo == pytest.approx(eig[0], abs=1e-12) and hi == pytest.approx(eig[-1], abs=1e-12)
     assert (lo, hi) == pytest.approx(lambda_p_from_expectations(p, EB, EA), abs=1e-12)
+    assert (lo, hi) == pytest.approx(lambda_p_from_expectations(p, np.diag(EB), np.diag(EA)), abs=1e-12)
 
 
 def test_p_changes_lambda_min_on_a_square_W():
@@ -167,6 +168,8 @@ def test_p_changes_lambda_min_on_a_square_W():
 
 
 def test_bad_parameters_refused():
+    with pytest.raises(ValueError, match=r"expected_left: expected a square matrix or its diagonal"):
+        lambda_p_from_expectations(0.5, np.ones((2, 3)), np.eye(2))
     with pytest.raises(ValueError, match="sketch.left_decay: must be a number in"):
         make_sketch("weighted_column", left_decay=0.0)
     with pytest.raises(ValueError, match="sketch.right_decay: must be a number in"):
@@ -242,3 +245,78 @@ def test_whole_run_matches_the_exact_expected_gap(factor):
         assert abs(mean - expected(pi_l, pi_r, T)) <= 4 * se, (T, mean, expected(pi_l, pi_r, T), se)
         rejected |= abs(mean - expected(iso, pi_r, T)) > 4 * se
     assert rejected
+
+
+def test_committed_nonisotropic_p_rates():
+    """The committed ci run of ``experiment=nonisotropic_p`` (paper_results/cpu): its
+    rates table is what :mod:`experiments.nonisotropic_rates` computes from the committed
+    results; with the non-isotropic left sketch the measured rate falls with p as
+    lambda_min^p does, with the isotropic control (left_decay 1) it does not, and every
+    measured rate exceeds the PL bound's rate."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from experiments.nonisotropic_rates import rates
+
+    root = Path(__file__).resolve().parents[1] / "paper_results" / "cpu"
+    got = rates(pd.read_parquet(root / "nonisotropic_p_results.parquet"))
+    pd.testing.assert_frame_equal(got, pd.read_csv(root / "nonisotropic_p_rates.csv"), check_dtype=False, rtol=1e-9)
+    assert (got["rate_median_seed"] > got["rate_bound"]).all()
+    for (mu, decay), g in got.groupby(["problem_mu", "sketch_left_decay"]):
+        g = g.sort_values("p")
+        rate, lmin = g["rate_median_seed"].to_numpy(), g["lambda_min_p"].to_numpy()
+        if decay < 1:
+            assert np.all(np.diff(lmin) < 0) and np.all(np.diff(rate) < 0) and rate[-1] < rate[0] / 2
+        else:
+            assert np.ptp(lmin) == 0 and np.ptp(rate) < 0.1 * rate.mean()
+    exact = got[got["problem_mu"] == got["problem_L"]]
+    assert (exact["max_abs_z_early"] < 4).all()
+
+
+# ----------------------------------------------------------------------------- solver paths
+
+
+def _method_and_problem():
+    from experiments.problems import make_problem
+    from solvers.estimators import GD
+    from solvers.methods import BernoulliLoRA
+
+    prob = make_problem("quadratic", m=8, n=6, mu=0.5, L=4.0, seed=3)
+    ps = tuple(float(p) for p in np.linspace(0.0, 1.0, 5))
+    sk = make_sketch("weighted_column", left_decay=0.6, right_decay=0.8)
+    return BernoulliLoRA(p=ps, rank=2, sketch=sk, estimator=GD(), stepsize=tuple([1.0 / prob.L] * 5)), prob
+
+
+def test_fused_block_draws_equal_the_engine_loop(monkeypatch):
+    """The sketch is eligible for the fused engine (block draws, rank r surely); the
+    fused body (eager on CPU) follows the engine loop over several block refills."""
+    from solvers import fused
+    from solvers.engine import run
+
+    method, prob = _method_and_problem()
+    assert fused.eligible(method, prob)
+    monkeypatch.setenv("BLORA_GRAPH", "0")
+    loop = run(method, prob, prob.W0, list(range(5)), steps=140, eval_every=10)
+    monkeypatch.setenv("BLORA_GRAPH", "eager")
+    fusd = run(method, prob, prob.W0, list(range(5)), steps=140, eval_every=10)
+    for f in ("loss", "grad_norm_sq", "dist_sq"):
+        np.testing.assert_allclose(fusd[f], loop[f], rtol=1e-9, atol=1e-12, err_msg=f)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_draws_and_trajectory_equal_cpu():
+    """CUDA (compiled random kernels, sync-free step, graph-captured fused engine)
+    against the CPU: draws bitwise, trajectories to rounding."""
+    from solvers.engine import run
+
+    method, prob = _method_and_problem()
+    sk, seeds = method.sketch, torch.arange(7) * 31
+    for step in (0, range(3, 7)):
+        assert torch.equal(sk.sample_left(seeds, step, 9, 3), sk.sample_left(seeds.cuda(), step, 9, 3).cpu())
+        assert torch.equal(sk.sample_right(seeds, step, 3, 5), sk.sample_right(seeds.cuda(), step, 3, 5).cpu())
+    cpu = run(method, prob, prob.W0, list(range(5)), steps=140, eval_every=10)
+    gpu_prob = prob.to("cuda", torch.float64)
+    gpu = run(method, gpu_prob, gpu_prob.W0, list(range(5)), steps=140, eval_every=10)
+    for f in ("loss", "grad_norm_sq", "dist_sq"):
+        np.testing.assert_allclose(gpu[f], cpu[f], rtol=1e-9, atol=1e-12, err_msg=f)
