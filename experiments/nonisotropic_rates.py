@@ -6,8 +6,9 @@ TABLE is the collected results of ``experiment=nonisotropic_p`` (python -m
 experiments.collect). Per configuration (``config_hash``), with a = gamma L and
 T_e = a tenth of the last recorded iteration:
 
-* ``rate_bound``: -ln(1 - gamma mu lambda_min^p), the PL bound's rate (docs/theory.md
-  item 1); ``rate_isotropic_bound``: the same if E[H_B] were (r/m) I (equal for all p);
+* ``rate_bound``: -ln(1 - gamma mu lambda_min^p), the PL bound's rate
+  (docs/theory.md#t1); ``rate_isotropic_bound``: the same if E[H_B] were (r/m) I
+  (equal for all p);
 * ``rate_median_seed``: median over seeds of each run's fitted rate of f_gap
   (:func:`figures.data.rate_table`, as in the rate-vs-p figure);
 * ``rate_mean_early``: minus the least-squares slope of log(mean over seeds of f_gap)
