@@ -4,7 +4,8 @@ Used by :class:`solvers.sketches.WeightedColumnSketch`: target probabilities
 proportional to weights, capped at 1 (:func:`capped_inclusion_probabilities`), and
 their rounding to multiples of :math:`1/D`, :math:`D = 2^{32}`, that the
 systematic sampler (:func:`systematic_sample`) realises exactly
-(:func:`quantized_inclusion_probabilities`).
+(:func:`quantized_inclusion_probabilities`), and its pair inclusion probabilities
+(:func:`joint_inclusion_probabilities`).
 """
 from __future__ import annotations
 
@@ -81,3 +82,39 @@ def systematic_sample(q: torch.Tensor, keys: torch.Tensor, u: torch.Tensor, r: i
     points = u + den * torch.arange(r, device=keys.device)
     pos = torch.searchsorted(ends.contiguous(), points.contiguous(), right=True)
     return torch.gather(order, -1, pos)
+
+
+#: :func:`joint_inclusion_probabilities` enumerates dim! orders up to this dim
+MAX_JOINT_DIM = 8
+
+
+def joint_inclusion_probabilities(q, r: int, den: int = DEN) -> np.ndarray:
+    r""":math:`\Pi_{ij} = \Pr[i \in S,\ j \in S]` of :func:`systematic_sample` with a uniformly
+    random order, by enumeration of the dim! orders (dim <= :data:`MAX_JOINT_DIM`).
+
+    Given the order, coordinate i is selected iff U lies in the arc :math:`I_i \bmod D` of the
+    circle :math:`\mathbb Z / D` (length :math:`q_i`), so
+    :math:`\Pr[i, j \in S \mid \sigma] = |(I_i \bmod D)\cap(I_j \bmod D)| / D`; the mean over
+    all orders is :math:`\Pi`. ``diag(Pi) = q / den`` and, since :math:`|S| = r`,
+    :math:`\sum_j \Pi_{ij} = r\,q_i/\mathrm{den}`. (The sampler's order is the stable argsort
+    of dim 32-bit keys: uniform up to ties, of probability below :math:`\mathrm{dim}^2/2^{33}`.)
+    """
+    import itertools
+    import math
+
+    q = np.asarray(q, dtype=np.int64)
+    dim = q.size
+    if dim > MAX_JOINT_DIM:
+        raise ValueError(f"rank: joint inclusion probabilities are enumerated for dim <= {MAX_JOINT_DIM}, got {dim}")
+    perms = np.array(list(itertools.permutations(range(dim))), dtype=np.int64)  # (P, dim): order -> index
+    ends = np.cumsum(q[perms], axis=1)
+    starts = np.zeros((perms.shape[0], dim), dtype=np.int64)
+    np.put_along_axis(starts, perms, (ends - q[perms]) % den, axis=1)  # arc start of each index
+    a, b = starts[:, :, None], starts[:, None, :]
+    la, lb = q[None, :, None], q[None, None, :]
+    overlap = np.zeros((perms.shape[0], dim, dim), dtype=np.int64)
+    for k in (-1, 0, 1):
+        lo = np.maximum(a, b + k * den)
+        hi = np.minimum(a + la, b + k * den + lb)
+        overlap += np.clip(hi - lo, 0, None)
+    return overlap.sum(0) / (den * math.factorial(dim))

@@ -50,7 +50,8 @@ import torch
 
 from solvers import rng
 from solvers.inclusion import DEN as _DEN
-from solvers.inclusion import capped_inclusion_probabilities, quantized_inclusion_probabilities, systematic_sample
+from solvers.inclusion import (capped_inclusion_probabilities, joint_inclusion_probabilities,
+                               quantized_inclusion_probabilities, systematic_sample)
 from solvers.projections import dense_projector_left
 
 LEFT, RIGHT = 0, 1
@@ -214,6 +215,9 @@ class WeightedColumnSketch(Sketch):
     :math:`\lambda_{\min}^p = p\min_i\pi^{(m)}_i + (1-p)\min_j\pi^{(n)}_j`,
     :math:`\lambda_{\max}^p = p\max_i\pi^{(m)}_i + (1-p)\max_j\pi^{(n)}_j`
     (the largest weight is the first coordinate, the smallest the last).
+    Second moments (for exact expectations of whole runs): the only non-zero entries of
+    :math:`\mathbb{E}[H\otimes H]` are :math:`\mathbb{E}[H_{ii}H_{jj}] = \Pr[i, j \in S]`,
+    returned by :meth:`joint_inclusion_matrix` (enumeration of the orders, dim <= 8).
 
     Randomness: one draw of ``dim + 1`` words of the SKETCH stream per run and step
     (sub-stream 0 left, 1 right): ``dim`` keys whose stable argsort is
@@ -256,6 +260,12 @@ class WeightedColumnSketch(Sketch):
 
     def expected_projection_matrix(self, dim, r, *, side="left"):
         return np.diag(self.inclusion_numerators(dim, r, side=side) / _DEN)
+
+    def joint_inclusion_matrix(self, dim, r, *, side="left"):
+        """:math:`\\Pi_{ij} = \\Pr[i, j \\in S]`, i.e. :math:`\\mathbb{E}[H_{ii}H_{jj}]` (the only
+        non-zero second moments of the diagonal H), by enumeration of the orders
+        (dim <= 8; :func:`solvers.inclusion.joint_inclusion_probabilities`)."""
+        return joint_inclusion_probabilities(self.inclusion_numerators(dim, r, side=side), r)
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):
         # even sub-streams are left sketches (LEFT = 0 here; the real-model switcher

@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from solvers.inclusion import (DEN, capped_inclusion_probabilities, quantized_inclusion_probabilities,
-                               systematic_sample)
+from solvers.inclusion import (DEN, capped_inclusion_probabilities, joint_inclusion_probabilities,
+                               quantized_inclusion_probabilities, systematic_sample)
 from solvers.sketches import lambda_p, make_sketch, monte_carlo_expected_projection
 from theory.spectra import lambda_p_from_expectations
 
@@ -65,6 +65,10 @@ def test_systematic_sample_law_by_enumeration(dim, data):
     assert counts.tolist() == q.tolist()
     counts_all = torch.bincount(idx.reshape(-1), minlength=dim)
     assert counts_all.tolist() == (P * q).tolist()
+    # pairs: the enumerated joint inclusion probabilities are the exact pair frequencies
+    S = torch.zeros(P * den, dim, dtype=torch.float64).scatter_(1, idx, 1.0)
+    np.testing.assert_allclose(joint_inclusion_probabilities(q, r, den), (S.T @ S).numpy() / (P * den),
+                               rtol=0, atol=1e-15)
 
 
 def test_enumeration_check_catches_a_biased_sampler():
@@ -132,6 +136,25 @@ def test_monte_carlo_mean_matches_exact_expectation(side, dim, r, ld, rd):
     assert np.all(dev <= zcrit * mc.stderr + 1e-12)
     # and the isotropic answer (r/dim) I is rejected by the same check
     assert not np.all(np.abs(mc.mean - r / dim * np.eye(dim)) <= zcrit * mc.stderr + 1e-12)
+
+
+def test_joint_inclusion_matrix_against_monte_carlo():
+    """Second moments E[H_ii H_jj] = Pi_ij (enumerated) against the mean over draws,
+    z-scores with Bonferroni over the entries; sum_j Pi_ij = r pi_i exactly."""
+    dim, r = 6, 3
+    sk = make_sketch("weighted_column", left_decay=0.5)
+    Pi = sk.joint_inclusion_matrix(dim, r, side="left")
+    pi = np.diag(sk.expected_projection_matrix(dim, r, side="left"))
+    assert np.allclose(np.diag(Pi), pi, atol=1e-15) and np.allclose(Pi.sum(1), r * pi, atol=1e-12)
+    s = torch.diagonal(_H(sk.sample_left(torch.arange(20000), 3, dim, r)), dim1=-2, dim2=-1).numpy()
+    pairs = s[:, :, None] * s[:, None, :]
+    mean, se = pairs.mean(0), pairs.std(0, ddof=1) / math.sqrt(len(s))
+    zcrit = 3.29 + math.log(dim * dim) / 2
+    assert np.all(np.abs(mean - Pi) <= zcrit * se + 1e-12)
+    indep = np.outer(pi, pi) + np.diag(pi - pi**2)  # what independent inclusions would give
+    assert not np.all(np.abs(mean - indep) <= zcrit * se + 1e-12)
+    with pytest.raises(ValueError, match="enumerated for dim <= 8"):
+        sk.joint_inclusion_matrix(9, 2)
 
 
 def test_uniform_decay_is_the_isotropic_column_expectation():
