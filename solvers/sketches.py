@@ -186,8 +186,8 @@ class WeightedColumnSketch(Sketch):
     and :math:`\pi_i \le 1` (:func:`quantized_inclusion_probabilities`, error
     :math:`< 2^{-32}`); these rounded values are the exact inclusion probabilities of
     the sampler below and the ones :meth:`expected_projection_matrix` returns.
-    :math:`\rho = 1` gives :math:`\pi_i = r/d`, the uniform ``column`` sketch's
-    expectation.
+    :math:`\rho = 1` gives :math:`\pi_i = r/d` (up to that rounding), the uniform
+    ``column`` sketch's expectation.
 
     **Sampler (systematic sampling in random order, Hartley and Rao 1962).** With
     integer :math:`q_i = D\pi_i \le D`, :math:`\sum_i q_i = rD`: draw a
@@ -233,7 +233,7 @@ class WeightedColumnSketch(Sketch):
     left_decay: float = 1.0
     right_decay: float = 1.0
     name = "weighted_column"
-    isotropic = False  # in general; the exact E[H] below is used, never a Monte Carlo c
+    isotropic = False  # the exact E[H] below is used, never a Monte Carlo c
     full_rank_almost_surely = True  # r distinct unit vectors: rank r surely
     block_draws = True
 
@@ -256,7 +256,9 @@ class WeightedColumnSketch(Sketch):
                              f"of {dim} a weight > 0 ({err})") from None
 
     def expected_projection(self, dim, r):
-        return min(r, dim) / dim if self.left_decay == self.right_decay == 1 else None
+        # not c I in general; even with both decays 1 the rounding to multiples of 2^-32
+        # leaves pi_i = r/d only up to 2^-32 (exactly when 2^32 r/d is an integer)
+        return None
 
     def expected_projection_matrix(self, dim, r, *, side="left"):
         return np.diag(self.inclusion_numerators(dim, r, side=side) / _DEN)

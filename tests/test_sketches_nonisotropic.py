@@ -159,9 +159,10 @@ def test_joint_inclusion_matrix_against_monte_carlo():
 
 def test_uniform_decay_is_the_isotropic_column_expectation():
     sk = make_sketch("weighted_column")
-    assert sk.expected_projection(6, 2) == pytest.approx(2 / 6)
-    assert np.allclose(sk.expected_projection_matrix(6, 2, side="right"), np.eye(6) / 3, atol=1e-9)
-    assert make_sketch("weighted_column", left_decay=0.9).expected_projection(6, 2) is None
+    assert sk.expected_projection(6, 2) is None  # pi_i = 1/3 only up to the rounding to 2^-32
+    E = sk.expected_projection_matrix(6, 2, side="right")
+    assert np.allclose(E, np.eye(6) / 3, rtol=0, atol=2.0**-32) and np.trace(E) == 2
+    assert np.array_equal(sk.expected_projection_matrix(8, 2), np.eye(8) / 4)  # 2^32 r/d an integer
 
 
 @pytest.mark.parametrize("p", [0.0, 0.25, 0.6, 1.0])
