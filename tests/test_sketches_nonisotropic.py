@@ -138,6 +138,21 @@ def test_monte_carlo_mean_matches_exact_expectation(side, dim, r, ld, rd):
     assert not np.all(np.abs(mc.mean - r / dim * np.eye(dim)) <= zcrit * mc.stderr + 1e-12)
 
 
+def test_z_interval_coverage_of_the_inclusion_frequencies():
+    """The normal intervals used above cover the exact pi_i at their nominal rate: 400
+    independent batches of 200 draws, 95% intervals for each of 5 coordinates."""
+    dim, r, reps, draws = 5, 2, 400, 200
+    sk = make_sketch("weighted_column", left_decay=0.6)
+    pi = np.diag(sk.expected_projection_matrix(dim, r))
+    s = torch.diagonal(_H(sk.sample_left(torch.arange(reps * draws), 0, dim, r)), dim1=-2, dim2=-1).numpy()
+    s = s.reshape(reps, draws, dim)
+    mean, se = s.mean(1), s.std(1, ddof=1) / math.sqrt(draws)
+    covered = np.abs(mean - pi) <= 1.96 * se
+    assert 0.93 <= covered.mean() <= 0.97, covered.mean()
+    # the same intervals around a wrong expectation (uniform r/d) cover far less often
+    assert (np.abs(mean - r / dim) <= 1.96 * se).mean() < 0.5
+
+
 def test_joint_inclusion_matrix_against_monte_carlo():
     """Second moments E[H_ii H_jj] = Pi_ij (enumerated) against the mean over draws,
     z-scores with Bonferroni over the entries; sum_j Pi_ij = r pi_i exactly."""
