@@ -24,7 +24,7 @@ from experiments.conf.check import check_config
 from experiments.conf.schema import USED_BY
 from solvers.estimators import make_estimator
 from solvers.methods import make_method
-from solvers.sketches import lambda_p
+from solvers.sketches import lambda_p, make_sketch
 
 _FACTOR_METHODS = {"lora", "asymm_lora", "cola"}
 
@@ -110,7 +110,7 @@ def build_job(cfg) -> Job:
     device = resolve_device(cfg["device"])
     mc = _clean(cfg["method"])
     mname = mc.pop("name")
-    sketch = cfg["sketch"]["name"]
+    sketch = make_sketch(**_clean(cfg["sketch"]))  # the group's keys are the sketch's parameters
     rule, factor = cfg["stepsize"]["rule"], float(cfg["stepsize"]["factor"])
     p, rank = mc.get("p"), mc.get("rank")
     if rule == "polyak" and mname not in ("bernoulli_lora", "fpft"):

@@ -21,7 +21,13 @@ Because every :math:`H` is an orthogonal projection,
 :mod:`theory.bounds` uses only these two numbers.
 
 Rotation-invariant sketches (Gaussian, Haar-orthonormal) and the uniform column
-subset give :math:`\mathbb E H_B = (r/m) I_m`, :math:`\mathbb E H_A = (r/n) I_n`.
+subset give :math:`\mathbb E H_B = (r/m) I_m`, :math:`\mathbb E H_A = (r/n) I_n`; then
+:math:`\lambda_{\min}^p = \lambda_{\max}^p`, and for m = n both equal r/n for every p.
+Coordinate sketches with unequal inclusion probabilities :math:`\pi_i`
+(``weighted_column`` in :mod:`solvers.sketches`) give the diagonal
+:math:`\mathbb E H = \operatorname{diag}(\pi)`, so :math:`\lambda_{\min}^p < \lambda_{\max}^p`
+and p matters on a square W; :func:`lambda_p_from_expectations` takes such an
+expectation as its diagonal.
 """
 from __future__ import annotations
 
@@ -83,18 +89,27 @@ def lambda_p_from_expectations(p, expected_left, expected_right):
     ----------
     p : float
         Probability of the left sketch.
-    expected_left : (m, m) array_like
-        :math:`\mathbb E[H_B]` (symmetric positive semidefinite).
-    expected_right : (n, n) array_like
-        :math:`\mathbb E[H_A]`.
+    expected_left : (m, m) or (m,) array_like
+        :math:`\mathbb E[H_B]` (symmetric positive semidefinite), or its diagonal
+        when it is diagonal (its eigenvalues are then the entries).
+    expected_right : (n, n) or (n,) array_like
+        :math:`\mathbb E[H_A]`, likewise.
 
     Returns
     -------
     (lambda_min_p, lambda_max_p) : tuple of float
     """
-    el = np.linalg.eigvalsh(np.asarray(expected_left, dtype=float))
-    er = np.linalg.eigvalsh(np.asarray(expected_right, dtype=float))
+    el, er = _eigenvalues(expected_left, "expected_left"), _eigenvalues(expected_right, "expected_right")
     return lambda_min_p(p, el[0], er[0]), lambda_max_p(p, el[-1], er[-1])
+
+
+def _eigenvalues(E, field):
+    E = np.asarray(E, dtype=float)
+    if E.ndim == 1 and E.size:
+        return np.sort(E)
+    if E.ndim == 2 and E.shape[0] == E.shape[1] and E.size:
+        return np.linalg.eigvalsh(E)
+    raise ValueError(f"{field}: expected a square matrix or its diagonal, got shape {E.shape}")
 
 
 def isotropic_expected_projection(dim, rank):

@@ -210,6 +210,15 @@ class SketchConf:
 
 
 @dataclass
+class WeightedColumnConf:
+    # r distinct coordinates with inclusion probabilities ~ decay**i, capped at 1
+    # (solvers.sketches.WeightedColumnSketch): E[H_B], E[H_A] are not multiples of I
+    name: str = "weighted_column"
+    left_decay: float = param(1.0, gt=0, le=1)  # rows of W (the m side, H_B)
+    right_decay: float = param(1.0, gt=0, le=1)  # columns of W (the n side, H_A)
+
+
+@dataclass
 class IdentityConf:
     name: str = "identity"
 
@@ -269,7 +278,8 @@ GROUPS = {
                "asymm_lora": AsymmLoRAConf, "cola": COLAConf},
     "estimator": {"gd": GDConf, "sgd": SGDConf, "page": PAGEConf, "mvr": MVRConf, "qgd": QGDConf,
                   "marina": MARINAConf, "ef21": EF21Conf, "subgradient": SubgradientConf},
-    "sketch": {n: SketchConf for n in ("gaussian", "orthonormal", "rademacher", "column")},
+    "sketch": {**{n: SketchConf for n in ("gaussian", "orthonormal", "rademacher", "column")},
+               "weighted_column": WeightedColumnConf},
     "compressor": {"identity": IdentityConf, "randk": RandKConf, "topk": TopKConf,
                    "dither": DitherConf, "natural": NaturalConf},
 }
