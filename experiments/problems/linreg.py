@@ -1,5 +1,5 @@
-r"""The paper's linear regression with a non-convex regulariser (Bernoulli-LoRA, Sec. A
-of ../shared/research/theory.md), fine-tuned from a pretrained solution.
+r"""The paper's linear regression with a non-convex regulariser (Bernoulli-LoRA's first
+experiment), fine-tuned from a pretrained solution.
 
 .. math::
 
@@ -42,9 +42,28 @@ absolute; :meth:`loss_residual` evaluates the :math:`O(Nd)` residual form.
 :meth:`minibatch_grad` uses rows of A: :math:`\frac1b\sum_{i\in I} a_i(a_i^\top x - b_i)
 + \lambda r'(x)`, the mean of :math:`\nabla f_i` for the finite sum
 :math:`f = \frac1N\sum_i f_i`, :math:`f_i(x) = \tfrac12(a_i^\top x - b_i)^2 + \lambda\sum_j r(x_j)`.
-(The authors' code stores :math:`y = 2A^\top b` for the full gradient but uses
-:math:`A^\top b` scale in the minibatch one, a factor-2 inconsistency on the linear term;
-here both are the exact gradients of the stated f.)
+In the default variant (``'stated'``) :meth:`grad` and :meth:`minibatch_grad` are exact
+gradients of f.
+
+Variants (``variant=``, config ``problem.variant``; docs/linreg_authors.md).
+
+* ``'stated'`` (config: null): the f above, everything as described.
+* ``'authors'``: the authors' code, so that the paper's figures can be reproduced in its
+  units. It stores :math:`y = 2A^\top b` for the FULL gradient only, so :meth:`grad` and
+  :meth:`loss_and_grad` give :math:`Qx - 2c + \lambda r'(x) = \nabla f(x) - c` (what GD
+  and PAGE's full draws use and what the engine records as ``grad_norm_sq``), while
+  :meth:`loss` and :meth:`minibatch_grad` stay those of f. Its ``W0`` is the pretraining
+  solution of the same doubled-gradient problem (:math:`Q_{pre}x - 2c_{pre} + \lambda_{pre}r'(x)`)
+  from ``RandomState(42).randn(d)`` (its caller overrides the seed 45). Since
+  :math:`r'(t) = 2t + O(t^3)`, that solution solves :math:`(Q_{pre} + 2\lambda_{pre} I)x
+  = 2c_{pre} + O(\lambda_{pre}\|x\|^3)`: about twice the stated ``W0`` (exactly twice
+  without the regulariser's cubic part), so :math:`\|\nabla f(W_0) - c\|^2` is about 4 times
+  the stated :math:`\|\nabla f(W_0)\|^2`. SGD's minibatch gradients are those of f, so it
+  converges on f and its recorded :math:`\|\nabla f(x) - c\|^2` tends to :math:`\|c\|^2`
+  at a stationary point of f instead of 0. The smoothness constants below hold for both
+  (:math:`\nabla f - c` has f's Jacobian); ``f_inf`` and ``delta_inf`` are f's, whereas the
+  authors' full-gradient steps descend :math:`f(x) - c^\top x`, so bounds built on them
+  do not cover that variant's records.
 
 Constants.
 
@@ -115,6 +134,12 @@ SIZES = {
     "ci": dict(_PAPER, m=8, n=8, pre_n_samples=900, pre_n_informative=64, pre_effective_rank=8,
                ft_n_samples=200, ft_n_informative=32, ft_effective_rank=4),
 }
+#: ``stated``: the paper's f; ``authors``: its code (see the module docstring, "Variants")
+VARIANTS = ("stated", "authors")
+#: the factor on :math:`A^\top b/N` in each variant's FULL gradient (pretraining and fine-tuning)
+GRAD_LINEAR_FACTOR = {"stated": 1.0, "authors": 2.0}
+#: the pretraining start of the authors' code (its caller overrides the default seed 45)
+AUTHORS_INIT_SEED = 42
 _INT_FIELDS = {"m": 1, "n": 1, "pre_n_samples": 1, "pre_n_informative": 0, "pre_effective_rank": 1,
                "pre_seed": 0, "ft_n_samples": 1, "ft_n_informative": 0, "ft_effective_rank": 1,
                "ft_seed": 0, "init_seed": 0, "pre_max_steps": 0}
@@ -123,13 +148,20 @@ _REAL_FIELDS = {"pre_noise": (0.0, None), "pre_bias": (None, None), "pre_tail_st
                 "ft_mean": (None, None), "ft_std": (0.0, None), "pre_tol": (0.0, None)}
 
 
-def _resolve_config(size, overrides):
+def _resolve_config(size, overrides, variant="stated"):
+    """The build parameters. The authors' variant starts its pretraining from seed
+    :data:`AUTHORS_INIT_SEED` unless ``init_seed`` is given, and records ``variant`` (the
+    stated problem's parameters, hence its cache key, carry no ``variant``)."""
     if size not in SIZES:
         raise ValueError(f"problem.size: unknown linreg size {size!r}; choose one of {sorted(SIZES)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"problem.variant: must be one of {list(VARIANTS)}, got {variant!r}")
     cfg = dict(SIZES[size])
+    if variant != "stated":
+        cfg["init_seed"] = AUTHORS_INIT_SEED
     for key, value in overrides.items():
         if key not in cfg:
-            raise ValueError(f"problem.{key}: not a parameter of linreg (it takes size, device, cache_dir, "
+            raise ValueError(f"problem.{key}: not a parameter of linreg (it takes size, variant, device, cache_dir, "
                              f"{', '.join(sorted(cfg))})")
         if key in _INT_FIELDS:
             low = _INT_FIELDS[key]
@@ -146,6 +178,8 @@ def _resolve_config(size, overrides):
                 raise ValueError(f"problem.{key}: must be > 0, got {value!r}")
             value = float(value)
         cfg[key] = value
+    if variant != "stated":
+        cfg["variant"] = variant
     return cfg
 
 
@@ -190,13 +224,15 @@ def _pretrain_moments(cfg, dev, d):
 
 
 def _pretrain(Q, c, lam, L, cfg, dev):
-    """GD with step 1/L on the pretraining f from RandomState(init_seed).randn(d)."""
+    """GD with step 1/L on the pretraining f from RandomState(init_seed).randn(d), with
+    the variant's full gradient :math:`Qx - k c + \\lambda r'(x)` (k: :data:`GRAD_LINEAR_FACTOR`)."""
     d = Q.shape[0]
     x = torch.from_numpy(np.random.RandomState(cfg["init_seed"]).randn(d)).to(dev)
     gamma = 1.0 / L
+    kc = GRAD_LINEAR_FACTOR[cfg.get("variant", "stated")] * c
 
     def grad(x):
-        return torch.mv(Q, x) - c + lam * _reg_grad(x)
+        return torch.mv(Q, x) - kc + lam * _reg_grad(x)
 
     g = grad(x)
     sq = float(g @ g)
@@ -308,7 +344,12 @@ def _load(cfg, path, device):
 # ----------------------------------------------------------------------------- problem
 
 class LinReg:
-    """The fine-tuning problem: oracle and constants (see the module docstring)."""
+    """The fine-tuning problem: oracle and constants (see the module docstring).
+
+    ``variant``: ``'stated'`` (the paper's f) or ``'authors'`` (the full gradient of the
+    authors' code, :math:`\\nabla f(x) - A^\\top b/N`, in :meth:`grad` and :meth:`loss_and_grad`;
+    loss and minibatch gradient stay those of f).
+    """
 
     name = "linreg"
     mu = None
@@ -319,8 +360,13 @@ class LinReg:
     n_clients = None
     sigma2 = None
 
-    def __init__(self, *, Q, c, A, b, W0, lam=None, bb=None, info=None, config=None):
+    def __init__(self, *, Q, c, A, b, W0, lam=None, bb=None, info=None, config=None, variant="stated"):
+        if variant not in VARIANTS:
+            raise ValueError(f"problem.variant: must be one of {list(VARIANTS)}, got {variant!r}")
         self.Q, self.c, self.A, self.b = Q, c, A, b
+        self.variant = variant
+        # the linear term of the full gradient (1.0 * c is c bitwise)
+        self.c_grad = GRAD_LINEAR_FACTOR[variant] * c
         self.W0 = W0
         self.shape = tuple(W0.shape)
         self.n_samples = int(A.shape[0])
@@ -349,7 +395,7 @@ class LinReg:
         """``(loss (R,), grad (R, m, n))`` with one :math:`Qx` product."""
         X = self._x(W)
         QX = self._quadratic(X)
-        return self._loss_from(X, QX), (QX - self.c + self.lam * _reg_grad(X)).reshape(W.shape)
+        return self._loss_from(X, QX), (QX - self.c_grad + self.lam * _reg_grad(X)).reshape(W.shape)
 
     def loss(self, W: torch.Tensor) -> torch.Tensor:
         X = self._x(W)
@@ -357,7 +403,7 @@ class LinReg:
 
     def grad(self, W: torch.Tensor) -> torch.Tensor:
         X = self._x(W)
-        return (self._quadratic(X) - self.c + self.lam * _reg_grad(X)).reshape(W.shape)
+        return (self._quadratic(X) - self.c_grad + self.lam * _reg_grad(X)).reshape(W.shape)
 
     def loss_residual(self, W: torch.Tensor) -> torch.Tensor:
         """:math:`\\frac1{2N}\\|Ax - b\\|^2 + \\lambda\\sum_j r(x_j)` by the residuals
@@ -368,7 +414,8 @@ class LinReg:
 
     def minibatch_grad(self, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """:math:`\\frac1b\\sum_{i \\in idx[r]} a_i(a_i^\\top x_r - b_i) + \\lambda r'(x_r)`,
-        idx int64 (R, b); unbiased for :meth:`grad` when idx is uniform."""
+        idx int64 (R, b); unbiased for the gradient of f when idx is uniform (for :meth:`grad`
+        too in the stated variant; the authors' :meth:`grad` is off by :math:`-A^\\top b/N`)."""
         if idx.dim() != 2 or idx.shape[0] != W.shape[0]:
             raise ValueError(f"minibatch_grad: idx must have shape (R, b) with R = {W.shape[0]}, got {tuple(idx.shape)}")
         X = self._x(W)
@@ -386,21 +433,24 @@ class LinReg:
         return new
 
     def __repr__(self):
-        return (f"LinReg(shape={self.shape}, n_samples={self.n_samples}, lam={self.lam:.6g}, L={self.L:.6g}, "
+        return (f"LinReg(variant={self.variant!r}, shape={self.shape}, n_samples={self.n_samples}, lam={self.lam:.6g}, L={self.L:.6g}, "
                 f"L_avg={self.L_avg:.6g}, L_max={self.L_max:.6g})")
 
 
-def make_linreg(size="ci", device=None, cache_dir=None, **overrides):
+def make_linreg(size="ci", device=None, cache_dir=None, variant="stated", **overrides):
     """The paper's linreg fine-tuning problem (see the module docstring).
 
     ``size``: ``'ci'`` or ``'paper'``; ``overrides``: any field of ``SIZES[size]``.
+    ``variant``: ``'stated'`` (the paper's f) or ``'authors'`` (its code: full gradient
+    :math:`\\nabla f - A^\\top b/N`, W0 from the doubled-gradient pretraining started at
+    seed 42 unless ``init_seed`` is given; module docstring, "Variants").
     ``device``: where the problem lives (None: CPU). It is built there too, except that
     with ``device=None`` a paper-size build runs on CUDA when available.
     ``cache_dir``: where the build is cached (``None``: ``$BLORA_CACHE`` or
     ``~/.cache/bernoulli_lora`` for the paper size, no cache for smaller ones; ``False``:
     never cache). A cached build is loaded whatever device built it.
     """
-    cfg = _resolve_config(size, overrides)
+    cfg = _resolve_config(size, overrides, variant)
     target = torch.device("cpu" if device is None else device)
     if device is None and size == "paper" and torch.cuda.is_available():
         build_device = torch.device("cuda")
@@ -417,7 +467,7 @@ def make_linreg(size="ci", device=None, cache_dir=None, **overrides):
         if path is not None:
             _save(data, cfg, path)
     fields = {k: data[k] for k in ("Q", "c", "A", "b", "W0")}
-    problem = LinReg(**fields, lam=data["lam"], bb=data["bb"], info=data["info"], config=cfg)
+    problem = LinReg(**fields, lam=data["lam"], bb=data["bb"], info=data["info"], config=cfg, variant=variant)
     if path is not None:
         problem.info["cache_path"] = str(path)
     return problem.to(target, _DTYPE)
@@ -430,16 +480,18 @@ def main(argv=None):
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available for paper)")
     parser.add_argument("--cache-dir", default=None, help="default: $BLORA_CACHE or ~/.cache/bernoulli_lora")
     parser.add_argument("--no-cache", action="store_true", help="build without reading or writing the cache")
+    parser.add_argument("--variant", default="stated", choices=VARIANTS,
+                        help="stated: the paper's f; authors: the authors' code (default: stated)")
     args = parser.parse_args(argv)
     device = args.device
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cache_dir = False if args.no_cache else (args.cache_dir or default_cache_dir())
     t = time.perf_counter()
-    problem = make_linreg(args.size, device=device, cache_dir=cache_dir)
+    problem = make_linreg(args.size, device=device, cache_dir=cache_dir, variant=args.variant)
     wall = time.perf_counter() - t
     g = problem.grad(problem.W0[None])
-    print(f"linreg size={args.size} device={device} wall={wall:.1f}s (this call; build_s={problem.info.get('build_s', float('nan')):.1f}s when built)")
+    print(f"linreg size={args.size} variant={args.variant} device={device} wall={wall:.1f}s (this call; build_s={problem.info.get('build_s', float('nan')):.1f}s when built)")
     print(f"  shape={problem.shape} n_samples={problem.n_samples} lam={problem.lam:.10g} L={problem.L:.10g} "
           f"L_avg={problem.L_avg:.10g} L_max={problem.L_max:.10g} f_inf={problem.f_inf}")
     print(f"  f(W0)={float(problem.loss(problem.W0[None])[0]):.10g} ||grad f(W0)||^2={float((g * g).sum()):.6g}")
