@@ -494,7 +494,9 @@ def main(argv=None):
     print(f"linreg size={args.size} variant={args.variant} device={device} wall={wall:.1f}s (this call; build_s={problem.info.get('build_s', float('nan')):.1f}s when built)")
     print(f"  shape={problem.shape} n_samples={problem.n_samples} lam={problem.lam:.10g} L={problem.L:.10g} "
           f"L_avg={problem.L_avg:.10g} L_max={problem.L_max:.10g} f_inf={problem.f_inf}")
-    print(f"  f(W0)={float(problem.loss(problem.W0[None])[0]):.10g} ||grad f(W0)||^2={float((g * g).sum()):.6g}")
+    grad_name = "grad f" if problem.variant == "stated" else "grad f - A^T b/N"
+    print(f"  f(W0)={float(problem.loss(problem.W0[None])[0]):.10g} ||{grad_name} (W0)||^2={float((g * g).sum()):.6g} "
+          f"||W0||={float(problem.W0.norm()):.6g} ||A^T b/N||^2={float(problem.c @ problem.c):.6g}")
     print("  info: " + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in problem.info.items()))
 
 
