@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.problems import linreg
+from experiments.problems import linreg_build
 from experiments.problems.linreg import make_linreg
 
 
@@ -79,7 +79,7 @@ def test_authors_full_gradient_is_grad_f_minus_Atb(pair):
 def _pretraining(prob):
     cfg = prob.config
     d = prob.shape[0] * prob.shape[1]
-    Q, c, _ = linreg._pretrain_moments(cfg, "cpu", d)
+    Q, c, _ = linreg_build.pretrain_moments(cfg, "cpu", d)
     return Q, c, float(torch.linalg.eigvalsh(Q)[-1])
 
 
@@ -125,8 +125,8 @@ def test_authors_W0_is_about_twice_the_stated_W0(pair):
     # without the regulariser the two solutions are exactly proportional (up to the tolerance)
     cfg = dict(stated.config, pre_max_steps=100000)
     L0 = float(torch.linalg.eigvalsh(Q)[-1])
-    y_s, _, sq_s = linreg._pretrain(Q, c, 0.0, L0, cfg, "cpu")
-    y_a, _, sq_a = linreg._pretrain(Q, c, 0.0, L0, dict(cfg, variant="authors", init_seed=42), "cpu")
+    y_s, _, sq_s = linreg_build.pretrain(Q, c, 0.0, L0, cfg, "cpu")
+    y_a, _, sq_a = linreg_build.pretrain(Q, c, 0.0, L0, dict(cfg, variant="authors", init_seed=42), "cpu")
     lmin = float(torch.linalg.eigvalsh(Q)[0])
     assert float((y_a - 2 * y_s).norm()) <= (sq_a ** 0.5 + 2 * sq_s ** 0.5) / lmin
 
@@ -180,8 +180,8 @@ def test_variant_refused_and_cached_apart(tmp_path):
     # a user-given init_seed is kept in the authors' variant
     assert make_linreg("ci", cache_dir=False, variant="authors", init_seed=7).config["init_seed"] == 7
     # the stated problem's cache key is the one it had before the variant existed
-    assert linreg.cache_key(linreg._resolve_config("ci", {})) == "75524800f8cd88e611a2"
-    assert linreg.cache_key(linreg._resolve_config("paper", {})) == "3715e31640dc97e636ef"
+    assert linreg_build.cache_key(linreg_build.resolve_config("ci", {})) == "75524800f8cd88e611a2"
+    assert linreg_build.cache_key(linreg_build.resolve_config("paper", {})) == "3715e31640dc97e636ef"
 
 
 def test_config_option_and_unchanged_hashes():
