@@ -2,8 +2,10 @@
 # The paper's two linreg sweeps in the units of the authors' code (problem.variant=authors:
 # full gradient grad f - A^T b/N, W0 from the doubled-gradient pretraining at seed 42;
 # docs/linreg_authors.md), on one GPU, Hydra-free (the GPU machine has no Hydra).
-# The jobs are those of experiments.sweeps (the same as experiment=linreg_*_authors)
-# with problem.variant=authors, so their config hashes are the Hydra presets' ones.
+# The jobs are those of `python -m experiments.sweep linreg_gd|linreg_finite_sum` (run by
+# scripts/gpu_sweeps.sh for the stated f) with problem.variant=authors: the same methods,
+# p, ranks, stepsizes, steps and seeds as experiment=linreg_*_authors (whose eval_every
+# differs, as it does between the stated presets and experiments.sweeps).
 # Run from the repository root:  OUT=/some/dir bash scripts/gpu_linreg_authors.sh
 # SWEEPS (default "linreg_gd linreg_finite_sum"), SIZE (paper), DEVICE (cuda), PY, WORK.
 # $OUT receives at most 4 files (refreshed after every stage, so a run cut short keeps

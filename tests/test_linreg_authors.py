@@ -204,3 +204,27 @@ def test_config_option_and_unchanged_hashes():
         with pytest.raises(ValueError) as err:
             check_config(job_config(problem="linreg", **{"problem.variant": bad}))
         assert str(err.value).startswith("problem.variant: must be one of ['authors'] or null")
+
+
+@pytest.mark.parametrize("preset", ["linreg_gd", "linreg_finite_sum"])
+def test_presets_are_the_stated_presets_with_the_variant(preset, size="paper"):
+    """experiment=NAME_authors composes exactly as experiment=NAME problem.variant=authors
+    (job config and sweep points), so the two figures differ only in the variant."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    import experiments.run  # noqa: F401  (registers the structured configs and resolvers)
+    from experiments.results import config_hash
+
+    def composed(overrides):
+        with initialize_config_module(config_module="experiments.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+            full = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        return experiments.run.job_config(cfg), OmegaConf.to_container(full.hydra.sweeper.params)
+
+    mine, mine_params = composed([f"experiment={preset}_authors", f"size={size}"])
+    base, base_params = composed([f"experiment={preset}", "problem.variant=authors", f"size={size}"])
+    assert mine["problem"]["variant"] == "authors" and mine["size"] == size
+    assert mine == base and mine_params == base_params
+    stated = dict(mine, problem=dict(mine["problem"], variant=None))
+    assert config_hash(mine) == config_hash(base) != config_hash(stated)
