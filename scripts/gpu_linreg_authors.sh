@@ -10,7 +10,7 @@
 # SWEEPS (default "linreg_gd linreg_finite_sum"), SIZE (paper), DEVICE (cuda), PY, WORK.
 # $OUT receives at most 4 files (refreshed after every stage, so a run cut short keeps
 # what it finished):
-#   log.txt              everything printed: both variants' W0 and ||grad||^2 at W0, sweep timings, verdict tails
+#   log.txt              everything printed: both variants' builds, scripts/linreg_authors_check.py, sweep timings, verdict tails
 #   results.tar.gz       per-sweep timing/summary/verdicts and figures
 #   NAME_authors.parquet each sweep's collected table when under 15 MB
 set -uo pipefail
@@ -33,17 +33,8 @@ pack() {  # small outputs -> $OUT/results.tar.gz (job folders, parquets and the 
   for v in stated authors; do
     echo "== linreg build, variant $v"; $PY -m experiments.problems.linreg --size $SIZE --device $DEVICE --variant $v
   done
-  echo "== W0 and ||grad||^2 at W0: authors / stated"
-  $PY - "$SIZE" "$DEVICE" <<'EOF'
-import sys
-from experiments.problems.linreg import make_linreg
-size, device = sys.argv[1:3]
-s, a = (make_linreg(size, device=device, variant=v) for v in ("stated", "authors"))
-gs, ga = (float((p.grad(p.W0[None]) ** 2).sum()) for p in (s, a))
-print(f"||W0_a||/||W0_s|| = {float(a.W0.norm() / s.W0.norm()):.6f}  ||W0_a - 2 W0_s||/||2 W0_s|| = "
-      f"{float((a.W0 - 2 * s.W0).norm() / (2 * s.W0).norm()):.3e}  max|W0_s| = {float(s.W0.abs().max()):.4g}")
-print(f"||grad(W0)||^2: stated {gs:.6g}, authors {ga:.6g}, ratio {ga / gs:.6f}; ||A^T b/N||^2 = {float(s.c @ s.c):.6g}")
-EOF
+  echo "== W0, ||grad||^2 at W0 and SGD's plateau: authors / stated"
+  $PY scripts/linreg_authors_check.py --size $SIZE --device $DEVICE
   for s in $SWEEPS; do
     n=${s}_authors
     echo "== sweep $n"
