@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.problems import datagen, linreg
+from experiments.problems import datagen, linreg, linreg_build
 from experiments.problems.linreg import LinReg, make_linreg
 
 sk_datasets = pytest.importorskip("sklearn.datasets")
@@ -113,7 +113,7 @@ def test_data_match_the_authors_pipeline(prob):
     cfg = prob.config
     Ap, bp, Af, bf = _explicit_data(cfg)
     N = cfg["pre_n_samples"]
-    Q_pre, c_pre, bb_pre = linreg._pretrain_moments(cfg, "cpu", Ap.shape[1])
+    Q_pre, c_pre, bb_pre = linreg_build.pretrain_moments(cfg, "cpu", Ap.shape[1])
     assert _relerr(Q_pre.numpy(), Ap.T @ Ap / N) < 1e-12
     assert _relerr(c_pre.numpy(), Ap.T @ bp / N) < 1e-12
     assert bb_pre == pytest.approx(bp @ bp / (2 * N), rel=1e-12)
@@ -202,7 +202,7 @@ def test_L_bounds_hessian(prob):
 def test_W0_is_stationary_for_pretraining(prob):
     cfg = prob.config
     d = prob.shape[0] * prob.shape[1]
-    Q, c, _ = linreg._pretrain_moments(cfg, "cpu", d)
+    Q, c, _ = linreg_build.pretrain_moments(cfg, "cpu", d)
     lam = float(torch.linalg.eigvalsh(Q)[-1])
     assert lam == pytest.approx(prob.info["pre_lam"], rel=1e-12)
     x = prob.W0.reshape(-1)

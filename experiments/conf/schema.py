@@ -88,6 +88,10 @@ class LogisticConf:
 class LinregConf:
     name: str = "linreg"
     size: str = param("${size}", choices=("ci", "paper"))
+    # null: the paper's stated f; authors: the authors' code (full gradient grad f - A^T b/N,
+    # its own W0). "stated" is no value here: null alone names the stated f, so it has one
+    # config hash (null is left out of the hash: the same hashes as before the option existed)
+    variant: Optional[str] = param(None, choices=("authors",))
 
 
 @dataclass

@@ -42,9 +42,28 @@ absolute; :meth:`loss_residual` evaluates the :math:`O(Nd)` residual form.
 :meth:`minibatch_grad` uses rows of A: :math:`\frac1b\sum_{i\in I} a_i(a_i^\top x - b_i)
 + \lambda r'(x)`, the mean of :math:`\nabla f_i` for the finite sum
 :math:`f = \frac1N\sum_i f_i`, :math:`f_i(x) = \tfrac12(a_i^\top x - b_i)^2 + \lambda\sum_j r(x_j)`.
-(The authors' code stores :math:`y = 2A^\top b` for the full gradient but uses
-:math:`A^\top b` scale in the minibatch one, a factor-2 inconsistency on the linear term;
-here both are the exact gradients of the stated f.)
+In the default variant (``'stated'``) :meth:`grad` and :meth:`minibatch_grad` are exact
+gradients of f.
+
+Variants (``variant=``, config ``problem.variant``; docs/linreg_authors.md).
+
+* ``'stated'`` (config: null): the f above, everything as described.
+* ``'authors'``: the authors' code, so that the paper's figures can be reproduced in its
+  units. It stores :math:`y = 2A^\top b` for the FULL gradient only, so :meth:`grad` and
+  :meth:`loss_and_grad` give :math:`Qx - 2c + \lambda r'(x) = \nabla f(x) - c` (what GD
+  and PAGE's full draws use and what the engine records as ``grad_norm_sq``), while
+  :meth:`loss` and :meth:`minibatch_grad` stay those of f. Its ``W0`` is the pretraining
+  solution of the same doubled-gradient problem (:math:`Q_{pre}x - 2c_{pre} + \lambda_{pre}r'(x)`)
+  from ``RandomState(42).randn(d)`` (its caller overrides the seed 45). Since
+  :math:`r'(t) = 2t + O(t^3)`, that solution solves :math:`(Q_{pre} + 2\lambda_{pre} I)x
+  = 2c_{pre} + O(\lambda_{pre}\|x\|^3)`: about twice the stated ``W0`` (exactly twice
+  without the regulariser's cubic part), so :math:`\|\nabla f(W_0) - c\|^2` is about 4 times
+  the stated :math:`\|\nabla f(W_0)\|^2`. SGD's minibatch gradients are those of f, so it
+  converges on f and its recorded :math:`\|\nabla f(x) - c\|^2` tends to :math:`\|c\|^2`
+  at a stationary point of f instead of 0. The smoothness constants below hold for both
+  (:math:`\nabla f - c` has f's Jacobian); ``f_inf`` and ``delta_inf`` are f's, whereas the
+  authors' full-gradient steps descend :math:`f(x) - c^\top x`, so bounds built on them
+  do not cover that variant's records.
 
 Constants.
 
@@ -71,8 +90,10 @@ n_informative 64; fine-tuning N = 200, effective rank 4, n_informative 32). Any 
 (paper size: about 5 minutes on 2 CPU cores, seconds on a GPU) and is cached on disk
 (paper size by default, or whenever ``cache_dir`` is given): ``torch.save`` of Q, c, A, b,
 W0 and the constants under ``$BLORA_CACHE`` or ``~/.cache/bernoulli_lora``, keyed by a hash
-of the parameters, written atomically. ``python -m experiments.problems.linreg --size paper
---device cuda`` builds and caches it.
+of the parameters (the variant included; the stated problem's parameters carry no
+``variant``, so its key is the one it had before variants existed), written atomically
+(:mod:`experiments.problems.linreg_build`). ``python -m experiments.problems.linreg --size
+paper --device cuda [--variant authors]`` builds and caches it.
 
 Batch invariance: products of per-run rows with Q and A go through
 :func:`solvers.linalg.shared_matmul` / :func:`solvers.linalg.bmm` and the remaining
@@ -83,232 +104,27 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
-import json
-import math
-import numbers
-import os
-import tempfile
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from experiments.problems import datagen
-from solvers.linalg import bmm, shared_matmul
-
-_DTYPE = torch.float64
-_FORMAT = 1  # bump when the cached content or the build changes
-
-_PAPER = dict(
-    m=64, n=64,
-    pre_n_samples=90000, pre_n_informative=4096, pre_noise=20.0, pre_bias=0.0,
-    pre_tail_strength=0.8, pre_effective_rank=64, pre_seed=42,
-    ft_n_samples=10000, ft_n_informative=2048, ft_noise=50.0, ft_bias=10.0,
-    ft_tail_strength=0.9, ft_effective_rank=32, ft_seed=84,
-    ft_mean=1.0, ft_std=2.0,
-    init_seed=45, pre_tol=1e-8, pre_max_steps=10000,
+from experiments.problems.linreg_build import (
+    DTYPE, GRAD_LINEAR_FACTOR, SIZES, VARIANTS, build, cache_path, default_cache_dir, lambda_max, load_cached,
+    reg, reg_grad, resolve_config, save_cached,
 )
-SIZES = {
-    "paper": _PAPER,
-    "ci": dict(_PAPER, m=8, n=8, pre_n_samples=900, pre_n_informative=64, pre_effective_rank=8,
-               ft_n_samples=200, ft_n_informative=32, ft_effective_rank=4),
-}
-_INT_FIELDS = {"m": 1, "n": 1, "pre_n_samples": 1, "pre_n_informative": 0, "pre_effective_rank": 1,
-               "pre_seed": 0, "ft_n_samples": 1, "ft_n_informative": 0, "ft_effective_rank": 1,
-               "ft_seed": 0, "init_seed": 0, "pre_max_steps": 0}
-_REAL_FIELDS = {"pre_noise": (0.0, None), "pre_bias": (None, None), "pre_tail_strength": (0.0, 1.0),
-                "ft_noise": (0.0, None), "ft_bias": (None, None), "ft_tail_strength": (0.0, 1.0),
-                "ft_mean": (None, None), "ft_std": (0.0, None), "pre_tol": (0.0, None)}
-
-
-def _resolve_config(size, overrides):
-    if size not in SIZES:
-        raise ValueError(f"problem.size: unknown linreg size {size!r}; choose one of {sorted(SIZES)}")
-    cfg = dict(SIZES[size])
-    for key, value in overrides.items():
-        if key not in cfg:
-            raise ValueError(f"problem.{key}: not a parameter of linreg (it takes size, device, cache_dir, "
-                             f"{', '.join(sorted(cfg))})")
-        if key in _INT_FIELDS:
-            low = _INT_FIELDS[key]
-            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low):
-                raise ValueError(f"problem.{key}: must be an integer >= {low}, got {value!r}")
-            value = int(value)
-        else:
-            low, high = _REAL_FIELDS[key]
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or (low is not None and value < low) or (high is not None and value > high):
-                lim = f" in [{low}, {high}]" if high is not None else (f" >= {low}" if low is not None else "")
-                raise ValueError(f"problem.{key}: must be a finite number{lim}, got {value!r}")
-            if key == "ft_std" and value == 0:
-                raise ValueError(f"problem.{key}: must be > 0, got {value!r}")
-            value = float(value)
-        cfg[key] = value
-    return cfg
-
-
-def _reg(X):
-    return (X * X / (1.0 + X * X)).sum(-1)
-
-
-def _reg_grad(X):
-    return 2.0 * X / (1.0 + X * X) ** 2
-
-
-def _lambda_max(Q):
-    return float(torch.linalg.eigvalsh(Q)[-1])
-
-
-def _symmetric(G):
-    return 0.5 * (G + G.T)
-
-
-# ----------------------------------------------------------------------------- build
-
-def _pretrain_moments(cfg, dev, d):
-    """Q_pre, c_pre of the standardised pretraining set, from the factored design."""
-    design, y, _ = datagen.make_regression_factored(
-        cfg["pre_n_samples"], d, n_informative=cfg["pre_n_informative"], bias=cfg["pre_bias"],
-        effective_rank=cfg["pre_effective_rank"], tail_strength=cfg["pre_tail_strength"],
-        noise=cfg["pre_noise"], random_state=cfg["pre_seed"], device=dev)
-    N = cfg["pre_n_samples"]
-    mean = design.rmatvec(torch.ones(N, dtype=_DTYPE, device=dev)) / N
-    cov = _symmetric(design.gram() / N - torch.outer(mean, mean))  # (1/N) sum (x_i - mean)(x_i - mean)^T
-    var = torch.diagonal(cov).clamp_min(0.0)
-    scale = torch.sqrt(var)
-    # StandardScaler leaves (near-)constant columns unscaled
-    scale = torch.where(scale < 10 * torch.finfo(_DTYPE).eps * mean.abs().clamp_min(1.0), torch.ones_like(scale), scale)
-    y_std = float(y.std(correction=0))
-    b = (y - y.mean()) / (y_std if y_std > 0 else 1.0)
-    Q = cov / torch.outer(scale, scale)
-    # A^T b = D^-1 (X - 1 mean^T)^T b = D^-1 (X^T b - mean * sum(b))
-    c = (design.rmatvec(b) - mean * b.sum()) / scale / N
-    bb = float(b @ b) / (2 * N)
-    return _symmetric(Q), c, bb
-
-
-def _pretrain(Q, c, lam, L, cfg, dev):
-    """GD with step 1/L on the pretraining f from RandomState(init_seed).randn(d)."""
-    d = Q.shape[0]
-    x = torch.from_numpy(np.random.RandomState(cfg["init_seed"]).randn(d)).to(dev)
-    gamma = 1.0 / L
-
-    def grad(x):
-        return torch.mv(Q, x) - c + lam * _reg_grad(x)
-
-    g = grad(x)
-    sq = float(g @ g)
-    steps = 0
-    while steps < cfg["pre_max_steps"] and sq > cfg["pre_tol"]:
-        x = x - gamma * g
-        g = grad(x)
-        sq = float(g @ g)
-        steps += 1
-    return x, steps, sq
-
-
-def _finetune_data(cfg, dev, d):
-    A, y = datagen.make_regression(
-        cfg["ft_n_samples"], d, n_informative=cfg["ft_n_informative"], bias=cfg["ft_bias"],
-        effective_rank=cfg["ft_effective_rank"], tail_strength=cfg["ft_tail_strength"],
-        noise=cfg["ft_noise"], random_state=cfg["ft_seed"], device=dev)
-
-    def rescale(t):  # the authors' scale_arrays_custom: one global mean and std
-        std = float(t.std(correction=0))
-        if std == 0:
-            raise ValueError("problem.ft_seed: fine-tuning data with zero standard deviation; cannot rescale")
-        return (t - t.mean()) / std * cfg["ft_std"] + cfg["ft_mean"]
-
-    return rescale(A), rescale(y)
-
-
-def build(cfg, device="cpu"):
-    """Build the problem data on ``device``: a dict of tensors (Q, c, A, b, W0) and floats."""
-    dev = torch.device(device)
-    d = cfg["m"] * cfg["n"]
-    timings = {}
-    t0 = time.perf_counter()
-
-    def lap(name):
-        nonlocal t0
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t1 = time.perf_counter()
-        timings[name] = t1 - t0
-        t0 = t1
-
-    Q_pre, c_pre, _ = _pretrain_moments(cfg, dev, d)
-    lap("pre_data_s")
-    lam_pre = _lambda_max(Q_pre)
-    lap("pre_eig_s")
-    x0, steps, sq = _pretrain(Q_pre, c_pre, lam_pre, 3 * lam_pre, cfg, dev)
-    lap("pre_gd_s")
-    del Q_pre, c_pre
-    A, b = _finetune_data(cfg, dev, d)
-    lap("ft_data_s")
-    N = cfg["ft_n_samples"]
-    Q = _symmetric(A.T @ A / N)
-    c = A.T @ b / N
-    bb = float(b @ b) / (2 * N)
-    lap("ft_gram_s")
-    lam = _lambda_max(Q)
-    lap("ft_eig_s")
-    info = dict(pre_lam=lam_pre, pre_L=3 * lam_pre, pre_steps=steps, pre_grad_norm_sq=sq, **timings)
-    info["build_s"] = sum(timings.values())
-    return dict(Q=Q, c=c, A=A, b=b, W0=x0.reshape(cfg["m"], cfg["n"]), bb=bb, lam=lam, info=info)
-
-
-# ----------------------------------------------------------------------------- cache
-
-def default_cache_dir():
-    return Path(os.environ.get("BLORA_CACHE") or Path.home() / ".cache" / "bernoulli_lora")
-
-
-def cache_key(cfg):
-    blob = json.dumps({"format": _FORMAT, **cfg}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def _cache_path(cfg, cache_dir):
-    return Path(cache_dir) / f"linreg-{cfg['m']}x{cfg['n']}-{cache_key(cfg)}.pt"
-
-
-def _save(data, cfg, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {k: (v.detach().to("cpu") if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
-    payload["config"] = dict(cfg)
-    payload["format"] = _FORMAT
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the cache is shared
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _load(cfg, path, device):
-    """The cached build, or None when it is missing, unreadable or for other parameters."""
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception:  # truncated or foreign file: rebuild and overwrite
-        return None
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT or payload.get("config") != cfg:
-        return None
-    return payload
+from solvers.linalg import bmm, shared_matmul
 
 
 # ----------------------------------------------------------------------------- problem
 
 class LinReg:
-    """The fine-tuning problem: oracle and constants (see the module docstring)."""
+    """The fine-tuning problem: oracle and constants (see the module docstring).
+
+    ``variant``: ``'stated'`` (the paper's f) or ``'authors'`` (the full gradient of the
+    authors' code, :math:`\\nabla f(x) - A^\\top b/N`, in :meth:`grad` and :meth:`loss_and_grad`;
+    loss and minibatch gradient stay those of f).
+    """
 
     name = "linreg"
     mu = None
@@ -319,12 +135,17 @@ class LinReg:
     n_clients = None
     sigma2 = None
 
-    def __init__(self, *, Q, c, A, b, W0, lam=None, bb=None, info=None, config=None):
+    def __init__(self, *, Q, c, A, b, W0, lam=None, bb=None, info=None, config=None, variant="stated"):
+        if variant not in VARIANTS:
+            raise ValueError(f"problem.variant: must be one of {list(VARIANTS)}, got {variant!r}")
         self.Q, self.c, self.A, self.b = Q, c, A, b
+        self.variant = variant
+        # the linear term of the full gradient (1.0 * c is c bitwise)
+        self.c_grad = GRAD_LINEAR_FACTOR[variant] * c
         self.W0 = W0
         self.shape = tuple(W0.shape)
         self.n_samples = int(A.shape[0])
-        self.lam = _lambda_max(Q) if lam is None else float(lam)
+        self.lam = lambda_max(Q) if lam is None else float(lam)
         self.bb = float(b @ b) / (2 * self.n_samples) if bb is None else float(bb)
         self.L = 3.0 * self.lam
         L_i = (A * A).sum(-1) + 2.0 * self.lam
@@ -343,13 +164,13 @@ class LinReg:
         return shared_matmul(X, self.Q.T)
 
     def _loss_from(self, X, QX):
-        return 0.5 * (X * QX).sum(-1) - (X * self.c).sum(-1) + self.bb + self.lam * _reg(X)
+        return 0.5 * (X * QX).sum(-1) - (X * self.c).sum(-1) + self.bb + self.lam * reg(X)
 
     def loss_and_grad(self, W: torch.Tensor):
         """``(loss (R,), grad (R, m, n))`` with one :math:`Qx` product."""
         X = self._x(W)
         QX = self._quadratic(X)
-        return self._loss_from(X, QX), (QX - self.c + self.lam * _reg_grad(X)).reshape(W.shape)
+        return self._loss_from(X, QX), (QX - self.c_grad + self.lam * reg_grad(X)).reshape(W.shape)
 
     def loss(self, W: torch.Tensor) -> torch.Tensor:
         X = self._x(W)
@@ -357,27 +178,28 @@ class LinReg:
 
     def grad(self, W: torch.Tensor) -> torch.Tensor:
         X = self._x(W)
-        return (self._quadratic(X) - self.c + self.lam * _reg_grad(X)).reshape(W.shape)
+        return (self._quadratic(X) - self.c_grad + self.lam * reg_grad(X)).reshape(W.shape)
 
     def loss_residual(self, W: torch.Tensor) -> torch.Tensor:
         """:math:`\\frac1{2N}\\|Ax - b\\|^2 + \\lambda\\sum_j r(x_j)` by the residuals
         (O(N d) per run; no cancellation)."""
         X = self._x(W)
         res = shared_matmul(X, self.A.T) - self.b
-        return 0.5 * (res * res).mean(-1) + self.lam * _reg(X)
+        return 0.5 * (res * res).mean(-1) + self.lam * reg(X)
 
     def minibatch_grad(self, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """:math:`\\frac1b\\sum_{i \\in idx[r]} a_i(a_i^\\top x_r - b_i) + \\lambda r'(x_r)`,
-        idx int64 (R, b); unbiased for :meth:`grad` when idx is uniform."""
+        idx int64 (R, b); unbiased for the gradient of f when idx is uniform (for :meth:`grad`
+        too in the stated variant; the authors' :meth:`grad` is off by :math:`-A^\\top b/N`)."""
         if idx.dim() != 2 or idx.shape[0] != W.shape[0]:
             raise ValueError(f"minibatch_grad: idx must have shape (R, b) with R = {W.shape[0]}, got {tuple(idx.shape)}")
         X = self._x(W)
         rows = self.A[idx]  # (R, b, d)
         res = bmm(rows, X[:, :, None])[:, :, 0] - self.b[idx]  # (R, b)
         G = bmm(res[:, None, :], rows)[:, 0, :] / idx.shape[1]
-        return (G + self.lam * _reg_grad(X)).reshape(W.shape)
+        return (G + self.lam * reg_grad(X)).reshape(W.shape)
 
-    def to(self, device, dtype=_DTYPE):
+    def to(self, device, dtype=DTYPE):
         """A copy with every tensor on ``device`` in ``dtype`` (constants stay floats)."""
         new = copy.copy(self)
         for key, value in vars(self).items():
@@ -386,21 +208,24 @@ class LinReg:
         return new
 
     def __repr__(self):
-        return (f"LinReg(shape={self.shape}, n_samples={self.n_samples}, lam={self.lam:.6g}, L={self.L:.6g}, "
-                f"L_avg={self.L_avg:.6g}, L_max={self.L_max:.6g})")
+        return (f"LinReg(variant={self.variant!r}, shape={self.shape}, n_samples={self.n_samples}, "
+                f"lam={self.lam:.6g}, L={self.L:.6g}, L_avg={self.L_avg:.6g}, L_max={self.L_max:.6g})")
 
 
-def make_linreg(size="ci", device=None, cache_dir=None, **overrides):
+def make_linreg(size="ci", device=None, cache_dir=None, variant="stated", **overrides):
     """The paper's linreg fine-tuning problem (see the module docstring).
 
     ``size``: ``'ci'`` or ``'paper'``; ``overrides``: any field of ``SIZES[size]``.
+    ``variant``: ``'stated'`` (the paper's f) or ``'authors'`` (its code: full gradient
+    :math:`\\nabla f - A^\\top b/N`, W0 from the doubled-gradient pretraining started at
+    seed 42 unless ``init_seed`` is given; module docstring, "Variants").
     ``device``: where the problem lives (None: CPU). It is built there too, except that
     with ``device=None`` a paper-size build runs on CUDA when available.
     ``cache_dir``: where the build is cached (``None``: ``$BLORA_CACHE`` or
     ``~/.cache/bernoulli_lora`` for the paper size, no cache for smaller ones; ``False``:
     never cache). A cached build is loaded whatever device built it.
     """
-    cfg = _resolve_config(size, overrides)
+    cfg = resolve_config(size, overrides, variant)
     target = torch.device("cpu" if device is None else device)
     if device is None and size == "paper" and torch.cuda.is_available():
         build_device = torch.device("cuda")
@@ -408,19 +233,19 @@ def make_linreg(size="ci", device=None, cache_dir=None, **overrides):
         build_device = target
     if cache_dir is None and size == "paper":
         cache_dir = default_cache_dir()
-    path = _cache_path(cfg, cache_dir) if cache_dir not in (None, False) else None
-    data = _load(cfg, path, target) if path is not None and path.is_file() else None
+    path = cache_path(cfg, cache_dir) if cache_dir not in (None, False) else None
+    data = load_cached(cfg, path, target) if path is not None and path.is_file() else None
     if data is None:
         numel = max(cfg["pre_n_samples"], cfg["ft_n_samples"]) * cfg["m"] * cfg["n"]
         with datagen.small_cpu_work(build_device, numel):
             data = build(cfg, build_device)
         if path is not None:
-            _save(data, cfg, path)
+            save_cached(data, cfg, path)
     fields = {k: data[k] for k in ("Q", "c", "A", "b", "W0")}
-    problem = LinReg(**fields, lam=data["lam"], bb=data["bb"], info=data["info"], config=cfg)
+    problem = LinReg(**fields, lam=data["lam"], bb=data["bb"], info=data["info"], config=cfg, variant=variant)
     if path is not None:
         problem.info["cache_path"] = str(path)
-    return problem.to(target, _DTYPE)
+    return problem.to(target, DTYPE)
 
 
 def main(argv=None):
@@ -430,19 +255,24 @@ def main(argv=None):
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available for paper)")
     parser.add_argument("--cache-dir", default=None, help="default: $BLORA_CACHE or ~/.cache/bernoulli_lora")
     parser.add_argument("--no-cache", action="store_true", help="build without reading or writing the cache")
+    parser.add_argument("--variant", default="stated", choices=VARIANTS,
+                        help="stated: the paper's f; authors: the authors' code (default: stated)")
     args = parser.parse_args(argv)
     device = args.device
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cache_dir = False if args.no_cache else (args.cache_dir or default_cache_dir())
     t = time.perf_counter()
-    problem = make_linreg(args.size, device=device, cache_dir=cache_dir)
+    problem = make_linreg(args.size, device=device, cache_dir=cache_dir, variant=args.variant)
     wall = time.perf_counter() - t
     g = problem.grad(problem.W0[None])
-    print(f"linreg size={args.size} device={device} wall={wall:.1f}s (this call; build_s={problem.info.get('build_s', float('nan')):.1f}s when built)")
+    print(f"linreg size={args.size} variant={args.variant} device={device} wall={wall:.1f}s "
+          f"(this call; build_s={problem.info.get('build_s', float('nan')):.1f}s when built)")
     print(f"  shape={problem.shape} n_samples={problem.n_samples} lam={problem.lam:.10g} L={problem.L:.10g} "
           f"L_avg={problem.L_avg:.10g} L_max={problem.L_max:.10g} f_inf={problem.f_inf}")
-    print(f"  f(W0)={float(problem.loss(problem.W0[None])[0]):.10g} ||grad f(W0)||^2={float((g * g).sum()):.6g}")
+    grad_name = "grad f" if problem.variant == "stated" else "grad f - A^T b/N"
+    print(f"  f(W0)={float(problem.loss(problem.W0[None])[0]):.10g} ||{grad_name} (W0)||^2={float((g * g).sum()):.6g} "
+          f"||W0||={float(problem.W0.norm()):.6g} ||A^T b/N||^2={float(problem.c @ problem.c):.6g}")
     print("  info: " + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in problem.info.items()))
 
 
