@@ -91,9 +91,12 @@ def attach_bounds(table: pd.DataFrame, job, cfg) -> pd.DataFrame:
     from theory.dispatch import bound_for
 
     mname = cfg["method"]["name"]
+    why = getattr(job.problem, "no_theorem", None)
     if mname not in ("bernoulli_lora", "fpft"):
+        why = f"no theorem for {mname} (factor space)"
+    if why:
         table["bound"], table["bound_metric"] = NAN, "none"
-        table["bound_status"] = f"not applicable: no theorem for {mname} (factor space)"
+        table["bound_status"] = f"not applicable: {why}"
         return table
     c = theory_constants(job, cfg)
     its = table["iteration"].to_numpy()

@@ -228,3 +228,20 @@ def test_presets_are_the_stated_presets_with_the_variant(preset, size="paper"):
     assert mine == base and mine_params == base_params
     stated = dict(mine, problem=dict(mine["problem"], variant=None))
     assert config_hash(mine) == config_hash(base) != config_hash(stated)
+
+
+def test_bounds_are_not_applied_to_the_authors_variant():
+    """The theorems bound the stated f: a run of the authors' variant is never
+    reported as holding a bound it does not satisfy."""
+    from experiments.conf.schema import job_config
+    from experiments.job import execute
+
+    cfg = job_config(problem="linreg", method="bernoulli_lora",
+                     **{"problem.variant": "authors", "size": "ci", "steps": 3, "seeds": 2, "eval_every": 1,
+                        "device": "cpu"})
+    table, _ = execute(cfg)
+    assert table["bound"].isna().all()
+    assert table["bound_status"].str.startswith("not applicable: the authors' variant").all()
+    stated, _ = execute(job_config(problem="linreg", method="bernoulli_lora",
+                                   **{"size": "ci", "steps": 3, "seeds": 2, "eval_every": 1, "device": "cpu"}))
+    assert stated["bound"].notna().all()

@@ -140,6 +140,11 @@ class LinReg:
             raise ValueError(f"problem.variant: must be one of {list(VARIANTS)}, got {variant!r}")
         self.Q, self.c, self.A, self.b = Q, c, A, b
         self.variant = variant
+        # components describe themselves: the theorems bound the stated f, which the
+        # authors' variant does not follow (its recorded gradient is off by A^T b/N)
+        self.no_theorem = (None if variant == "stated" else
+                           "the authors' variant records grad f - A^T b/N and descends a shifted "
+                           "problem; the theorems bound the stated f (docs/linreg_authors.md)")
         # the linear term of the full gradient (1.0 * c is c bitwise)
         self.c_grad = GRAD_LINEAR_FACTOR[variant] * c
         self.W0 = W0
