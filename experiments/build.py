@@ -4,12 +4,12 @@ Used by the Hydra app (:mod:`experiments.run`) and by the Hydra-free batch entry
 point (:mod:`experiments.sweep`), so both run exactly the same code. The mapping
 has the keys of :class:`experiments.conf.schema.RunConf` (problem, method,
 estimator, sketch, compressor and stepsize groups; steps, seeds, seed,
-eval_every, ...), and is checked against the schema first
+eval_every, ...; see docs/design.md#overrides), and is checked against the schema first
 (:func:`experiments.conf.check.check_config`), before anything is built.
 
 The stepsize is ``gamma = factor / L`` for smooth problems. For non-smooth ones
 (L unknown) the constant stepsize is ``gamma = factor * ||W0 - W*|| / (L0 sqrt(T))``
-(the minimiser of the bound of theory item 8 when lambda_min^p = lambda_max^p),
+(the minimiser of the bound of docs/theory.md#t8 when lambda_min^p = lambda_max^p),
 and the Polyak rule uses ``factor * lambda_min^p / lambda_max^p``.
 """
 from __future__ import annotations

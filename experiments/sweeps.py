@@ -1,4 +1,4 @@
-"""The paper's matrix-level sweeps as lists of job configurations (theory.md, A).
+"""The paper's matrix-level sweeps as lists of job configurations (docs/theory.md#exp-linreg).
 
 Each function returns the configurations of :func:`experiments.conf.schema.job_config`
 (the very mappings the Hydra app would compose for the same overrides), so a sweep

@@ -6,6 +6,9 @@
 #   log.txt              everything printed (device, benchmarks, sweep timings, verdict tails)
 #   results.tar.gz       benchmark JSONs, per-sweep timing/summary/verdicts, figures
 #   NAME.parquet         each sweep's collected table when under 15 MB
+# The results.tar.gz also holds the raw files behind paper_repro.md's derived numbers
+# (copy them to paper_results/h200/sweeps/, then run scripts/derive_numbers.py):
+#   linreg_spectrum.csv, NAME_median_curves.csv (median / quantiles over seeds per iteration)
 set -uo pipefail
 export PYTHONPATH=$PWD MPLBACKEND=Agg PYTHONUNBUFFERED=1
 PY=${PY:-python3}
@@ -29,6 +32,8 @@ pack() {  # small outputs -> $OUT/results.tar.gz (job folders, parquets and the 
     echo "== core benchmark";    $PY -m benchmarks.bench_core --device $DEVICE --out "$W/bench_core_$DEVICE.json"
   fi
   echo "== linreg build";      /usr/bin/time -v $PY -m experiments.problems.linreg --size $SIZE --device $DEVICE 2>&1 | tail -30
+  echo "== linreg spectrum";   $PY scripts/derive_numbers.py spectrum --size $SIZE --device $DEVICE -o "$W/linreg_spectrum.csv" \
+                                 && cat "$W/linreg_spectrum.csv"
   if [ "$BENCH" = 1 ]; then
     echo "== gradient vs GEMM";  $PY -m benchmarks.bench_gradient --size $SIZE --device $DEVICE --runs 320 --out "$W/bench_gradient_$DEVICE.json"
     echo "== engine step";       $PY -m benchmarks.bench_engine --size $SIZE --device $DEVICE --runs 320 --rank 4 --steps 200 --out "$W/bench_engine_$DEVICE.json"
@@ -37,6 +42,7 @@ pack() {  # small outputs -> $OUT/results.tar.gz (job folders, parquets and the 
   for s in $SWEEPS; do
     echo "== sweep $s";        $PY -m experiments.sweep $s --size $SIZE --device $DEVICE --out "$W/$s"
     $PY -m experiments.collect "$W/$s" -o "$W/$s.parquet"
+    $PY scripts/derive_numbers.py curves "$W/$s.parquet" -o "$W/${s}_median_curves.csv"
     $PY -m experiments.verify "$W/$s" --out "$W/${s}_verdicts.csv" > "$W/${s}_verdicts.txt"; echo "verify exit $?"
     tail -3 "$W/${s}_verdicts.txt"
     $PY -m experiments.summarize "$W/$s.parquet" -o "$W/${s}_summary.csv"

@@ -5,19 +5,35 @@
 #     SIZE=paper DEVICE=cuda bash scripts/reproduce.sh   # the paper's sizes (the linreg GD sweep is
 #                                              # faster through scripts/gpu_sweeps.sh on a GPU)
 # OUT (default results/reproduce_$SIZE) receives the job folders, collected.parquet,
-# verdicts.{txt,csv}, summary.csv and figures/. Rerunning skips finished jobs.
+# verdicts.{txt,csv}, summary.csv, median_curves.csv and rates.csv (the raw files of
+# paper_repro.md section C, see scripts/derive_numbers.py), figures/, logs/ (one log per
+# experiment) and timing.txt. Rerunning skips finished jobs. One line per experiment with
+# its time and the time since the start.
+# Exit status: that of `experiments.verify` (1 if a bound is violated), after the summary
+# and the figures have been made anyway; any other failure stops at once with its log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || bash scripts/setup.sh
+# PY: the interpreter (default .venv/bin/python, created by scripts/setup.sh when missing)
+[ -n "${PY:-}" ] || [ -x .venv/bin/python ] || bash scripts/setup.sh
 export MPLBACKEND=Agg
 SIZE=${SIZE:-ci}
 DEVICE=${DEVICE:-auto}
 OUT=${OUT:-results/reproduce_$SIZE}
-PY=.venv/bin/python
-run() { echo "== $*"; $PY -m experiments.run -m "$@" size=$SIZE device=$DEVICE results_root="$OUT" \
-          hydra.sweep.dir="$OUT/sweeps/\${now:%Y-%m-%d_%H-%M-%S}_\${blora_unique:}" > "$OUT/last_run.log" 2>&1 \
-          || { cat "$OUT/last_run.log"; exit 1; }; }
-mkdir -p "$OUT"
+PY=${PY:-.venv/bin/python}
+T0=$SECONDS
+N=0
+stamp() { printf '[%4d s] %s\n' $((SECONDS - T0)) "$*" | tee -a "$OUT/timing.txt"; }
+run() {  # one Hydra multirun; its output goes to $OUT/logs/NN.log, a line here when it ends
+  N=$((N + 1)); local log; log=$(printf '%s/logs/%02d.log' "$OUT" $N); local t=$SECONDS
+  stamp "experiment $N: $* ..."
+  $PY -m experiments.run -m "$@" size=$SIZE device=$DEVICE results_root="$OUT" \
+      hydra.sweep.dir="$OUT/sweeps/\${now:%Y-%m-%d_%H-%M-%S}_\${blora_unique:}" > "$log" 2>&1 \
+    || { cat "$log"; stamp "experiment $N failed (log: $log)"; exit 1; }
+  stamp "experiment $N done in $((SECONDS - t)) s (log: $log)"
+}
+mkdir -p "$OUT/logs"
+: > "$OUT/timing.txt"
+stamp "SIZE=$SIZE DEVICE=$DEVICE OUT=$OUT"
 run experiment=counterexample method=lora,cola,asymm_lora stepsize.factor=1.0
 run experiment=counterexample method=bernoulli_lora method.p=0,0.5,1 stepsize.factor=1.0
 run problem=counterexample method=fpft stepsize.factor=1.0 steps=1500 seeds=10 eval_every=10
@@ -31,9 +47,19 @@ if [ "$SIZE" = paper ]; then GD="steps=4000 seeds=20 eval_every=20"; else GD="st
 run problem=linreg method=fpft estimator=gd stepsize.factor=1.0,2.0 $GD
 run experiment=linreg_finite_sum estimator=sgd stepsize.factor=0.0625
 run experiment=linreg_finite_sum estimator=page stepsize.factor=1 method.p=0.1,0.5,0.9
+stamp "collecting the job tables"
 $PY -m experiments.collect "$OUT" -o "$OUT/collected.parquet"
-$PY -m experiments.verify "$OUT" --out "$OUT/verdicts.csv" > "$OUT/verdicts.txt" || true
+stamp "verifying the bounds"
+status=0
+$PY -m experiments.verify "$OUT" --out "$OUT/verdicts.csv" > "$OUT/verdicts.txt" || status=$?
 tail -1 "$OUT/verdicts.txt"
+stamp "summary table, median curves, rates"
 $PY -m experiments.summarize "$OUT/collected.parquet" -o "$OUT/summary.csv" > /dev/null
+$PY scripts/derive_numbers.py curves "$OUT/collected.parquet" -o "$OUT/median_curves.csv" > /dev/null
+$PY scripts/derive_numbers.py rates "$OUT/collected.parquet" -o "$OUT/rates.csv" > /dev/null
+stamp "figures"
 $PY -m figures.make "$OUT/collected.parquet" --out "$OUT/figures" > /dev/null
-echo "results in $OUT: collected.parquet, verdicts.txt, summary.csv, figures/"
+stamp "results in $OUT: collected.parquet, verdicts.txt, summary.csv, median_curves.csv, rates.csv, figures/, logs/"
+stamp "total $((SECONDS - T0)) s"
+if [ $status != 0 ]; then stamp "verify exited with status $status (see $OUT/verdicts.txt)"; fi
+exit $status

@@ -28,8 +28,8 @@ gradient, :math:`Q_i(B_S^\top\nabla f_i)` (r x n) after a left coin or
 
 With the identity compressor this is Bernoulli-LoRA-GD (up to rounding: the
 client mean is taken after the product with the sketch). With an unbiased Q and
-sketches with :math:`B_S^\top B_S = cI` (orthonormal, column) the proof of theory.md
-item 5 goes through unchanged with :math:`\omega` of the compressor at the factor's
+sketches with :math:`B_S^\top B_S = cI` (orthonormal, column) the proof of docs/theory.md#t5
+goes through unchanged with :math:`\omega` of the compressor at the factor's
 block size (:meth:`FactorQGDBernoulliLoRA.theory_omega`); for other sketches
 :math:`\|B_S(B_S^\top B_S)^+e\|` is not bounded by :math:`\|e\|` and there is no theorem.
 
@@ -302,7 +302,7 @@ class FactorQGDBernoulliLoRA(BernoulliLoRA):
         return ([self.rank * n] if any(p > 0 for p in ps) else []) + ([m * self.rank] if any(p < 1 for p in ps) else [])
 
     def theory_omega(self, m, n):
-        """:math:`\\omega` for theory.md item 5 with factor transmission: the compressor's
+        """:math:`\\omega` for docs/theory.md#t5 with factor transmission: the compressor's
         omega at the largest factor block used, if the sketch is isometric
         (orthonormal, column) or the compressor is the identity; else NaN (no theorem)."""
         comp = self.estimator.compressor

@@ -1,6 +1,6 @@
 """Distributed Bernoulli-LoRA (QGD, MARINA, EF21, factor transmission): exact
 reductions to Bernoulli-LoRA-GD, bits counted by hand, per-client randomness,
-batch invariance, theory.md items 5-7 against measurement, bad input."""
+batch invariance, docs/theory.md#t5 to #t7 against measurement, bad input."""
 import math
 
 import numpy as np
@@ -220,7 +220,7 @@ def test_bounds_hold(estimator, compressor, extra):
 
 def test_factor_transmission_variance_is_the_qgd_one():
     """Orthonormal sketch, RandK: E||D - H_B g||^2 = omega(r n)/K^2 sum_i ||B^T g_i||^2 exactly
-    (the step of theory.md item 5 with omega at the factor's block size)."""
+    (the step of docs/theory.md#t5 with omega at the factor's block size)."""
     R, Kc, m, n, r, k = 4000, 3, 5, 4, 2, 3
     g = torch.Generator().manual_seed(1)
     grads = torch.randn(1, Kc, m, n, generator=g, dtype=torch.float64).expand(R, Kc, m, n).contiguous()
@@ -237,7 +237,7 @@ def test_factor_transmission_variance_is_the_qgd_one():
 
 
 def test_factor_transmission_bound_holds_with_orthonormal_sketch(fed):
-    """The QGD theorem (item 5) with omega = theory_omega, checked through the verifier."""
+    """The QGD theorem (docs/theory.md#t5) with omega = theory_omega, checked through the verifier."""
     from theory.dispatch import Constants, bound_for
 
     p, rank, factor, steps = 0.5, 2, 0.5, 40

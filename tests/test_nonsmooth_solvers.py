@@ -1,4 +1,4 @@
-"""Bernoulli-LoRA subgradient method on the non-smooth problems (theory.md items 8-9):
+"""Bernoulli-LoRA subgradient method on the non-smooth problems (docs/theory.md#t8, #t9):
 constant and Polyak stepsizes against their bounds through the job layer and the
 verifier, Polyak's linear convergence on the planted (sharp) l1 problem, the
 Polyak step by hand, batch invariance, bad input."""

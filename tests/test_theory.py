@@ -143,7 +143,7 @@ def test_every_theorem_has_a_case():
     assert set(CASES) == set(bd.ALL)
     for fn in bd.ALL.values():
         assert fn.metric in ("f_gap", "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap")
-        assert "theory.md item" in fn.__doc__ and "Assumptions" in fn.__doc__
+        assert f"docs/theory.md#t{fn.item}" in fn.__doc__ and "Assumptions" in fn.__doc__
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -2,7 +2,7 @@
 
 - :mod:`theory.spectra`   lambda_min^p, lambda_max^p of the sketch mixture
 - :mod:`theory.stepsizes` admissible stepsize of each theorem
-- :mod:`theory.bounds`    one bound function per theorem of theory.md
+- :mod:`theory.bounds`    one bound function per theorem of docs/theory.md
 - :mod:`theory.dispatch`  ``bound_for(variant, ...)``: the runner's single entry point
 - :mod:`theory.verify`    ``verify(table)``: measured trajectories vs bounds -> verdicts
 

@@ -1,4 +1,4 @@
-r"""Convergence bounds of Bernoulli-LoRA, one function per theorem of theory.md.
+r"""Convergence bounds of Bernoulli-LoRA, one function per theorem of docs/theory.md.
 
 Every function takes the iteration counts ``T`` (scalar or array, integers >= 0)
 first and the constants as keyword-only arguments, and returns a float array of
@@ -18,7 +18,7 @@ descent lemma; since :math:`\hat H` is an orthogonal projection,
 
 Each function's ``metric`` attribute names the results-table column it bounds
 (``f_gap``, ``avg_grad_norm_sq``, ``min_grad_norm_sq``, ``avg_f_gap``, ``min_f_gap``)
-and ``item`` the theory.md item.
+and ``item`` the theorem's number k (its section is docs/theory.md#t1 ... #t9).
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def _rate(T, scale, gamma, lmin):
 
 @_theorem("avg_grad_norm_sq", 1)
 def gd_nonconvex(T, *, gamma, L, delta0, lmin_p):
-    r"""Bernoulli-LoRA-GD, non-convex (theory.md item 1; RAC-LoRA Thm 5.3 analogue).
+    r"""Bernoulli-LoRA-GD, non-convex (docs/theory.md#t1; RAC-LoRA Thm 5.3 analogue).
 
     Assumptions: f L-smooth, bounded below by :math:`f_{\inf}`; :math:`G_t = \nabla f(W_t)`;
     :math:`0 < \gamma \le 1/L`.
@@ -119,7 +119,7 @@ def gd_nonconvex(T, *, gamma, L, delta0, lmin_p):
 
 @_theorem("f_gap", 1)
 def gd_pl(T, *, gamma, L, mu, f0_gap, lmin_p):
-    r"""Bernoulli-LoRA-GD under the PL condition (theory.md item 1; RAC-LoRA Thm 5.5 analogue).
+    r"""Bernoulli-LoRA-GD under the PL condition (docs/theory.md#t1; RAC-LoRA Thm 5.5 analogue).
 
     Assumptions: f L-smooth, :math:`\|\nabla f\|^2 \ge 2\mu(f - f^*)`; :math:`0<\gamma\le 1/L`.
 
@@ -142,7 +142,7 @@ def gd_pl(T, *, gamma, L, mu, f0_gap, lmin_p):
 
 @_theorem("avg_grad_norm_sq", 2)
 def sgd_nonconvex(T, *, gamma, L, delta0, sigma2, lmin_p, lmax_p):
-    r"""Bernoulli-LoRA-SGD with bounded variance, non-convex (theory.md item 2).
+    r"""Bernoulli-LoRA-SGD with bounded variance, non-convex (docs/theory.md#t2).
 
     Assumptions: f L-smooth, bounded below; g unbiased with
     :math:`\mathbb E\|g - \nabla f\|^2 \le \sigma^2` (``sigma2``), independent of the sketch;
@@ -163,7 +163,7 @@ def sgd_nonconvex(T, *, gamma, L, delta0, sigma2, lmin_p, lmax_p):
 
 @_theorem("f_gap", 2)
 def sgd_pl(T, *, gamma, L, mu, f0_gap, sigma2, lmin_p, lmax_p):
-    r"""Bernoulli-LoRA-SGD with bounded variance under PL (theory.md item 2).
+    r"""Bernoulli-LoRA-SGD with bounded variance under PL (docs/theory.md#t2).
 
     Assumptions: as :func:`sgd_nonconvex`, plus :math:`\|\nabla f\|^2\ge 2\mu(f-f^*)`.
 
@@ -185,7 +185,7 @@ def sgd_pl(T, *, gamma, L, mu, f0_gap, sigma2, lmin_p, lmax_p):
 
 @_theorem("min_grad_norm_sq", 2)
 def sgd_abc_nonconvex(T, *, gamma, L, delta0, A, B, C, lmin_p, lmax_p):
-    r"""Bernoulli-LoRA-SGD under expected smoothness (ABC), non-convex (theory.md item 2;
+    r"""Bernoulli-LoRA-SGD under expected smoothness (ABC), non-convex (docs/theory.md#t2;
     Khaled & Richtarik 2020, Thm 2, with sketches).
 
     Assumptions: f L-smooth, bounded below by :math:`f_{\inf}`; g unbiased with
@@ -215,7 +215,7 @@ def sgd_abc_nonconvex(T, *, gamma, L, delta0, A, B, C, lmin_p, lmax_p):
 
 @_theorem("avg_grad_norm_sq", 3)
 def page_nonconvex(T, *, gamma, L, L_avg, delta0, G0_err, q, batch, lmin_p, lmax_p):
-    r"""Bernoulli-LoRA-PAGE, non-convex (theory.md item 3).
+    r"""Bernoulli-LoRA-PAGE, non-convex (docs/theory.md#t3).
 
     Assumptions: :math:`f=\frac1N\sum_i f_i` L-smooth, bounded below, mean-squared
     smoothness :math:`\tilde L` (``L_avg``); full gradient w.p. q, else the minibatch
@@ -240,7 +240,7 @@ def page_nonconvex(T, *, gamma, L, L_avg, delta0, G0_err, q, batch, lmin_p, lmax
 
 @_theorem("avg_grad_norm_sq", 4)
 def mvr_nonconvex(T, *, gamma, L, L_avg, delta0, G0_err, sigma2, momentum, lmin_p, lmax_p):
-    r"""Bernoulli-LoRA-MVR (STORM), non-convex (theory.md item 4).
+    r"""Bernoulli-LoRA-MVR (STORM), non-convex (docs/theory.md#t4).
 
     Assumptions: f L-smooth, bounded below; :math:`g(W;\xi)` unbiased with variance
     :math:`\le\sigma^2` and mean-squared smoothness :math:`\tilde L` (``L_avg``);
@@ -250,7 +250,7 @@ def mvr_nonconvex(T, *, gamma, L, L_avg, delta0, G0_err, sigma2, momentum, lmin_
     Bounds :math:`\frac1T\sum_{t<T}\mathbb E\|\nabla f(W_t)\|^2 \le \frac{2\Phi_0}{\gamma\lambda_{\min}^pT}
     + 2b\sigma^2\frac{\lambda_{\max}^p}{\lambda_{\min}^p}`, with
     :math:`\Phi_0 = \Delta_0 + \frac{\gamma\lambda_{\max}^p}{2b}\mathbb E\|G_0-\nabla f(W_0)\|^2`
-    (theory.md leaves :math:`\Phi_0` implicit; this is the weight the proof needs).
+    (the weight the proof needs; see docs/theory.md#t4).
 
     Proof: :math:`\mathbb E\|e_{t+1}\|^2\le(1-b)^2\|e_t\|^2 + 2(1-b)^2\tilde L^2\|W_{t+1}-W_t\|^2+2b^2\sigma^2`;
     Lyapunov weight :math:`c=\gamma\lambda_{\max}^p/(2b)` satisfies
@@ -267,7 +267,7 @@ def mvr_nonconvex(T, *, gamma, L, L_avg, delta0, G0_err, sigma2, momentum, lmin_
 
 @_theorem("min_grad_norm_sq", 5)
 def qgd_nonconvex(T, *, gamma, L, delta0, omega, L_max, n_clients, delta_inf, lmin_p, lmax_p):
-    r"""Bernoulli-LoRA-QGD, non-convex (theory.md item 5): :func:`sgd_abc_nonconvex` with
+    r"""Bernoulli-LoRA-QGD, non-convex (docs/theory.md#t5): :func:`sgd_abc_nonconvex` with
     :math:`A=\omega L_{\max}/n_w`, :math:`B=1`, :math:`C=2\omega L_{\max}\Delta_{\inf}/n_w`
     (:func:`theory.stepsizes.qgd_abc_constants`).
 
@@ -285,7 +285,7 @@ def qgd_nonconvex(T, *, gamma, L, delta0, omega, L_max, n_clients, delta_inf, lm
 
 @_theorem("avg_grad_norm_sq", 6)
 def marina_nonconvex(T, *, gamma, L, L_avg, delta0, G0_err, q, omega, n_clients, lmin_p, lmax_p):
-    r"""Bernoulli-LoRA-MARINA, non-convex (theory.md item 6).
+    r"""Bernoulli-LoRA-MARINA, non-convex (docs/theory.md#t6).
 
     Assumptions: :math:`f=\frac1{n_w}\sum_i f_i` L-smooth, bounded below,
     :math:`\frac1{n_w}\sum_i\|\nabla f_i(W)-\nabla f_i(V)\|^2\le\tilde L^2\|W-V\|^2` (``L_avg``);
@@ -308,7 +308,7 @@ def marina_nonconvex(T, *, gamma, L, L_avg, delta0, G0_err, q, omega, n_clients,
 
 @_theorem("avg_grad_norm_sq", 7)
 def ef21_nonconvex(T, *, gamma, L, L_avg, delta0, G0_err, alpha, lmin_p, lmax_p):
-    r"""Bernoulli-LoRA-EF21, non-convex (theory.md item 7).
+    r"""Bernoulli-LoRA-EF21, non-convex (docs/theory.md#t7).
 
     Assumptions: :math:`f=\frac1{n_w}\sum_i f_i` L-smooth, bounded below,
     :math:`\tilde L` as in :func:`marina_nonconvex`; contractive compressors,
@@ -334,7 +334,7 @@ def ef21_nonconvex(T, *, gamma, L, L_avg, delta0, G0_err, alpha, lmin_p, lmax_p)
 
 @_theorem("avg_f_gap", 8)
 def nonsmooth_constant(T, *, gamma, L0, dist0_sq, lmin_p, lmax_p):
-    r"""Bernoulli-LoRA subgradient method, constant stepsize (theory.md item 8).
+    r"""Bernoulli-LoRA subgradient method, constant stepsize (docs/theory.md#t8).
 
     Assumptions: f convex with minimiser :math:`W^*`, subgradients bounded,
     :math:`\|G\|\le L_0`; any :math:`\gamma>0`.
@@ -355,11 +355,11 @@ def nonsmooth_constant(T, *, gamma, L0, dist0_sq, lmin_p, lmax_p):
 
 @_theorem("min_f_gap", 9)
 def nonsmooth_polyak(T, *, L0, dist0_sq, lmin_p, lmax_p, factor=1.0):
-    r"""Bernoulli-LoRA subgradient method, Polyak-type stepsize (theory.md item 9).
+    r"""Bernoulli-LoRA subgradient method, Polyak-type stepsize (docs/theory.md#t9).
 
     Assumptions: as :func:`nonsmooth_constant`, :math:`f^*` known;
     :math:`\gamma_t = \kappa\frac{\lambda_{\min}^p}{\lambda_{\max}^p}\frac{f(W_t)-f^*}{\|G_t\|^2}`,
-    :math:`\kappa` = ``factor`` in (0, 2) (theory.md states :math:`\kappa = 1`).
+    :math:`\kappa` = ``factor`` in (0, 2) (the usual statement has :math:`\kappa = 1`).
 
     Bounds :math:`\min_{t<T}\mathbb E[f(W_t)-f^*]\le\frac{L_0\|W_0-W^*\|\sqrt{\lambda_{\max}^p}}
     {\lambda_{\min}^p\sqrt{\kappa(2-\kappa)T}}` (the stated bound at :math:`\kappa = 1`).

@@ -1,6 +1,6 @@
 r"""One entry point from a run's configuration to the bound of its theorem.
 
-:func:`bound_for` picks the theorem of theory.md that matches the gradient
+:func:`bound_for` picks the theorem of docs/theory.md that matches the gradient
 estimator (``variant``), the stepsize rule and the constants that are known,
 checks the stepsize against the admissible one, and evaluates the bound at the
 given iteration counts. The runner attaches the result to every row of a
@@ -118,7 +118,7 @@ class BoundResult:
     """``values`` (float array, shape of the iterations; NaN unless ``status == 'ok'``),
     ``metric`` (results-table column bounded, or 'none'), ``status`` ('ok' or
     'not applicable: <reason>'), ``theorem`` (function of :mod:`theory.bounds` and
-    theory.md item) and ``gamma_max`` (admissible stepsize, NaN if not computed)."""
+    its section of docs/theory.md) and ``gamma_max`` (admissible stepsize, NaN if not computed)."""
 
     values: np.ndarray
     metric: str
@@ -149,7 +149,7 @@ def _plan(variant, rule, c: Constants, polyak_factor):
     """(bound function, kwargs, admissible stepsize callable or None, note) or a reason string."""
     common = dict(lmin_p=c.lmin_p, lmax_p=c.lmax_p)
     if variant != "subgradient" and rule == "polyak":
-        return f"no theorem for the Polyak rule with {variant} (theory.md item 9 is for the subgradient method)"
+        return f"no theorem for the Polyak rule with {variant} (docs/theory.md#t9 is for the subgradient method)"
     if variant == "gd":
         if _fin(c.mu) and c.mu > 0 and _fin(c.f0_gap):
             return bd.gd_pl, dict(L=c.L, mu=c.mu, f0_gap=c.f0_gap, lmin_p=c.lmin_p), lambda: ss.gd_stepsize(L=c.L)
@@ -269,7 +269,7 @@ def bound_for(variant: str, *, iterations, gamma: float, stepsize_rule: str = "c
     if isinstance(plan, str):
         return na(plan)
     fn, kw, admissible = plan
-    theorem = f"{fn.__name__} (theory.md item {fn.item})"
+    theorem = f"{fn.__name__} (docs/theory.md#t{fn.item})"
     unknown = [_NAMES.get(k, k) for k, v in kw.items() if not _fin(v)]
     if unknown:
         return na(f"constant unknown (NaN): {', '.join(unknown)}", fn.metric, theorem)

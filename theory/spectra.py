@@ -8,7 +8,7 @@ is the self-adjoint linear operator on :math:`\mathbb R^{m\times n}`
 
 whose eigenvalues are :math:`p\,a_i + (1-p)\,b_j` for the eigenvalues
 :math:`a_i` of :math:`\mathbb E[H_B]` and :math:`b_j` of :math:`\mathbb E[H_A]`.
-Hence (theory.md, notation)
+Hence (docs/theory.md#notation)
 
 .. math::
 

@@ -1,4 +1,4 @@
-r"""Admissible (largest allowed) stepsizes of the theorems in theory.md.
+r"""Admissible (largest allowed) stepsizes of the theorems in docs/theory.md.
 
 Each function returns the largest :math:`\gamma` for which the matching bound of
 :mod:`theory.bounds` is proved; a NaN argument gives NaN (unknown constant), an
@@ -61,18 +61,18 @@ def _lam(name, x):
 
 
 def gd_stepsize(*, L):
-    r"""GD (theory.md item 1): :math:`\gamma \le 1/L`."""
+    r"""GD (docs/theory.md#t1): :math:`\gamma \le 1/L`."""
     return 1.0 / _L(L)
 
 
 def sgd_stepsize(*, L):
-    r"""SGD with bounded variance (theory.md item 2): :math:`\gamma \le 1/L`."""
+    r"""SGD with bounded variance (docs/theory.md#t2): :math:`\gamma \le 1/L`."""
     return 1.0 / _L(L)
 
 
 def sgd_abc_stepsize(*, L, B, lmin_p, lmax_p):
     r"""SGD under expected smoothness :math:`\mathbb E\|g\|^2\le 2A(f-f_{\inf})+B\|\nabla f\|^2+C`
-    (theory.md item 2, ABC form):
+    (docs/theory.md#t2, ABC form):
     :math:`\gamma \le \min\{1/L,\ \lambda_{\min}^p/(2L\lambda_{\max}^p B)\}`."""
     L, B = _L(L), _num("B", B, lo=0)
     lmin, lmax = _lam("lmin_p", lmin_p), _lam("lmax_p", lmax_p)
@@ -84,7 +84,7 @@ def sgd_abc_stepsize(*, L, B, lmin_p, lmax_p):
 
 
 def page_stepsize(*, L, L_avg, lmax_p, q, batch):
-    r"""PAGE (theory.md item 3):
+    r"""PAGE (docs/theory.md#t3):
     :math:`\gamma \le 1/\big(L + \tilde L\sqrt{\lambda_{\max}^p (1-q)/(q b)}\big)`."""
     L, La = _L(L), _num("L_avg", L_avg, lo=0)
     lmax, q, b = _lam("lmax_p", lmax_p), _num("q", q, lo=0, hi=1, lo_open=True), _num("batch", batch, lo=1)
@@ -92,7 +92,7 @@ def page_stepsize(*, L, L_avg, lmax_p, q, batch):
 
 
 def mvr_stepsize(*, L, L_avg, lmax_p, momentum):
-    r"""MVR / STORM with momentum :math:`b\in(0,1]` (theory.md item 4):
+    r"""MVR / STORM with momentum :math:`b\in(0,1]` (docs/theory.md#t4):
     :math:`\gamma \le 1/\big(L + \tilde L\sqrt{2\lambda_{\max}^p (1-b)^2/b}\big)`.
 
     Here :math:`\tilde L` is the mean-squared smoothness of the stochastic gradient:
@@ -103,7 +103,7 @@ def mvr_stepsize(*, L, L_avg, lmax_p, momentum):
 
 
 def qgd_abc_constants(*, omega, L_max, n_clients, delta_inf):
-    r"""(A, B, C) of QGD (theory.md item 5): :math:`A = \omega L_{\max}/n_w`, :math:`B = 1`,
+    r"""(A, B, C) of QGD (docs/theory.md#t5): :math:`A = \omega L_{\max}/n_w`, :math:`B = 1`,
     :math:`C = 2\omega L_{\max}\Delta_{\inf}/n_w`, with
     :math:`\Delta_{\inf} = f_{\inf} - \frac1{n_w}\sum_i f_{i,\inf} \ge 0`.
 
@@ -137,13 +137,13 @@ def minibatch_abc_constants(*, L_max, batch, n_samples, delta_inf):
 
 
 def qgd_stepsize(*, L, lmin_p, lmax_p):
-    r"""QGD = SGD-ABC with B = 1 (theory.md item 5):
+    r"""QGD = SGD-ABC with B = 1 (docs/theory.md#t5):
     :math:`\gamma\le\min\{1/L, \lambda_{\min}^p/(2L\lambda_{\max}^p)\}`."""
     return sgd_abc_stepsize(L=L, B=1.0, lmin_p=lmin_p, lmax_p=lmax_p)
 
 
 def marina_stepsize(*, L, L_avg, lmax_p, q, omega, n_clients):
-    r"""MARINA (theory.md item 6):
+    r"""MARINA (docs/theory.md#t6):
     :math:`\gamma \le 1/\big(L + \tilde L\sqrt{\lambda_{\max}^p (1-q)\,\omega/(q n_w)}\big)`,
     :math:`\tilde L^2` bounding :math:`\frac1{n_w}\sum_i\|\nabla f_i(W)-\nabla f_i(V)\|^2/\|W-V\|^2`."""
     L, La = _L(L), _num("L_avg", L_avg, lo=0)
@@ -154,7 +154,7 @@ def marina_stepsize(*, L, L_avg, lmax_p, q, omega, n_clients):
 
 def ef21_theta_beta(alpha):
     r""":math:`\theta = 1-\sqrt{1-\alpha}`, :math:`\beta = (1-\alpha)/(1-\sqrt{1-\alpha})` of EF21
-    (theory.md item 7), for a contractive compressor with
+    (docs/theory.md#t7), for a contractive compressor with
     :math:`\mathbb E\|\mathcal C(x)-x\|^2\le(1-\alpha)\|x\|^2`, :math:`\alpha\in(0,1]`.
 
     They come from Young's inequality with :math:`s = 1/\sqrt{1-\alpha} - 1`:
@@ -167,7 +167,7 @@ def ef21_theta_beta(alpha):
 
 
 def ef21_stepsize(*, L, L_avg, lmax_p, alpha):
-    r"""EF21 (theory.md item 7): :math:`\gamma \le 1/\big(L + \tilde L\sqrt{\lambda_{\max}^p\beta/\theta}\big)`
+    r"""EF21 (docs/theory.md#t7): :math:`\gamma \le 1/\big(L + \tilde L\sqrt{\lambda_{\max}^p\beta/\theta}\big)`
     (= 1/L for :math:`\alpha = 1`, the identity compressor)."""
     L, La, lmax = _L(L), _num("L_avg", L_avg, lo=0), _lam("lmax_p", lmax_p)
     theta, beta = ef21_theta_beta(alpha)
@@ -175,13 +175,13 @@ def ef21_stepsize(*, L, L_avg, lmax_p, alpha):
 
 
 def subgradient_stepsize():
-    r"""Non-smooth convex, constant stepsize (theory.md item 8): every :math:`\gamma > 0`
+    r"""Non-smooth convex, constant stepsize (docs/theory.md#t8): every :math:`\gamma > 0`
     is admissible (the bound trades :math:`1/\gamma` against :math:`\gamma`)."""
     return math.inf
 
 
 def polyak_stepsize(f_gap, subgrad_norm_sq, *, lmin_p, lmax_p, factor=1.0):
-    r"""Polyak-type stepsize of theory.md item 9, vectorised:
+    r"""Polyak-type stepsize of docs/theory.md#t9, vectorised:
 
     .. math:: \gamma_t = \kappa\,\frac{\lambda_{\min}^p}{\lambda_{\max}^p}\,
               \frac{f(W_t) - f^*}{\|G_t\|^2},

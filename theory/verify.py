@@ -234,7 +234,7 @@ def verify(table: pd.DataFrame, *, confidence: float = 0.99, rtol: float = 1e-9,
     Parameters
     ----------
     table : DataFrame
-        Results table (DESIGN.md section 5): at least ``seed``, ``iteration``,
+        Results table (docs/design.md#results): at least ``seed``, ``iteration``,
         ``bound`` and the metric columns; ``bound_metric``, ``bound_status``,
         ``diverged`` and ``config_hash`` are used when present. The group key is
         ``config_hash`` (seed-independent), else every configuration column (all

@@ -1,5 +1,5 @@
-r"""The paper's linear regression with a non-convex regulariser (Bernoulli-LoRA, Sec. A
-of ../shared/research/theory.md), fine-tuned from a pretrained solution.
+r"""The paper's linear regression with a non-convex regulariser (Bernoulli-LoRA, Sec. A;
+docs/theory.md#exp-linreg), fine-tuned from a pretrained solution.
 
 .. math::
 

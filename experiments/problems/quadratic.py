@@ -30,7 +30,7 @@ AsymmLoRA stall at a non-optimal point with small steps. At gamma = 1/L the fact
 LoRA have curvature about :math:`L(\|A\|^2 + \|B\|^2)`, which exceeds 2/gamma once the
 factors grow towards :math:`\|W^*\|`, so LoRA and COLA diverge. Weight-space methods
 (RAC-LoRA, Bernoulli-LoRA) merge every step, are GD-type methods in W and converge
-linearly to :math:`W^*` (theory item 1 with mu = 1).
+linearly to :math:`W^*` (docs/theory.md#t1 with mu = 1).
 
 Batch invariance: the product with Q goes through :func:`solvers.linalg.shared_matmul`,
 so a run's numbers are bitwise the same alone or in a batch (CPU).

@@ -1,0 +1,59 @@
+"""The shell scripts' control flow, with a stub interpreter (no experiment is run):
+reproduce.sh reports each experiment, still makes the summary and figures after a
+violated bound, and then exits with verify's status."""
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUB = """#!/usr/bin/env bash
+# records its arguments; fails the module named in $STUB_FAIL with status $STUB_STATUS
+echo "$*" >> "$STUB_LOG"
+if [ "$2" = "$STUB_FAIL" ]; then echo "stub: $2 fails"; exit "$STUB_STATUS"; fi
+exit 0
+"""
+
+
+def _reproduce(tmp_path, fail_module, status):
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "calls.txt"
+    env = dict(os.environ, PY=str(stub), OUT=str(tmp_path / "out"), STUB_LOG=str(log),
+               STUB_FAIL=fail_module, STUB_STATUS=str(status))
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce.sh")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    calls = [line.split()[1] for line in log.read_text().splitlines()] if log.exists() else []
+    return r, calls
+
+
+def test_reproduce_exits_with_verify_status_after_making_the_figures(tmp_path):
+    r, calls = _reproduce(tmp_path, "experiments.verify", 1)
+    assert r.returncode == 1, r.stdout + r.stderr
+    # every later stage still ran after the failed verify, the figures last
+    after = calls[calls.index("experiments.verify") + 1:]
+    assert after == ["experiments.summarize", "curves", "rates", "figures.make"]
+    assert "verify exited with status 1" in r.stdout
+    assert "verify exited with status 1" in (tmp_path / "out" / "timing.txt").read_text()
+
+
+def test_reproduce_prints_a_line_per_experiment_with_its_time(tmp_path):
+    r, calls = _reproduce(tmp_path, "none", 0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    n_runs = calls.count("experiments.run")
+    assert n_runs >= 10
+    done = [line for line in r.stdout.splitlines() if " done in " in line and "experiment" in line]
+    assert len(done) == n_runs
+    assert all(line.startswith("[") and " s] experiment" in line for line in done)
+    assert (tmp_path / "out" / "timing.txt").read_text().splitlines()[-1].startswith("[")
+
+
+@pytest.mark.parametrize("module", ["experiments.run", "experiments.collect"])
+def test_reproduce_stops_at_once_on_any_other_failure(tmp_path, module):
+    r, calls = _reproduce(tmp_path, module, 3)
+    assert r.returncode != 0
+    assert calls[-1] == module and "figures.make" not in calls
