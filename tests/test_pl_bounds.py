@@ -256,3 +256,23 @@ def test_pl_bounds_hold_on_the_solvers(estimator):
     assert 0.05 < v["tightness"] <= 1.0, v["tightness"]  # not absurdly loose
     table["bound"] = table["bound"] / 100  # the check can fail
     assert verify(table).iloc[0]["verdict"] == "violated"
+
+
+@pytest.mark.parametrize("estimator", ["page", "mvr", "qgd", "marina", "ef21"])
+def test_pl_presets_get_their_pl_theorem_inside_the_admissible_range(estimator):
+    """experiments/conf/experiment/pl_<estimator>.yaml, at each p of its sweep: the PL theorem applies."""
+    from hydra import compose, initialize_config_module
+
+    import experiments.run
+    from experiments.build import build_job
+    from experiments.job import theory_constants
+
+    for p in (0.2, 0.5, 0.8):
+        with initialize_config_module(config_module="experiments.conf", version_base="1.3"):
+            cfg = experiments.run.job_config(compose(config_name="config",
+                                                     overrides=[f"experiment=pl_{estimator}", f"method.p={p}"]))
+        assert cfg["estimator"]["name"] == estimator
+        job = build_job(dict(cfg, device="cpu"))
+        r = bound_for(estimator, iterations=[0, cfg["steps"]], gamma=job.gamma, c=theory_constants(job, cfg))
+        assert r.ok and r.theorem.startswith(f"{estimator}_pl") and job.gamma <= r.gamma_max, r
+        assert r.vacuous_after is None
