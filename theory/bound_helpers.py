@@ -1,6 +1,7 @@
 """Shared checks and helpers of the bound functions (:mod:`theory.bounds`,
 :mod:`theory.bounds_pl`): iteration counts, positive constants, the admissible
-stepsize test and the output shape. Private to the ``theory`` package."""
+stepsize test and the output shape (private to the ``theory`` package), and
+:func:`vacuous_after` (public, re-exported by :mod:`theory.dispatch`)."""
 from __future__ import annotations
 
 import math
@@ -70,3 +71,34 @@ def _rate(T, scale, gamma, lmin):
     """scale / (gamma lmin T) with +inf at T = 0."""
     with np.errstate(divide="ignore"):
         return np.where(T > 0, scale / (gamma * lmin * np.where(T > 0, T, 1.0)), np.inf)
+
+
+def vacuous_after(iterations, values, initial=float("nan")):
+    r"""First evaluation point from which on a bound says nothing, or None.
+
+    A bound is *vacuous* at an iteration count :math:`T > 0` when its value is
+    :math:`\ge` ``initial`` (the metric's value at :math:`W_0`; NaN if unknown,
+    then this test is skipped), or larger than its value at an earlier evaluation
+    point (a growing bound), or not finite. Returns the smallest evaluation point
+    :math:`T > 0` such that the bound is vacuous there and at every later
+    evaluation point, as an int; None when the bound is informative at the last
+    point (or there is no point :math:`T > 0`). ``iterations`` may repeat and be
+    unsorted (one entry per results-table row); ``values`` matches it.
+    """
+    T = np.asarray(iterations, dtype=float).ravel()
+    v = np.broadcast_to(np.asarray(values, dtype=float), np.shape(iterations)).ravel()
+    Ts, idx = np.unique(T, return_index=True)
+    keep = Ts > 0
+    Ts, vs = Ts[keep], v[idx][keep]
+    if len(Ts) == 0:
+        return None
+    bad = ~np.isfinite(vs)
+    if math.isfinite(float(initial)):
+        bad |= vs >= float(initial)
+    with np.errstate(invalid="ignore"):
+        earlier_min = np.minimum.accumulate(np.where(np.isfinite(vs), vs, np.inf))
+        bad[1:] |= vs[1:] > earlier_min[:-1] * (1 + 1e-12)
+    if not bad[-1]:
+        return None
+    good = np.flatnonzero(~bad)
+    return int(Ts[good[-1] + 1]) if len(good) else int(Ts[0])

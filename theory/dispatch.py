@@ -51,6 +51,7 @@ import numpy as np
 
 from theory import bounds as bd
 from theory import stepsizes as ss
+from theory.bound_helpers import vacuous_after
 
 __all__ = ["Constants", "BoundResult", "bound_for", "vacuous_after", "VARIANTS", "METRICS"]
 
@@ -366,34 +367,3 @@ def _evaluate(plan, T, gamma, c, na) -> BoundResult:
         return na(str(err), fn.metric, theorem, gamma_max)
     initial = c.grad0_sq if fn.metric.endswith("grad_norm_sq") else c.f0_gap
     return BoundResult(values, fn.metric, "ok", theorem, gamma_max, vacuous_after(T, values, initial))
-
-
-def vacuous_after(iterations, values, initial=NAN):
-    r"""First evaluation point from which on a bound says nothing, or None.
-
-    A bound is *vacuous* at an iteration count :math:`T > 0` when its value is
-    :math:`\ge` ``initial`` (the metric's value at :math:`W_0`; NaN if unknown,
-    then this test is skipped), or larger than its value at an earlier evaluation
-    point (a growing bound), or not finite. Returns the smallest evaluation point
-    :math:`T > 0` such that the bound is vacuous there and at every later
-    evaluation point, as an int; None when the bound is informative at the last
-    point (or there is no point :math:`T > 0`). ``iterations`` may repeat and be
-    unsorted (one entry per results-table row); ``values`` matches it.
-    """
-    T = np.asarray(iterations, dtype=float).ravel()
-    v = np.broadcast_to(np.asarray(values, dtype=float), np.shape(iterations)).ravel()
-    Ts, idx = np.unique(T, return_index=True)
-    keep = Ts > 0
-    Ts, vs = Ts[keep], v[idx][keep]
-    if len(Ts) == 0:
-        return None
-    bad = ~np.isfinite(vs)
-    if _fin(initial):
-        bad |= vs >= float(initial)
-    with np.errstate(invalid="ignore"):
-        earlier_min = np.minimum.accumulate(np.where(np.isfinite(vs), vs, np.inf))
-        bad[1:] |= vs[1:] > earlier_min[:-1] * (1 + 1e-12)
-    if not bad[-1]:
-        return None
-    good = np.flatnonzero(~bad)
-    return int(Ts[good[-1] + 1]) if len(good) else int(Ts[0])
