@@ -136,6 +136,15 @@ CASES = {
     "ef21_nonconvex": dict(gamma=0.1, L=L, L_avg=3.0, delta0=1.0, G0_err=0.3, alpha=0.5, lmin_p=LAM, lmax_p=LAM),
     "nonsmooth_constant": dict(gamma=0.1, L0=2.0, dist0_sq=4.0, lmin_p=LAM, lmax_p=0.5),
     "nonsmooth_polyak": dict(L0=2.0, dist0_sq=4.0, lmin_p=LAM, lmax_p=0.5),
+    "page_pl": dict(gamma=0.15, L=L, L_avg=3.0, mu=MU, f0_gap=1.0, G0_err=0.0, q=0.1, batch=4, lmin_p=LAM,
+                    lmax_p=LAM),
+    "mvr_pl": dict(gamma=0.15, L=L, L_avg=3.0, mu=MU, f0_gap=1.0, G0_err=0.1, sigma2=0.01, momentum=0.3,
+                   lmin_p=LAM, lmax_p=LAM),
+    "qgd_pl": dict(gamma=0.1, L=L, mu=MU, f0_gap=1.0, omega=0.5, L_max=3.0, n_clients=2, delta_inf=0.1,
+                   lmin_p=LAM, lmax_p=LAM),
+    "marina_pl": dict(gamma=0.2, L=L, L_avg=3.0, mu=MU, f0_gap=1.0, G0_err=0.0, q=0.5, omega=1.0, n_clients=4,
+                      lmin_p=LAM, lmax_p=LAM),
+    "ef21_pl": dict(gamma=0.1, L=L, L_avg=3.0, mu=MU, f0_gap=1.0, G0_err=0.3, alpha=0.5, lmin_p=LAM, lmax_p=LAM),
 }
 
 
@@ -160,6 +169,7 @@ def test_bound_vectorised_positive_nonincreasing(name):
         assert v[0] == math.inf and np.all(np.isfinite(v[1:]))
     else:
         assert v[0] == pytest.approx(kw["f0_gap"] + (v[-1] if name == "sgd_pl" else 0), rel=0.5)
+        assert v[0] >= kw["f0_gap"]  # Phi_0 >= f(W0) - f*: the Lyapunov start bounds the metric
 
 
 @pytest.mark.parametrize("name", sorted(n for n in CASES if "gamma" in CASES[n] and "nonsmooth" not in n))
@@ -420,22 +430,23 @@ def test_dispatch_fpft_and_variants():
     c_fs = BASE.replace(L_max=3.0, batch=5, n_samples=50, delta_inf=0.2)
     r = bound_for("sgd", iterations=T, gamma=0.1, c=c_fs)
     assert r.ok and r.metric == "min_grad_norm_sq"
+    NONPL = BASE.replace(mu=NAN)  # the PL versions: tests/test_pl_bounds.py
     # page: q defaults to b/(b+N); L_avg falls back to L_max
-    r = bound_for("page", iterations=T, gamma=0.05, c=c_fs.replace(G0_err=0.0))
+    r = bound_for("page", iterations=T, gamma=0.05, c=c_fs.replace(G0_err=0.0, mu=NAN))
     assert r.ok and r.metric == "avg_grad_norm_sq"
     gmax = ss.page_stepsize(L=2.0, L_avg=3.0, lmax_p=0.3, q=5 / 55, batch=5)
     assert r.gamma_max == pytest.approx(gmax)
     # mvr without finite sum: L_avg falls back to L
-    r = bound_for("mvr", iterations=T, gamma=0.1, c=BASE.replace(sigma2=0.1, momentum=0.5, G0_err=0.1))
+    r = bound_for("mvr", iterations=T, gamma=0.1, c=NONPL.replace(sigma2=0.1, momentum=0.5, G0_err=0.1))
     assert r.ok and r.gamma_max == pytest.approx(ss.mvr_stepsize(L=2.0, L_avg=2.0, lmax_p=0.3, momentum=0.5))
     # qgd with the identity compressor needs neither L_max nor delta_inf
-    r = bound_for("qgd", iterations=T, gamma=0.25, c=BASE.replace(omega=0.0))
+    r = bound_for("qgd", iterations=T, gamma=0.25, c=NONPL.replace(omega=0.0))
     assert r.ok and r.metric == "min_grad_norm_sq"
-    assert not bound_for("qgd", iterations=T, gamma=0.5, c=BASE.replace(omega=0.0)).ok  # 1/(2L) for B = 1
-    r = bound_for("ef21", iterations=T, gamma=0.5, c=BASE.replace(alpha=1.0, L_avg=9.0, G0_err=0.0))
+    assert not bound_for("qgd", iterations=T, gamma=0.5, c=NONPL.replace(omega=0.0)).ok  # 1/(2L) for B = 1
+    r = bound_for("ef21", iterations=T, gamma=0.5, c=NONPL.replace(alpha=1.0, L_avg=9.0, G0_err=0.0))
     assert r.ok and r.gamma_max == 0.5
     r = bound_for("marina", iterations=T, gamma=0.5,
-                  c=BASE.replace(q=1.0, omega=3.0, n_clients=4, L_avg=9.0, G0_err=0.0))
+                  c=NONPL.replace(q=1.0, omega=3.0, n_clients=4, L_avg=9.0, G0_err=0.0))
     assert r.ok
     r = bound_for("subgradient", iterations=T, gamma=123.0, c=BASE.replace(L0=1.0, dist0_sq=1.0))
     assert r.ok and r.metric == "avg_f_gap"

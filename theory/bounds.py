@@ -18,7 +18,9 @@ descent lemma; since :math:`\hat H` is an orthogonal projection,
 
 Each function's ``metric`` attribute names the results-table column it bounds
 (``f_gap``, ``avg_grad_norm_sq``, ``min_grad_norm_sq``, ``avg_f_gap``, ``min_f_gap``)
-and ``item`` the theorem's number k (its section is docs/theory.md#t1 ... #t9).
+``item`` the theorem's number k and ``anchor`` its section of docs/theory.md
+(#t1 ... #t9; the PL versions of T3 to T7 are #t3-pl ... #t7-pl and live in
+:mod:`theory.bounds_pl`, re-exported here).
 """
 from __future__ import annotations
 
@@ -27,75 +29,16 @@ import math
 import numpy as np
 
 from theory import stepsizes as ss
+from theory.bound_helpers import (STEPSIZE_RTOL, _admissible, _lams, _nonneg, _out, _pos, _rate,  # noqa: F401
+                                  _T, _theorem)
+from theory.bounds_pl import ef21_pl, marina_pl, mvr_pl, page_pl, qgd_pl
 
 __all__ = [
     "gd_nonconvex", "gd_pl", "sgd_nonconvex", "sgd_pl", "sgd_abc_nonconvex",
     "page_nonconvex", "mvr_nonconvex", "qgd_nonconvex", "marina_nonconvex",
-    "ef21_nonconvex", "nonsmooth_constant", "nonsmooth_polyak", "ALL",
+    "ef21_nonconvex", "nonsmooth_constant", "nonsmooth_polyak",
+    "page_pl", "mvr_pl", "qgd_pl", "marina_pl", "ef21_pl", "ALL", "STEPSIZE_RTOL",
 ]
-
-#: a stepsize within this relative distance above the admissible one is accepted
-#: (gamma = factor / L with factor = 1 must pass despite rounding)
-STEPSIZE_RTOL = 1e-12
-
-
-def _theorem(metric, item):
-    def wrap(fn):
-        fn.metric, fn.item = metric, item
-        return fn
-    return wrap
-
-
-def _T(T):
-    T = np.asarray(T, dtype=float)
-    if np.any(~(T >= 0)) or np.any(T != np.floor(T)):
-        raise ValueError(f"T: iteration counts must be integers >= 0, got {T}")
-    return T
-
-
-def _out(x, T):
-    x = np.asarray(x, dtype=float)
-    return float(x) if np.ndim(T) == 0 else np.broadcast_to(x, np.shape(T)).copy()
-
-
-def _pos(name, x):
-    x = float(x)
-    if not x > 0 or math.isinf(x):
-        raise ValueError(f"{name}: must be a finite number > 0, got {x}")
-    return x
-
-
-def _nonneg(name, x):
-    x = float(x)
-    if not x >= 0 or math.isinf(x):
-        raise ValueError(f"{name}: must be a finite number >= 0, got {x}")
-    return x
-
-
-def _admissible(gamma, gamma_max, what):
-    gamma = _pos("gamma", gamma)
-    if math.isnan(gamma_max):
-        raise ValueError(f"gamma: admissible stepsize of {what} is unknown (NaN constant)")
-    if gamma > gamma_max * (1 + STEPSIZE_RTOL):
-        raise ValueError(f"gamma: {gamma:.6g} exceeds the admissible stepsize {gamma_max:.6g} of {what}")
-    return gamma
-
-
-def _lams(lmin_p, lmax_p=None):
-    lmin = _pos("lmin_p", lmin_p)
-    if lmax_p is None:
-        return lmin
-    lmax = _pos("lmax_p", lmax_p)
-    if lmin > lmax * (1 + 1e-12):
-        raise ValueError(f"lmin_p: must be <= lmax_p = {lmax}, got {lmin}")
-    return lmin, lmax
-
-
-def _rate(T, scale, gamma, lmin):
-    """scale / (gamma lmin T) with +inf at T = 0."""
-    with np.errstate(divide="ignore"):
-        return np.where(T > 0, scale / (gamma * lmin * np.where(T > 0, T, 1.0)), np.inf)
-
 
 # --------------------------------------------------------------------------- GD / SGD
 
@@ -382,4 +325,5 @@ def nonsmooth_polyak(T, *, L0, dist0_sq, lmin_p, lmax_p, factor=1.0):
 #: every theorem function, by name
 ALL = {fn.__name__: fn for fn in (gd_nonconvex, gd_pl, sgd_nonconvex, sgd_pl, sgd_abc_nonconvex,
                                    page_nonconvex, mvr_nonconvex, qgd_nonconvex, marina_nonconvex,
-                                   ef21_nonconvex, nonsmooth_constant, nonsmooth_polyak)}
+                                   ef21_nonconvex, nonsmooth_constant, nonsmooth_polyak,
+                                   page_pl, mvr_pl, qgd_pl, marina_pl, ef21_pl)}

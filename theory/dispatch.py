@@ -17,13 +17,21 @@ gd             PL if mu and f0_gap known: ``gd_pl``; else ``gd_nonconvex``  f_ga
 sgd            sigma2 known: ``sgd_pl`` (mu known) or ``sgd_nonconvex``;    f_gap / avg_grad_norm_sq
                else ABC (A, B, C given, or the minibatch constants from
                L_max, batch, n_samples, delta_inf): ``sgd_abc_nonconvex``   min_grad_norm_sq
-page           ``page_nonconvex`` (q defaults to b/(b+N))                   avg_grad_norm_sq
-mvr            ``mvr_nonconvex``                                            avg_grad_norm_sq
-qgd            ``qgd_nonconvex`` (or ABC with the given A, B, C)            min_grad_norm_sq
-marina, ef21   ``marina_nonconvex``, ``ef21_nonconvex``                     avg_grad_norm_sq
+page           PL if mu, f0_gap known and gamma admissible: ``page_pl``;   f_gap /
+               else ``page_nonconvex`` (q defaults to b/(b+N))              avg_grad_norm_sq
+mvr            ``mvr_pl`` (as page), else ``mvr_nonconvex``                 f_gap / avg_grad_norm_sq
+qgd            ``qgd_pl`` (as page), else ``qgd_nonconvex`` (or ABC with    f_gap / min_grad_norm_sq
+               the given A, B, C)
+marina, ef21   ``marina_pl``, ``ef21_pl`` (as page), else                   f_gap / avg_grad_norm_sq
+               ``marina_nonconvex``, ``ef21_nonconvex``
 subgradient    constant rule: ``nonsmooth_constant``;                       avg_f_gap
                polyak rule: ``nonsmooth_polyak``                            min_f_gap
 =============  ==========================================================  ======================
+
+The PL theorems of PAGE, MVR, QGD, MARINA and EF21 (docs/theory.md#t3-pl ...
+#t7-pl) have a smaller admissible stepsize than the non-convex ones; a run whose
+stepsize lies between the two is checked against the non-convex theorem. Every
+result carries ``vacuous_after`` (see :class:`BoundResult`).
 
 The smoothness constant of the variance-reduced and distributed variants is
 ``L_avg`` when known, else ``L_max`` (an upper bound of the mean-squared
@@ -43,8 +51,9 @@ import numpy as np
 
 from theory import bounds as bd
 from theory import stepsizes as ss
+from theory.bound_helpers import vacuous_after
 
-__all__ = ["Constants", "BoundResult", "bound_for", "VARIANTS", "METRICS"]
+__all__ = ["Constants", "BoundResult", "bound_for", "vacuous_after", "VARIANTS", "METRICS"]
 
 NAN = float("nan")
 VARIANTS = ("gd", "sgd", "page", "mvr", "qgd", "marina", "ef21", "subgradient")
@@ -52,6 +61,8 @@ METRICS = ("f_gap", "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_
 THEORY_METHODS = ("bernoulli_lora", "fpft")
 FACTOR_METHODS = ("lora", "asymm_lora", "cola")
 RULES = ("constant", "polyak")
+#: estimators whose PL theorem is chosen by :func:`_pl_plan` (GD and SGD: by :func:`_plan`)
+PL_VARIANTS = ("page", "mvr", "qgd", "marina", "ef21")
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,8 @@ class Constants:
     EF21's compressor; n_clients : n_w.
     G0_err : ||G0 - grad f(W0)||^2 (mean_i ||G0_i - grad f_i(W0)||^2 for EF21).
     delta_inf : f_inf - mean_i f_{i,inf} (>= 0).
+    grad0_sq : ||grad f(W0)||^2, the initial value of the gradient metrics (used only
+    to report ``BoundResult.vacuous_after``).
     """
 
     L: float = NAN
@@ -96,6 +109,7 @@ class Constants:
     n_clients: float = NAN
     G0_err: float = NAN
     delta_inf: float = NAN
+    grad0_sq: float = NAN
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -118,13 +132,19 @@ class BoundResult:
     """``values`` (float array, shape of the iterations; NaN unless ``status == 'ok'``),
     ``metric`` (results-table column bounded, or 'none'), ``status`` ('ok' or
     'not applicable: <reason>'), ``theorem`` (function of :mod:`theory.bounds` and
-    its section of docs/theory.md) and ``gamma_max`` (admissible stepsize, NaN if not computed)."""
+    its section of docs/theory.md), ``gamma_max`` (admissible stepsize, NaN if not
+    computed) and ``vacuous_after``: None, or the int iteration count from which on
+    the bound is vacuous at every evaluation point (at least the metric's initial
+    value -- ``Constants.f0_gap`` for the f-gap metrics, ``Constants.grad0_sq`` for the
+    gradient ones, when known --, growing, or infinite; see :func:`vacuous_after`).
+    Always None unless ``status == 'ok'``."""
 
     values: np.ndarray
     metric: str
     status: str
     theorem: str = ""
     gamma_max: float = NAN
+    vacuous_after: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -171,13 +191,12 @@ def _plan(variant, rule, c: Constants, polyak_factor):
         return bd.sgd_abc_nonconvex, dict(L=c.L, delta0=c.delta0, A=A, B=B, C=C, **common), \
             lambda: ss.sgd_abc_stepsize(L=c.L, B=B, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
     if variant == "page":
-        q = c.q if _fin(c.q) else (c.batch / (c.batch + c.n_samples) if _fin(c.batch) and _fin(c.n_samples) else NAN)
+        q = _page_q(c)
         _, Lt = _first_known(("L_avg", c.L_avg), ("L_max", c.L_max))
         kw = dict(L=c.L, L_avg=Lt, delta0=c.delta0, G0_err=c.G0_err, q=q, batch=c.batch, **common)
         return bd.page_nonconvex, kw, lambda: ss.page_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, q=q, batch=c.batch)
     if variant == "mvr":
-        pairs = [("L_avg", c.L_avg), ("L_max", c.L_max)] + ([] if _fin(c.n_samples) else [("L", c.L)])
-        _, Lt = _first_known(*pairs)
+        Lt = _mvr_L(c)
         kw = dict(L=c.L, L_avg=Lt, delta0=c.delta0, G0_err=c.G0_err, sigma2=c.sigma2, momentum=c.momentum, **common)
         return bd.mvr_nonconvex, kw, lambda: ss.mvr_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, momentum=c.momentum)
     if variant == "qgd":
@@ -206,6 +225,50 @@ def _plan(variant, rule, c: Constants, polyak_factor):
     if rule == "polyak":
         return bd.nonsmooth_polyak, dict(L0=c.L0, dist0_sq=c.dist0_sq, factor=polyak_factor, **common), None
     return bd.nonsmooth_constant, dict(L0=c.L0, dist0_sq=c.dist0_sq, **common), ss.subgradient_stepsize
+
+
+def _pl_plan(variant, c: Constants):
+    """(PL bound function, kwargs, admissible stepsize callable) of docs/theory.md#t3-pl ...
+    #t7-pl for a problem that declares mu > 0 and f(W0) - f*, else None (GD and SGD
+    choose their PL theorem in :func:`_plan`)."""
+    if variant not in PL_VARIANTS or not (_fin(c.mu) and c.mu > 0 and _fin(c.f0_gap)):
+        return None
+    common = dict(L=c.L, mu=c.mu, f0_gap=c.f0_gap, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
+    _, Lt = _first_known(("L_avg", c.L_avg), ("L_max", c.L_max))
+    if variant == "page":
+        q = _page_q(c)
+        return bd.page_pl, dict(L_avg=Lt, G0_err=c.G0_err, q=q, batch=c.batch, **common), \
+            lambda: ss.page_pl_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, q=q, batch=c.batch)
+    if variant == "mvr":
+        Lt = _mvr_L(c)
+        return bd.mvr_pl, dict(L_avg=Lt, G0_err=c.G0_err, sigma2=c.sigma2, momentum=c.momentum, **common), \
+            lambda: ss.mvr_pl_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, momentum=c.momentum)
+    if variant == "qgd":
+        exact = c.omega == 0
+        kw = dict(omega=c.omega, L_max=0.0 if exact else c.L_max, n_clients=1.0 if exact else c.n_clients,
+                  delta_inf=0.0 if exact else c.delta_inf, **common)
+
+        def admissible():
+            A, _, _ = ss.qgd_abc_constants(omega=kw["omega"], L_max=kw["L_max"], n_clients=kw["n_clients"],
+                                           delta_inf=kw["delta_inf"])
+            return ss.qgd_pl_stepsize(L=c.L, mu=c.mu, A=A, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
+        return bd.qgd_pl, kw, admissible
+    if variant == "marina":
+        return bd.marina_pl, dict(L_avg=Lt, G0_err=c.G0_err, q=c.q, omega=c.omega, n_clients=c.n_clients,
+                                  **common), \
+            lambda: ss.marina_pl_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, q=c.q, omega=c.omega,
+                                          n_clients=c.n_clients)
+    return bd.ef21_pl, dict(L_avg=Lt, G0_err=c.G0_err, alpha=c.alpha, **common), \
+        lambda: ss.ef21_pl_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, alpha=c.alpha)
+
+
+def _page_q(c: Constants):
+    return c.q if _fin(c.q) else (c.batch / (c.batch + c.n_samples) if _fin(c.batch) and _fin(c.n_samples) else NAN)
+
+
+def _mvr_L(c: Constants):
+    pairs = [("L_avg", c.L_avg), ("L_max", c.L_max)] + ([] if _fin(c.n_samples) else [("L", c.L)])
+    return _first_known(*pairs)[1]
 
 
 _NAMES = {"L_avg": "L_avg (or L_max)", "A": "A", "C": "C"}
@@ -268,8 +331,23 @@ def bound_for(variant: str, *, iterations, gamma: float, stepsize_rule: str = "c
     plan = _plan(variant, stepsize_rule, c, float(polyak_factor))
     if isinstance(plan, str):
         return na(plan)
+    fallback = None
+    pl_plan = _pl_plan(variant, c) if stepsize_rule == "constant" else None
+    if pl_plan is not None:
+        res = _evaluate(pl_plan, T, gamma, c, na)
+        if res.ok:
+            return res
+        fallback = res.status[len("not applicable: "):]
+    res = _evaluate(plan, T, gamma, c, na)
+    if not res.ok and fallback is not None:
+        res = dataclasses.replace(res, status=f"{res.status} (PL version: {fallback})")
+    return res
+
+
+def _evaluate(plan, T, gamma, c, na) -> BoundResult:
+    """The BoundResult of one planned theorem: constants known, stepsize admissible, values."""
     fn, kw, admissible = plan
-    theorem = f"{fn.__name__} (docs/theory.md#t{fn.item})"
+    theorem = f"{fn.__name__} (docs/theory.md#{fn.anchor})"
     unknown = [_NAMES.get(k, k) for k, v in kw.items() if not _fin(v)]
     if unknown:
         return na(f"constant unknown (NaN): {', '.join(unknown)}", fn.metric, theorem)
@@ -284,7 +362,8 @@ def bound_for(variant: str, *, iterations, gamma: float, stepsize_rule: str = "c
                 return na(f"stepsize gamma = {gamma:.6g} exceeds the admissible {gamma_max:.6g} of {theorem}",
                           fn.metric, theorem, gamma_max)
             kw = dict(kw, gamma=gamma)
-        values = np.asarray(fn(T, **kw), dtype=float)
+        values = np.asarray(fn(T, **kw), dtype=float).reshape(T.shape)
     except ValueError as err:  # a constant out of its range (q = 0, mu < 0, ...)
         return na(str(err), fn.metric, theorem, gamma_max)
-    return BoundResult(values.reshape(T.shape), fn.metric, "ok", theorem, gamma_max)
+    initial = c.grad0_sq if fn.metric.endswith("grad_norm_sq") else c.f0_gap
+    return BoundResult(values, fn.metric, "ok", theorem, gamma_max, vacuous_after(T, values, initial))

@@ -32,6 +32,11 @@ __all__ = [
     "ef21_stepsize",
     "subgradient_stepsize",
     "polyak_stepsize",
+    "page_pl_stepsize",
+    "mvr_pl_stepsize",
+    "qgd_pl_stepsize",
+    "marina_pl_stepsize",
+    "ef21_pl_stepsize",
 ]
 
 NAN = float("nan")
@@ -172,6 +177,58 @@ def ef21_stepsize(*, L, L_avg, lmax_p, alpha):
     L, La, lmax = _L(L), _num("L_avg", L_avg, lo=0), _lam("lmax_p", lmax_p)
     theta, beta = ef21_theta_beta(alpha)
     return 1.0 / (L + La * math.sqrt(lmax * beta / theta))
+
+
+# --------------------------------------------------------------------------- PL versions
+# The PL theorems (docs/theory.md#t3-pl ... #t7-pl) double the Lyapunov weight of the
+# error term so that it contracts too; the price is a factor 2 (MVR: 4) under the
+# square root of the admissible stepsize. QGD's PL theorem needs the contraction
+# factor 1 - gamma mu lmin_p + L gamma^2 lmax_p A to be at most 1 - gamma mu lmin_p / 2.
+
+
+def page_pl_stepsize(*, L, L_avg, lmax_p, q, batch):
+    r"""PAGE under PL (docs/theory.md#t3-pl):
+    :math:`\gamma \le 1/\big(L + \tilde L\sqrt{2\lambda_{\max}^p (1-q)/(q b)}\big)`."""
+    L, La = _L(L), _num("L_avg", L_avg, lo=0)
+    lmax, q, b = _lam("lmax_p", lmax_p), _num("q", q, lo=0, hi=1, lo_open=True), _num("batch", batch, lo=1)
+    return 1.0 / (L + La * math.sqrt(2.0 * lmax * (1.0 - q) / (q * b)))
+
+
+def mvr_pl_stepsize(*, L, L_avg, lmax_p, momentum):
+    r"""MVR under PL (docs/theory.md#t4-pl):
+    :math:`\gamma \le 1/\big(L + 2\tilde L(1-b)\sqrt{\lambda_{\max}^p/b}\big)`."""
+    L, La = _L(L), _num("L_avg", L_avg, lo=0)
+    lmax, b = _lam("lmax_p", lmax_p), _num("momentum", momentum, lo=0, hi=1, lo_open=True)
+    return 1.0 / (L + La * math.sqrt(4.0 * lmax * (1.0 - b) ** 2 / b))
+
+
+def qgd_pl_stepsize(*, L, mu, A, lmin_p, lmax_p):
+    r"""QGD under PL (docs/theory.md#t5-pl), A = :math:`\omega L_{\max}/n_w`
+    (:func:`qgd_abc_constants`):
+    :math:`\gamma \le \min\{1/L,\ \mu\lambda_{\min}^p/(2L\lambda_{\max}^pA)\}` (= 1/L for A = 0)."""
+    L, mu, A = _L(L), _num("mu", mu, lo=0, lo_open=True), _num("A", A, lo=0)
+    lmin, lmax = _lam("lmin_p", lmin_p), _lam("lmax_p", lmax_p)
+    if math.isnan(A) or math.isnan(mu):
+        return NAN
+    second = mu * lmin / (2.0 * L * lmax * A) if A > 0 else math.inf
+    return float(min(1.0 / L, second))
+
+
+def marina_pl_stepsize(*, L, L_avg, lmax_p, q, omega, n_clients):
+    r"""MARINA under PL (docs/theory.md#t6-pl):
+    :math:`\gamma \le 1/\big(L + \tilde L\sqrt{2\lambda_{\max}^p (1-q)\,\omega/(q n_w)}\big)`."""
+    L, La = _L(L), _num("L_avg", L_avg, lo=0)
+    lmax, q = _lam("lmax_p", lmax_p), _num("q", q, lo=0, hi=1, lo_open=True)
+    omega, nw = _num("omega", omega, lo=0), _num("n_clients", n_clients, lo=1)
+    return 1.0 / (L + La * math.sqrt(2.0 * lmax * (1.0 - q) * omega / (q * nw)))
+
+
+def ef21_pl_stepsize(*, L, L_avg, lmax_p, alpha):
+    r"""EF21 under PL (docs/theory.md#t7-pl):
+    :math:`\gamma \le 1/\big(L + \tilde L\sqrt{2\lambda_{\max}^p\beta/\theta}\big)` (= 1/L for :math:`\alpha = 1`)."""
+    L, La, lmax = _L(L), _num("L_avg", L_avg, lo=0), _lam("lmax_p", lmax_p)
+    theta, beta = ef21_theta_beta(alpha)
+    return 1.0 / (L + La * math.sqrt(2.0 * lmax * beta / theta))
 
 
 def subgradient_stepsize():
