@@ -53,6 +53,8 @@ def theory_constants(job, cfg):
     prob, est = job.problem, job.estimator
     W0 = prob.W0[None]
     f0 = float(prob.loss(W0)[0])
+    grad = getattr(prob, "grad", None)  # non-smooth problems have subgradients only
+    grad0_sq = float((grad(W0) ** 2).sum()) if callable(grad) else NAN
     f_star, f_inf = _f(getattr(prob, "f_star", NAN)), _f(getattr(prob, "f_inf", NAN))
     if math.isnan(f_inf):
         f_inf = f_star
@@ -76,7 +78,7 @@ def theory_constants(job, cfg):
     return Constants(
         L=_f(getattr(prob, "L", NAN)), mu=_f(getattr(prob, "mu", NAN)), L_avg=_f(getattr(prob, "L_avg", NAN)),
         L_max=_f(getattr(prob, "L_max", NAN)), L0=_f(getattr(prob, "L0", NAN)),
-        f0_gap=f0 - f_star, delta0=f0 - f_inf, dist0_sq=dist0, sigma2=sigma2,
+        f0_gap=f0 - f_star, grad0_sq=grad0_sq, delta0=f0 - f_inf, dist0_sq=dist0, sigma2=sigma2,
         lmin_p=job.lmin_p, lmax_p=job.lmax_p, q=_f(q), batch=_f(batch), n_samples=_f(N),
         momentum=_f(ec.get("momentum")),
         omega=_f(job.method.theory_omega(*prob.shape) if hasattr(job.method, "theory_omega")
