@@ -252,7 +252,7 @@ class BernoulliLoRASwitcher:
 
     def _reset_state(self, tensors, optimizer) -> None:
         if optimizer is None:
-            if self.optimizer_state != "keep" and "noopt" not in self._warned:
+            if self.round is not None and self.optimizer_state != "keep" and "noopt" not in self._warned:
                 self._warned.add("noopt")
                 warnings.warn(f"optimizer_state={self.optimizer_state!r} but no optimizer was passed; "
                               "state not reset", stacklevel=4)
@@ -320,7 +320,7 @@ class BernoulliLoRASwitcher:
         self.snapshot_reference()
         self.counts = {LEFT: 0, RIGHT: 0, "merges": 0}
         self.history.clear()
-        self.side = None
+        self.round = self.side = None
         self._start_round(0, optimizer)
         self.last_step = 0
         ev = SwitchEvent(0, False, True, self.round, self.side)
