@@ -19,7 +19,7 @@ from torch import nn
 from experiments.real_model.bernoulli_peft import prepare_bernoulli_lora
 
 STEPS, SEEDS = 200, (0, 1, 2)
-GRIDS = {"sgd": (0.03, 0.1, 0.3, 1.0), "adamw": (1e-3, 3e-3, 1e-2, 3e-2)}
+GRIDS = {"sgd": (0.1, 0.3, 1.0, 3.0), "adamw": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)}
 SETTINGS = [(1, "sgd", "reset"), (1, "adamw", "reset"), (1, "adamw", "keep"), (1, "adamw", "reset_on_side_change"),
             (20, "sgd", "reset"), (20, "adamw", "reset"), (20, "adamw", "keep"), (20, "adamw", "reset_on_side_change")]
 

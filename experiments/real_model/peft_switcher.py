@@ -20,7 +20,7 @@ from experiments.real_model.bernoulli_peft import (  # noqa: F401
 )
 from experiments.real_model.bernoulli_peft.state import LEFT, RIGHT  # noqa: F401
 
-__all__ = ["BernoulliLoRASwitcher", "BernoulliLoRACallback", "SwitchEvent", "OPTIMIZER_STATES", "LEFT", "RIGHT",
+__all__ = ["BernoulliLoRASwitcher", "SwitchEvent", "OPTIMIZER_STATES", "LEFT", "RIGHT",
            "prepare_bernoulli_lora", "export_adapter", "save_merged", "merged_state_dict", "lora_layers", "merge_all",
            "layer_delta", "trainable_parameter_count", "count_trainable"]
 
