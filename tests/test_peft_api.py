@@ -309,3 +309,14 @@ def test_save_merged_and_export_adapter_reproduce_trained_model(kind, tmp_path):
 
     small = export_adapter(sw, tmp_path / "small", rank=1)  # truncated: error reported
     assert not small["exact"] and small["max_rel_error"] > 10 * report["max_rel_error"]
+
+
+def test_optimiser_semantics_benchmark_probe(monkeypatch):
+    """The benchmark's sign-descent probe: ~1 for AdamW 'reset' per step, ~0 for SGD (script cannot rot)."""
+    bench = pytest.importorskip("benchmarks.peft_optimiser_semantics")
+    monkeypatch.setattr(bench, "STEPS", 3)
+    x, y = bench.task()
+    loss, frac = bench.run(1, "adamw", "reset", 1e-2, 0, x, y, sign_probe=True)
+    assert frac > 0.99 and loss < 0.5
+    _, frac_sgd = bench.run(1, "sgd", "reset", 1.0, 0, x, y, sign_probe=True)
+    assert frac_sgd < 0.05

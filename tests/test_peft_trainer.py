@@ -51,6 +51,7 @@ def test_trainer_trains_and_resumes_on_the_same_trajectory(tmp_path):
     tr.train()
     assert sw.last_step == 6 and sw.counts["merges"] == 3 and sw.counts["left"] + sw.counts["right"] == 4
     assert any(not torch.equal(w, m.get_base_layer().weight) for w, (_, m) in zip(w_ref, sw.layers))
+    assert not any(q in tr.optimizer.state for q in sw.factor_parameters())  # 'reset' reached the Trainer's optimiser
     final = {n: q.detach().clone() for n, q in model.named_parameters()}
     assert (tmp_path / "checkpoint-2" / CHECKPOINT_FILE).is_file()
 

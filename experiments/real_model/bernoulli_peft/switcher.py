@@ -223,9 +223,10 @@ class BernoulliLoRASwitcher(SwitcherStateMixin):
 
     def _check_optimizer(self, optimizer) -> None:
         held = {id(t) for g in optimizer.param_groups for t in g["params"]}
-        names = {id(q): n for n, q in self.model.named_parameters()}
-        missing = [names.get(id(t), "?") for t in self.trainable_parameters() if id(t) not in held]
+        missing = [t for t in self.trainable_parameters() if id(t) not in held]
         if missing:
+            names = {id(q): n for n, q in self.model.named_parameters()}
+            missing = [names.get(id(t), "?") for t in missing]
             raise ValueError("optimizer does not hold " + ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
                              + "; build it on switcher.trainable_parameters() (the trained side changes "
                              "between rounds; modules_to_save must be trained too)")
