@@ -18,6 +18,7 @@ from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from experiments.real_model.bernoulli_peft import (  # noqa: E402
     BernoulliLoRASwitcher,
     export_adapter,
+    layer_delta,
     prepare_bernoulli_lora,
     save_merged,
 )
@@ -320,3 +321,44 @@ def test_optimiser_semantics_benchmark_probe(monkeypatch):
     assert frac > 0.99 and loss < 0.5
     _, frac_sgd = bench.run(1, "sgd", "reset", 1.0, 0, x, y, sign_probe=True)
     assert frac_sgd < 0.05
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def mlp_base():
+    torch.manual_seed(7)
+    return torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 5)).double()
+
+
+def mlp_peft(r):
+    return get_peft_model(mlp_base(), LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["0", "2"]))
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), p=st.sampled_from([0.0, 0.3, 1.0]), every=st.integers(1, 3),
+       steps=st.integers(1, 7), r=st.integers(1, 2))
+def test_property_rank_bound_and_exact_export(seed, p, every, steps, r):
+    """For all runs: rank(W - W0) <= min(m, n, r * rounds) and the default export reproduces the model."""
+    import tempfile
+
+    model = mlp_peft(r)
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    sw = prepare_bernoulli_lora(model, p=p, every=every, seed=seed)
+    opt = sw.create_optimizer(lr=0.3)
+    for t in range(1, steps + 1):
+        (model(x) ** 2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        sw.step(t, opt)
+    rounds = sw.counts["left"] + sw.counts["right"]
+    for (_, m), w0 in zip(sw.layers, sw.reference):
+        w = m.get_base_layer().weight.detach() + layer_delta(m, "default").detach()
+        assert int(torch.linalg.matrix_rank(w - w0, rtol=1e-9)) <= min(*w.shape, r * rounds)
+    with tempfile.TemporaryDirectory() as d:
+        report = export_adapter(sw, d)
+        assert report["exact"] and report["max_rel_error"] < 1e-8
+        with torch.no_grad():
+            loaded = PeftModel.from_pretrained(mlp_base(), d)(x)
+            torch.testing.assert_close(loaded, model(x), rtol=0, atol=1e-10)
