@@ -90,3 +90,15 @@ def test_docs_example_runs(tmp_path, monkeypatch):
     for code in blocks:
         exec(compile(code, str(DOC), "exec"), ns)  # the doc's own asserts check the results
     assert ns["max_diff_merged"] < 1e-4 and ns["max_diff_adapter"] < 1e-4
+
+
+def test_load_best_model_at_end_refused(tmp_path):
+    model = bert_model()
+    sw = prepare_bernoulli_lora(model, p=0.5)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=2, use_cpu=True, report_to=[],
+                                          disable_tqdm=True, save_strategy="steps", eval_strategy="steps",
+                                          save_steps=1, eval_steps=1, load_best_model_at_end=True)
+    tr = transformers.Trainer(model=model, args=args, train_dataset=DATA, eval_dataset=DATA,
+                              optimizers=(sw.create_optimizer(lr=0.1), None), callbacks=[BernoulliLoRACallback(sw)])
+    with pytest.raises(ValueError, match="load_best_model_at_end"):
+        tr.train()

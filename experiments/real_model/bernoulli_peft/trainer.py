@@ -30,6 +30,8 @@ class BernoulliLoRACallback(_callback_base()):
     * ``on_save``: writes ``switcher.state_dict()`` (incl. the base weights holding the
       merged progress, which the Trainer's PEFT adapter save does not store) into the
       checkpoint folder.
+    * ``load_best_model_at_end=True`` is refused (the Trainer would reload only the
+      best checkpoint's adapter, mixing it with the last run's base weights).
 
     Parameters
     ----------
@@ -44,6 +46,10 @@ class BernoulliLoRACallback(_callback_base()):
         self.resume_dir = resume_dir
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        if getattr(args, "load_best_model_at_end", False):
+            raise ValueError("error: load_best_model_at_end: the Trainer would reload only the PEFT adapter of the "
+                             "best checkpoint, not its merged base weights; restore "
+                             "<checkpoint>/bernoulli_lora_state.pt with switcher.load_state_dict() instead")
         if state.global_step > 0 and self.switcher.last_step != state.global_step:
             folder = self.resume_dir or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             path = os.path.join(folder, CHECKPOINT_FILE)
