@@ -131,7 +131,7 @@ def test_frozen_unchanged_and_trained_moves_under_adamw():
     opt.step()
     after = [t.detach() for t in sw.factor_parameters() if not t.requires_grad]
     assert all(torch.equal(a, b) for a, b in zip(frozen, after))
-    assert all(bool(t.detach().abs().sum() > 0) for t in sw.trainable_parameters())
+    assert all(bool(t.detach().abs().sum() > 0) for t in sw.trained_factors())
 
 
 @pytest.mark.parametrize("builder", [tiny_bert, tiny_gpt2])
@@ -141,14 +141,14 @@ def test_merge_preserves_function(builder):
     sw.init()
     opt = torch.optim.SGD(sw.factor_parameters(), lr=0.2)
     train_steps(model, sw, opt, 3)
-    assert all(bool(t.detach().abs().sum() > 0) for t in sw.trainable_parameters())  # B A != 0 now
+    assert all(bool(t.detach().abs().sum() > 0) for t in sw.trained_factors())  # B A != 0 now
     with torch.no_grad():
         before = out(model).clone()
         base_before = [m.get_base_layer().weight.clone() for _, m in sw.layers]
         sw.merge()
         merged = out(model)
     torch.testing.assert_close(merged, before, rtol=1e-12, atol=1e-12)
-    assert all(bool((t == 0).all()) for t in sw.trainable_parameters())
+    assert all(bool((t == 0).all()) for t in sw.trained_factors())
     assert any(not torch.equal(w0, m.get_base_layer().weight) for w0, (_, m) in zip(base_before, sw.layers))
     # the utility: fold again after more training, zero='auto' zeroes the trained side
     train_steps(model, sw, opt, 2, start=4)
@@ -156,7 +156,7 @@ def test_merge_preserves_function(builder):
         before = out(model).clone()
         assert merge_all(model) == len(sw.layers)
         torch.testing.assert_close(out(model), before, rtol=1e-12, atol=1e-12)
-    assert all(bool((t == 0).all()) for t in sw.trainable_parameters())
+    assert all(bool((t == 0).all()) for t in sw.trained_factors())
     # against PEFT's own merge of the (pre-merge) adapter: same function
     model2 = builder()
     with torch.no_grad():
@@ -173,7 +173,7 @@ def test_optimizer_state_reset_and_keep(mode):
     sw = BernoulliLoRASwitcher(model, p=0.5, seed=5, optimizer_state=mode)
     sw.init()
     opt = torch.optim.AdamW(sw.factor_parameters(), lr=1e-2)
-    trained = sw.trainable_parameters()
+    trained = sw.trained_factors()
     (out(model) ** 2).mean().backward()
     opt.step()
     opt.zero_grad()
@@ -232,7 +232,7 @@ def test_schedule_merge_every_and_validation():
         events.append(sw.step(t, opt))
         if t == 2:  # merge only: trained re-zeroed, frozen kept, same round
             assert sw.round == 0
-            assert all(bool((x == 0).all()) for x in sw.trainable_parameters())
+            assert all(bool((x == 0).all()) for x in sw.trained_factors())
             assert all(torch.equal(a, b.detach()) for a, b in
                        zip(frozen0, [x for x in sw.factor_parameters() if not x.requires_grad]))
     assert events[0] is None and events[2] is None
@@ -248,8 +248,8 @@ def test_schedule_merge_every_and_validation():
         BernoulliLoRASwitcher(model, p=0.5, draws="real_model", sketch="column")
     with pytest.raises(RuntimeError, match="init"):
         BernoulliLoRASwitcher(model, p=0.5).step(1)
-    bad_opt = torch.optim.SGD(sw.trainable_parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="factor_parameters"):
+    bad_opt = torch.optim.SGD(sw.trained_factors(), lr=0.1)
+    with pytest.raises(ValueError, match="trainable_parameters"):
         sw.step(5, bad_opt)
 
 
