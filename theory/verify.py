@@ -53,9 +53,10 @@ ratio of measured mean to bound; 1 = attained), with the interval
 
 Exact expectations: where the table has a column ``exact`` (:math:`\mathbb E` of the
 column named by ``exact_metric`` if present, else by ``bound_metric``, known in closed
-form), the mean over seeds is also tested two-sidedly against it: z-scores
-:math:`(\bar X-e)/(s/\sqrt n)` at up to ``checkpoints`` points, 'disagrees' when
-:math:`\max|z| > t_{n-1,1-\alpha/(2K)}`, else 'agrees' (:func:`exact_verdict`).
+form), the mean over seeds is also tested two-sidedly against it at up to
+``checkpoints`` points: 'disagrees' when the confidence interval [LCB, UCB] above
+(each side at alpha/(2K)) excludes the exact value somewhere, else 'agrees'; the largest
+z-score :math:`|\bar X-e|/(s/\sqrt n)` is reported with it (:func:`exact_verdict`).
 See ``docs/verify.md``.
 """
 from __future__ import annotations
@@ -124,12 +125,17 @@ def _initial_value(g, metric):
 
 
 def exact_verdict(X, exact, its, *, confidence, checkpoints=8, rtol=1e-9, atol=0.0) -> dict:
-    r"""Two-sided test of known expectations: ``X`` (n seeds, P points), ``exact`` (P,).
+    r"""Two-sided check of known expectations: ``X`` (n seeds, P points), ``exact`` (P,).
 
-    Tests :math:`\mathbb E X_{T} = e_T` at up to ``checkpoints`` points (log-spaced, finite
-    ``exact``, every seed measured) with :math:`z = (\bar X - e)/(s/\sqrt n)` and the
-    simultaneous level ``confidence`` (Bonferroni, two-sided: threshold
-    :math:`t_{n-1,1-\alpha/(2K)}`). Differences within ``rtol |e| + atol`` count as 0.
+    Tests :math:`\mathbb E X_T = e_T` at up to ``checkpoints`` points (log-spaced, finite
+    ``exact``, every seed measured) at the simultaneous level ``confidence``: 'disagrees'
+    when at some point the lower confidence bound of the mean exceeds :math:`e_T` or the
+    upper one falls below it (:func:`theory.confidence.mean_bounds`, each side at
+    :math:`\alpha/(2K)`); differences within ``rtol |e| + atol`` count as none. The
+    z-scores :math:`z = (\bar X - e)/(s/\sqrt n)` are reported (largest :math:`|z|`) but not
+    compared with a t quantile: for the right-skewed trajectories of randomised methods
+    that plain test raises false alarms far above its level (measured in
+    ``python -m theory.coverage``).
 
     Returns
     -------
@@ -142,18 +148,20 @@ def exact_verdict(X, exact, its, *, confidence, checkpoints=8, rtol=1e-9, atol=0
     if X.shape[0] < 2 or not ok.any():
         why = "one seed: no standard error" if X.shape[0] < 2 else "no point with both exact and measured values"
         return dict(out, exact_reason=f"exact: {why}")
-    k = log_spaced(its[ok], checkpoints)
-    cols = np.flatnonzero(ok)[k]
+    cols = np.flatnonzero(ok)[log_spaced(its[ok], checkpoints)]
     Xc, e = X[:, cols], exact[cols]
-    z = ci.exact_z(Xc, e)
-    z = np.where(np.abs(Xc.mean(axis=0) - e) <= rtol * np.abs(e) + atol, 0.0, z)
-    alpha = (1 - confidence) / len(cols)
-    thr = float(ci.t_quantile(X.shape[0] - 1, 1 - alpha / 2))
-    j = int(np.argmax(np.abs(z)))
-    word = "disagrees" if abs(z[j]) > thr else "agrees"
+    tol = rtol * np.abs(e) + atol
+    mean, lcb, ucb = ci.mean_bounds(Xc, alpha=(1 - confidence) / (2 * len(cols)))
+    same = np.abs(mean - e) <= tol
+    z = np.where(same, 0.0, ci.exact_z(Xc, e))
+    off = ~same & ((lcb > e + tol) | (ucb < e - tol))
+    j = int(np.argmax(np.where(off, np.abs(z), -1.0))) if off.any() else int(np.argmax(np.abs(z)))
+    word = "disagrees" if off.any() else "agrees"
+    where = f"t={int(its[cols[j]])}: mean {mean[j]:.6g}, exact {e[j]:.6g}, interval [{lcb[j]:.6g}, {ucb[j]:.6g}]"
     return dict(exact_verdict=word, exact_max_abs_z=float(abs(z[j])), exact_worst_iteration=int(its[cols[j]]),
-                exact_reason=(f"exact: max |z| = {abs(z[j]):.3g} at t={int(its[cols[j]])} "
-                              f"{'>' if word == 'disagrees' else '<='} {thr:.3g} ({len(cols)} points, two-sided)"))
+                exact_reason=(f"exact {word} at {int(off.sum())} of {len(cols)} points" if off.any() else
+                              f"exact agrees at {len(cols)} points") + f" (max |z| = {abs(z[j]):.3g} at {where}, "
+                f"two-sided {100 * confidence:.4g}% simultaneous)")
 
 
 def _exact(g, seeds, confidence, checkpoints, rtol, floor_abs):
