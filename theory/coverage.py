@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from theory.confidence import mean_bounds
+from theory.confidence import exact_z, mean_bounds, t_quantile
 
-__all__ = ["DISTRIBUTIONS", "quadratic_trajectories", "error_rates"]
+__all__ = ["DISTRIBUTIONS", "quadratic_trajectories", "error_rates", "exact_false_alarms"]
 
 #: name -> (sampler(rng, shape), exact mean)
 DISTRIBUTIONS = {
@@ -51,6 +51,20 @@ def error_rates(sampler, mean, *, n, reps, alpha, rng, bounds=mean_bounds):
     return float(np.mean(lcb > mean)), float(np.mean(ucb < mean))
 
 
+def exact_false_alarms(*, n, reps, steps, checkpoints, confidence, rng):
+    """Rate of 'disagrees' against the true E f_t of the quadratic model at ``checkpoints``
+    points, two-sided simultaneous level ``confidence``: (plain z-test against the Student t
+    quantile, the confidence-bound check of :func:`theory.verify.exact_verdict`)."""
+    from theory.verify import exact_verdict  # late: verify imports this package's siblings
+
+    f, mean = quadratic_trajectories(rng, (reps, n), steps)
+    its = np.unique(np.round(np.geomspace(1, steps, checkpoints)).astype(int))
+    thr = t_quantile(n - 1, 1 - (1 - confidence) / (2 * len(its)))
+    z = np.stack([np.abs(exact_z(f[r][:, its], mean[its])).max() for r in range(reps)])
+    ours = [exact_verdict(f[r][:, its], mean[its], its, confidence=confidence)["exact_verdict"] for r in range(reps)]
+    return float(np.mean(z > thr)), float(np.mean(np.array(ours) == "disagrees"))
+
+
 def _main():
     rng = np.random.default_rng(2026)
     reps, alpha = int(__import__("os").environ.get("REPS", 4000)), 0.05
@@ -64,6 +78,13 @@ def _main():
         for n in (3, 5, 10, 20):
             lo, hi = error_rates(sampler, mean, n=n, reps=reps, alpha=alpha, rng=rng)
             print(f"{name:28s} {n:5d} {lo:14.4f} {hi:14.4f}")
+    conf = 0.9
+    print(f"\nexact-expectation check on the quadratic model (t = 1..30, 8 log-spaced points), "
+          f"rate of 'disagrees' when exact is right, nominal {1 - conf:.2g}, {reps // 4} repetitions")
+    print(f"{'seeds':>5s} {'plain z-test':>13s} {'exact_verdict':>14s}")
+    for n in (5, 10, 20):
+        z, ours = exact_false_alarms(n=n, reps=reps // 4, steps=30, checkpoints=8, confidence=conf, rng=rng)
+        print(f"{n:5d} {z:13.4f} {ours:14.4f}")
 
 
 if __name__ == "__main__":
