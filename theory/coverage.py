@@ -20,7 +20,7 @@ import numpy as np
 
 from theory.confidence import exact_z, mean_bounds, t_quantile
 
-__all__ = ["DISTRIBUTIONS", "quadratic_trajectories", "error_rates", "exact_false_alarms"]
+__all__ = ["DISTRIBUTIONS", "quadratic_trajectories", "error_rates", "exact_false_alarms", "student_t_bounds"]
 
 #: name -> (sampler(rng, shape), exact mean)
 DISTRIBUTIONS = {
@@ -44,9 +44,16 @@ def quadratic_trajectories(rng, shape, steps, *, p=0.3, m=12, n=6, rank=2, c=1.0
     return f, (1 - (2 * c - c * c) * lam) ** np.arange(steps + 1)
 
 
-def error_rates(sampler, mean, *, n, reps, alpha, rng, bounds=mean_bounds):
-    """(P(LCB > mean), P(UCB < mean)) over ``reps`` samples of ``n`` seeds."""
-    X = sampler(rng, (n, reps))
+def student_t_bounds(X, *, alpha):
+    """Plain Student-t bounds (mean, lcb, ucb), for comparison."""
+    n, m = X.shape[0], X.mean(axis=0)
+    half = t_quantile(n - 1, 1 - alpha) * X.std(axis=0, ddof=1) / np.sqrt(n)
+    return m, m - half, m + half
+
+
+def error_rates(sampler, mean, *, n, reps, alpha, rng, bounds=mean_bounds, X=None):
+    """(P(LCB > mean), P(UCB < mean)) over ``reps`` samples of ``n`` seeds (or the given X)."""
+    X = sampler(rng, (n, reps)) if X is None else X
     _, lcb, ucb = bounds(X, alpha=alpha)
     return float(np.mean(lcb > mean)), float(np.mean(ucb < mean))
 
@@ -70,14 +77,17 @@ def _main():
     reps, alpha = int(__import__("os").environ.get("REPS", 4000)), 0.05
     print(f"one-sided error rates of theory.confidence.mean_bounds, alpha = {alpha}, {reps} repetitions "
           f"(Monte Carlo sd {np.sqrt(alpha * (1 - alpha) / reps):.4f}); seed 2026")
-    print(f"{'distribution':28s} {'seeds':>5s} {'P(LCB > mean)':>14s} {'P(UCB < mean)':>14s}")
+    print(f"{'distribution':28s} {'seeds':>5s} {'P(LCB > mean)':>14s} {'P(UCB < mean)':>14s} "
+          f"{'Student t alone: P(UCB < mean)':>31s}")
     cases = dict(DISTRIBUTIONS)
     cases["quadratic f_T, T=40"] = (lambda rng, s: quadratic_trajectories(rng, s, 40)[0][..., -1],
                                    float(quadratic_trajectories(rng, (1,), 40)[1][-1]))
     for name, (sampler, mean) in cases.items():
         for n in (3, 5, 10, 20):
-            lo, hi = error_rates(sampler, mean, n=n, reps=reps, alpha=alpha, rng=rng)
-            print(f"{name:28s} {n:5d} {lo:14.4f} {hi:14.4f}")
+            X = sampler(rng, (n, reps))
+            lo, hi = error_rates(sampler, mean, n=n, reps=reps, alpha=alpha, rng=rng, X=X)
+            _, t_hi = error_rates(sampler, mean, n=n, reps=reps, alpha=alpha, rng=rng, X=X, bounds=student_t_bounds)
+            print(f"{name:28s} {n:5d} {lo:14.4f} {hi:14.4f} {t_hi:31.4f}")
     conf = 0.9
     print(f"\nexact-expectation check on the quadratic model (t = 1..30, 8 log-spaced points), "
           f"rate of 'disagrees' when exact is right, nominal {1 - conf:.2g}, {reps // 4} repetitions")
