@@ -112,10 +112,11 @@ def group_samples(g: pd.DataFrame, metric: str, its_all, seeds, candidates) -> S
             if raw is not None and rec.any() and raw_ok[rec].all():
                 if T <= prefix:
                     k = "min"
-                elif _full(col):
+                elif _full(col) and np.any(rec & (its_all >= 1)):
+                    # an upper bound needs a recorded iterate 1 <= t' < T (E X_0 is the start)
                     k, rmin = "min", col
                     notes.add("iterates not all recorded: lower bound also from E[running min] <= min_t E")
-            if k is None and _full(col):
+            if k is None and _full(col) and not (raw is not None and rec.any() and raw_ok[rec].all()):
                 k, x = "runmin", col
                 notes.add(f"judged on E[running min] <= min_t E (no complete {RAW[metric]}): no upper bound")
         elif _full(col):
