@@ -30,7 +30,7 @@ is *informative*: :math:`b_T < v_0`, the mean initial value of the metric (``f_g
 or ``grad_norm_sq`` at T = 0; a bound at or above it says no more than "no worse than
 the start"), and, for a minimum over :math:`t<T`, :math:`b_T` not above the bound at
 an earlier point (that one already bounds the minimum at T). Exponentially growing
-ABC-type bounds are thus cut off and the verdict says "vacuous from t=...". Of the
+ABC-type bounds are thus cut off and the verdict says "vacuous after t=...". Of the
 informative points at most ``checkpoints`` are checked, spread evenly on a log scale
 of T (the measured curves are smooth in log T, so a few points carry the evidence and
 the Bonferroni factor stays small).
@@ -225,9 +225,10 @@ def _verdict(g: pd.DataFrame, confidence, rtol, floor, checkpoints) -> dict:
         why = f">= initial value {v0:.4g}" + (" or above an earlier bound" if metric.startswith("min_") else "")
         note = f"bound vacuous ({why}) at {int(vac.sum())} of {len(its)} points"
         after = vac & (np.arange(len(its)) > np.argmin(vac))  # vacuous again after being informative
-        if after.any():
-            out["vacuous_from"] = int(its[np.argmax(after)])
-            note += f", vacuous after t={int(its[np.argmax(after)]) - 1} (from t={int(its[np.argmax(after)])})"
+        if after.any():  # its[k - 1] is the last informative point before it
+            k = int(np.argmax(after))
+            out["vacuous_from"] = int(its[k])
+            note += f", vacuous after t={int(its[k - 1])} (from t={int(its[k])})"
         notes.append(note + "; checked only where informative")
     inf_idx = np.flatnonzero(~vac)
     chosen = inf_idx[log_spaced(its[inf_idx], checkpoints)]
@@ -271,7 +272,8 @@ def _params(table, keys, display):
     cfg = [c for c in firsts.columns if c not in MEASURED_COLUMNS]
     varying = [c for c in cfg if firsts[c].astype(str).nunique(dropna=False) > 1]
     cols = varying or display
-    return {key: ", ".join(f"{c}={_cell(firsts.at[key, c])}" for c in cols) for key in firsts.index}
+    return {key: ", ".join(f"{c}={_cell(firsts.at[key, c])}" for c in cols if _cell(firsts.at[key, c]) != "")
+            for key in firsts.index}
 
 
 def verify(table: pd.DataFrame, *, confidence: float = 0.99, rtol: float = 1e-9, floor: float = 1e-12,
