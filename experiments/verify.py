@@ -4,11 +4,15 @@
 
 DIR is a sweep directory (every ``results.parquet`` under it, recursively) or one
 parquet file (e.g. the output of ``experiments.collect``). Prints one line per
-group of runs that differ only by seed: verdict (holds / violated / not
-applicable), tightness (max measured/bound) and the reason.
+configuration (``config_hash``, with the parameters that tell the configurations
+apart): verdict (holds / violated / inconclusive / not applicable, see
+:mod:`theory.verify` and docs/verify.md), tightness (max over the checked points of
+mean/bound, with its confidence interval), the seeds that would decide an
+inconclusive group, the exact-expectation check (agrees / disagrees) where the
+table has an ``exact`` column, and the reason; then a line with the count of each verdict.
 
-Exit status: 0 when no group is violated, 1 when some group is, 2 (one line on
-stderr) when DIR holds no results or cannot be read.
+Exit status: 0 when no group is 'violated' and no exact check 'disagrees', 1
+otherwise, 2 (one line on stderr) when DIR holds no results or cannot be read.
 """
 from __future__ import annotations
 
@@ -58,15 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.verify", description=__doc__.split("\n\n")[0])
     ap.add_argument("path", metavar="DIR", help="sweep directory or a parquet results table")
     ap.add_argument("--confidence", type=float, default=0.99,
-                    help="level of the one-sided lower confidence bound over seeds (default 0.99)")
+                    help="simultaneous confidence level over a group's checked points (default 0.99)")
+    ap.add_argument("--checkpoints", type=int, default=8,
+                    help="most points checked per group, log-spaced (default 8)")
     ap.add_argument("--out", default=None, help="also write the verdicts to this .csv or .parquet file")
     args = ap.parse_args(argv)
     if not 0 < args.confidence < 1:
         print(f"verify: --confidence must lie in (0, 1), got {args.confidence}", file=sys.stderr)
         return 2
+    if args.checkpoints < 1:
+        print(f"verify: --checkpoints must be an integer >= 1, got {args.checkpoints}", file=sys.stderr)
+        return 2
     try:
         table = load_tables(args.path)
-        verdicts = verify(table, confidence=args.confidence)
+        verdicts = verify(table, confidence=args.confidence, checkpoints=args.checkpoints)
     except NoResults as err:
         print(f"verify: {err}", file=sys.stderr)
         return 2
@@ -77,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         (verdicts.to_parquet if out.suffix == ".parquet" else verdicts.to_csv)(out, index=False)
-    return 1 if (verdicts["verdict"] == "violated").any() else 0
+    failed = (verdicts["verdict"] == "violated").any() or (verdicts["exact_verdict"] == "disagrees").any()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

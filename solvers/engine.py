@@ -8,8 +8,8 @@ passes), bits, time, loss, :math:`f - f^*`, :math:`\|\nabla f\|_F^2`,
 .. math::
 
     \overline{g}_T = \frac1T\sum_{t<T}\|\nabla f(W_t)\|^2,\quad
-    \min_{t\le T}\|\nabla f(W_t)\|^2,\quad
-    \frac1T\sum_{t<T}(f(W_t)-f^*),\quad \min_{t\le T}(f(W_t) - f^*),
+    \min_{t<T}\|\nabla f(W_t)\|^2,\quad
+    \frac1T\sum_{t<T}(f(W_t)-f^*),\quad \min_{t<T}(f(W_t) - f^*),
 
 computed from every iterate when ``track_every_step`` (else NaN). A run whose
 iterate or loss stops being finite, or whose loss exceeds ``divergence_factor``

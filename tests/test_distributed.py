@@ -214,8 +214,10 @@ def test_bounds_hold(estimator, compressor, extra):
     assert t["bound_status"].iloc[0] == "ok", t["bound_status"].iloc[0]
     assert (t["compressor"] == compressor).all() and (t["bits"] > 0).all()
     v = verify(t).iloc[0]
-    assert v["verdict"] == "holds", v.to_dict()
-    assert 0 < v["tightness"] <= 1
+    # over 60 steps these bounds stay above ||grad f(W0)||^2: vacuous, never 'holds' (docs/verify.md)
+    assert v["verdict"] == "not applicable" and "vacuous at every point" in v["reason"], v.to_dict()
+    mean = t.groupby("iteration")[[v["metric"], "bound"]].mean().dropna()
+    assert (mean[v["metric"]] <= mean["bound"]).all()
 
 
 def test_factor_transmission_variance_is_the_qgd_one():
@@ -254,7 +256,9 @@ def test_factor_transmission_bound_holds_with_orthonormal_sketch(fed):
     res = bound_for("qgd", iterations=table["iteration"].to_numpy(), gamma=factor / fed.L, c=c)
     assert res.ok, res.status
     table = table.assign(bound=res.values, bound_metric=res.metric, bound_status=res.status)
-    assert verify(table).iloc[0]["verdict"] == "holds"
+    v = verify(table).iloc[0]
+    # over 40 steps the bound stays above ||grad f(W0)||^2: vacuous, never 'holds' (docs/verify.md)
+    assert v["verdict"] == "not applicable" and "vacuous at every point" in v["reason"], v.to_dict()
 
 
 # --------------------------------------------------------------------------- bad input

@@ -45,7 +45,9 @@ def test_pl_bound_is_exact_on_isotropic_quadratic_at_one_over_L():
     ratio = last["f_gap"].to_numpy() / last["bound"].to_numpy()
     half = 3.3 * ratio.std(ddof=1) / math.sqrt(S)
     assert abs(ratio.mean() - 1.0) <= half, (ratio.mean(), half)
-    assert _verdict(t)["verdict"] == "holds"
+    # attained with equality: no sample can show mean <= bound, nor a violation
+    v = _verdict(t)
+    assert v["verdict"] == "inconclusive" and v["tightness_lo"] <= 1.0 <= v["tightness_hi"], v
 
 
 def test_sgd_pl_bound_with_noise_holds():
@@ -90,13 +92,27 @@ def test_factor_space_methods_have_no_bound():
 LOGI = {"problem.m": 3, "problem.n": 5, "problem.n_samples": 60}
 
 
-@pytest.mark.parametrize("estimator,extra", [
-    ("page", {"estimator.batch": 6, "stepsize.factor": 0.3}),
-    ("sgd", {"estimator.batch": 6, "stepsize.factor": 0.05}),
-    ("gd", {"stepsize.factor": 1.0}),
+@pytest.mark.parametrize("estimator,extra,verdict", [
+    ("page", {"estimator.batch": 6, "stepsize.factor": 0.3}, "not applicable"),
+    ("sgd", {"estimator.batch": 6, "stepsize.factor": 0.05}, "not applicable"),
+    ("gd", {"stepsize.factor": 1.0}, "holds"),
 ])
-def test_finite_sum_bounds_hold_on_logistic(estimator, extra):
+def test_finite_sum_bounds_on_logistic(estimator, extra, verdict):
+    """GD's bound holds; over 60 steps PAGE's O(1/T) bound and SGD's ABC bound stay above
+    the initial squared gradient norm: vacuous, so not checked (never 'holds')."""
     t = _run(problem="logistic", estimator=estimator, **LOGI, **{"method.p": 0.4, "method.rank": 1}, **extra,
              steps=60, seeds=12, eval_every=10)
     assert t["bound_status"].iloc[0] == "ok", t["bound_status"].iloc[0]
-    assert _verdict(t)["verdict"] == "holds"
+    v = _verdict(t)
+    assert v["verdict"] == verdict, v["reason"]
+    if verdict == "not applicable":
+        assert "vacuous at every point" in v["reason"]
+
+
+def test_page_bound_checked_once_informative():
+    """Run long enough, PAGE's bound drops below the initial value and is checked there."""
+    t = _run(problem="logistic", estimator="page", **LOGI, **{"method.p": 0.4, "method.rank": 1,
+             "estimator.batch": 6, "stepsize.factor": 0.3}, steps=400, seeds=12, eval_every=20)
+    v = _verdict(t)
+    assert v["verdict"] in ("holds", "inconclusive") and v["n_checked"] >= 1, v["reason"]
+    assert "vacuous" in v["reason"] and all(int(x) >= 100 for x in v["checked_iterations"].split())

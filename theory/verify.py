@@ -1,42 +1,63 @@
-r"""Measured trajectories against their theorem's bound: verdict and tightness.
+r"""Measured trajectories against their theorem's bound: honest verdicts and tightness.
 
-:func:`verify` takes a results table (one row per run and evaluation point, with
-the ``bound``, ``bound_metric`` and ``bound_status`` columns the runner attaches
-through :func:`theory.dispatch.bound_for`) and returns one row per group of runs
-that differ only by seed.
+:func:`verify` takes a results table (one row per run and evaluation point, with the
+``bound``, ``bound_metric`` and ``bound_status`` columns the runner attaches through
+:func:`theory.dispatch.bound_for`) and returns one row per configuration
+(``config_hash``; two configurations are never pooled). The theorems bound
+expectations :math:`\mu_T` over the algorithm's randomness; the seeds are the sample.
 
-The theorems bound expectations over the algorithm's randomness, so at every
-evaluation point T with a finite bound the statistic is a mean over seeds and the
-verdict uses its one-sided lower confidence bound (Student t; with one seed the
-value itself, no interval). The level is Bonferroni-corrected over the group's
-points, 1 - (1 - ``confidence``)/n_points each, so that a group whose bound holds
-is called 'violated' with probability at most 1 - ``confidence`` (the t interval
-is approximate for heavy-tailed late iterates; use many seeds near tight bounds):
+Verdicts (level ``confidence`` = 1 - alpha, simultaneous over the checked points):
 
-* ``f_gap``, ``avg_grad_norm_sq``, ``avg_f_gap``: the mean over seeds of that
-  column (unbiased for :math:`\mathbb E[f(W_T)-f^*]`, resp. the running averages).
-  Where the running average is missing it is rebuilt from the raw column when
-  every iterate :math:`t<T` was recorded.
-* ``min_grad_norm_sq``, ``min_f_gap``: the theorems bound
-  :math:`\min_t\mathbb E[X_t]`, not :math:`\mathbb E[\min_t X_t]\ (\le)`. The statistic
-  is the minimum over recorded :math:`t\le T` of the per-t mean of the raw column
-  (``grad_norm_sq``, ``f_gap``), and its lower confidence bound the minimum of the
-  per-t lower bounds (valid: at the minimising t the event has probability at most
-  1 - confidence). When some :math:`t\le T` were not recorded (``eval_every > 1``)
-  that minimum over-estimates the target, so the statistic and its lower bound
-  also take the mean of the per-run running minimum (:math:`\mathbb E\min\le\min\mathbb E`,
-  the column ``min_*`` itself); with neither, the point cannot be verified and is skipped.
+* ``violated``: a lower confidence bound of :math:`\mu_T` exceeds the bound :math:`b_T`
+  at some checked point, or a run of a configuration with an 'ok' bound diverged.
+  Probability under a true bound (false alarm) <= alpha.
+* ``holds``: the upper confidence bound of :math:`\mu_T` is <= :math:`b_T` at *every*
+  checked point. Probability when some checked :math:`\mu_T > b_T` <= alpha. A mean
+  above the bound is never 'holds' (UCB >= mean).
+* ``inconclusive``: neither; the row gives ``seeds_needed``, the number of seeds with
+  which the present spread would decide (:func:`theory.confidence.seeds_needed`).
+* ``not applicable``: the bound's status is not 'ok', no finite bound, the metric is
+  not measured, or the bound is vacuous wherever it is finite.
 
-Verdicts: 'violated' if at some point the lower confidence bound exceeds the bound
-by more than ``rtol * bound + floor * scale`` (scale = the group's largest finite
-bound: a round-off floor, so that measured values at machine precision do not
-'violate' a bound that has decayed below it), or if a run of a group with an 'ok'
-bound diverged; 'not applicable' if the bound's status is not 'ok' or no point has
-a finite bound (never 'holds'); else 'holds'. Tightness is the largest
-statistic/bound over the points T >= 1 whose bound lies above the round-off floor
-(1 = the bound is attained; at T = 0 a bound on the gap is the initial gap itself, so
-that point is checked but not counted; a geometric bound decayed below the floor would
-otherwise report the ratio of rounding noise to it, e.g. 1e37).
+The confidence bounds are those of :mod:`theory.confidence` (log-normal pivot and
+Student t for the upper bound, geometric-mean and t for the lower one; coverage
+measured by simulation in ``tests/test_verify_coverage.py``), each at level
+alpha / K (Bonferroni) over K checked points.
+
+Checked points. Points :math:`T\ge1` with a finite bound above the round-off floor
+(``floor`` times the largest finite bound) and a usable statistic, and where the bound
+is *informative*: :math:`b_T < v_0`, the mean initial value of the metric (``f_gap``
+or ``grad_norm_sq`` at T = 0; a bound at or above it says no more than "no worse than
+the start"), and, for a minimum over :math:`t<T`, :math:`b_T` not above the bound at
+an earlier point (that one already bounds the minimum at T). Exponentially growing
+ABC-type bounds are thus cut off and the verdict says "vacuous after t=...". Of the
+informative points at most ``checkpoints`` are checked, spread evenly on a log scale
+of T (the measured curves are smooth in log T, so a few points carry the evidence and
+the Bonferroni factor stays small).
+
+Statistics at a point T (the results-table columns, see :mod:`solvers.engine`):
+
+* ``f_gap``, ``avg_grad_norm_sq``, ``avg_f_gap``: the column's per-seed values
+  (:math:`\frac1T\sum_{t<T}`; rebuilt from the raw column when every :math:`t<T` was recorded).
+* ``min_grad_norm_sq``, ``min_f_gap``: the theorems bound :math:`\min_{t<T}\mathbb E X_t`
+  (iterates 0..T-1, not T: the engine's running minimum covers the same iterates).
+  Estimate: the minimum over recorded :math:`t<T` of the per-t means. Lower bound: the
+  minimum of the per-t lower bounds (valid: only the event at the minimising t is
+  used), and where some :math:`t<T` were not recorded also the lower bound of the
+  running-minimum column (:math:`\mathbb E\min_t X_t\le\min_t\mathbb EX_t`). Upper bound:
+  that of :math:`\mathbb E X_{t'}\ge\min_t\mathbb EX_t` at the last recorded :math:`t'<T`.
+
+Tightness = :math:`\max_k \bar X_{T_k}/b_{T_k}` over the checked points (the largest
+ratio of measured mean to bound; 1 = attained), with the interval
+:math:`[\max_k \mathrm{LCB}_k/b_k, \max_k \mathrm{UCB}_k/b_k]`, each end at the verdict's level.
+
+Exact expectations: where the table has a column ``exact`` (:math:`\mathbb E` of the
+column named by ``exact_metric`` if present, else by ``bound_metric``, known in closed
+form), the mean over seeds is also tested two-sidedly against it at up to
+``checkpoints`` points: 'disagrees' when the confidence interval [LCB, UCB] above
+(each side at alpha/(2K)) excludes the exact value somewhere, else 'agrees'; the largest
+z-score :math:`|\bar X-e|/(s/\sqrt n)` is reported with it (:func:`exact_verdict`).
+See ``docs/verify.md``.
 """
 from __future__ import annotations
 
@@ -45,45 +66,35 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["verify", "format_table", "MEASURED_COLUMNS", "DISPLAY_COLUMNS"]
+from theory import confidence as ci
+from theory.verify_stats import RAW, group_samples, log_spaced
 
-#: columns that are measurements or bookkeeping, not configuration (group key fallback)
+__all__ = ["verify", "exact_verdict", "format_table", "MEASURED_COLUMNS", "DISPLAY_COLUMNS", "VERDICTS"]
+
+VERDICTS = ("holds", "violated", "inconclusive", "not applicable")
+EXACT_VERDICTS = ("agrees", "disagrees")
+#: columns that are measurements or bookkeeping, not configuration
 MEASURED_COLUMNS = frozenset({
     "seed", "iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
     "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap", "bound", "bound_metric",
-    "bound_status", "diverged", "config_hash", "device", "wall_s", "test_acc",
+    "bound_status", "diverged", "config_hash", "device", "wall_s", "test_acc", "exact", "exact_metric",
 })
-#: configuration columns shown in the verdict table, when present
+#: prefix of the exact-expectation columns (experiments.exact: exact_f_gap, exact_status, ...)
+EXACT_PREFIX = "exact_"
+
+
+def _is_measured(col: str) -> bool:
+    return col in MEASURED_COLUMNS or col.startswith(EXACT_PREFIX)
+#: configuration columns shown when only one configuration is verified
 DISPLAY_COLUMNS = ("method", "estimator", "problem", "p", "rank", "stepsize_factor", "stepsize_rule", "sketch",
                    "compressor", "estimator_batch")
-_RAW = {"min_grad_norm_sq": "grad_norm_sq", "min_f_gap": "f_gap",
-        "avg_grad_norm_sq": "grad_norm_sq", "avg_f_gap": "f_gap"}
-_OUT = ("metric", "n_seeds", "n_points", "tightness", "worst_iteration", "estimate_at_worst",
-        "bound_at_worst", "verdict", "reason")
-
-
-def _t_quantile(df: int, confidence: float) -> float:
-    from scipy.special import stdtrit  # Student t quantile
-
-    return float(stdtrit(df, confidence))
-
-
-def _mean_lcb(X: np.ndarray, confidence: float):
-    """Column-wise mean over seeds (axis 0), one-sided lower confidence bound, and
-    the mask of columns where every seed has a value."""
-    n = X.shape[0]
-    ok = np.all(~np.isnan(X), axis=0)
-    with np.errstate(invalid="ignore"):
-        mean = X.mean(axis=0)
-        if n < 2:
-            return mean, mean.copy(), ok
-        sd = X.std(axis=0, ddof=1)
-        half = _t_quantile(n - 1, confidence) * np.where(np.isfinite(sd), sd, 0.0) / math.sqrt(n)
-    return mean, mean - half, ok
+_OUT = ("params", "metric", "n_seeds", "n_checked", "checked_iterations", "tightness", "tightness_lo",
+        "tightness_hi", "worst_iteration", "mean_at_worst", "bound_at_worst", "verdict", "seeds_needed",
+        "vacuous_from", "exact_verdict", "exact_max_abs_z", "exact_worst_iteration", "reason")
 
 
 def _group_labels(table: pd.DataFrame) -> pd.Series:
-    cfg = [c for c in table.columns if c not in MEASURED_COLUMNS]
+    cfg = [c for c in table.columns if not _is_measured(c)]
     codes = (table.groupby(cfg, dropna=False, sort=False).ngroup() if cfg
              else pd.Series(0, index=table.index)).astype(str)
     fallback = "cfg-" + codes
@@ -102,7 +113,7 @@ def _first(g: pd.DataFrame, col, default=None):
 
 def _status(g: pd.DataFrame) -> str:
     if "bound_status" in g.columns:
-        st = [s for s in g["bound_status"].dropna().unique()]
+        st = list(g["bound_status"].dropna().unique())
         bad = [s for s in st if s != "ok"]
         if bad:
             return str(bad[0])
@@ -111,164 +122,214 @@ def _status(g: pd.DataFrame) -> str:
     return "ok" if np.isfinite(g["bound"].to_numpy(float)).any() else "not applicable: no bound attached"
 
 
-def _pivot(g: pd.DataFrame, col: str, its: np.ndarray, seeds: np.ndarray) -> np.ndarray | None:
+def _initial_value(g, metric):
+    raw = RAW.get(metric, metric)
+    if raw not in g.columns:
+        return np.nan
+    v = g.loc[g["iteration"] == 0, raw].to_numpy(float)
+    return float(v.mean()) if len(v) and np.isfinite(v).all() else np.nan
+
+
+def exact_verdict(X, exact, its, *, confidence, checkpoints=8, rtol=1e-9, atol=0.0) -> dict:
+    r"""Two-sided check of known expectations: ``X`` (n seeds, P points), ``exact`` (P,).
+
+    Tests :math:`\mathbb E X_T = e_T` at up to ``checkpoints`` points (log-spaced, finite
+    ``exact``, every seed measured) at the simultaneous level ``confidence``: 'disagrees'
+    when at some point the lower confidence bound of the mean exceeds :math:`e_T` or the
+    upper one falls below it (:func:`theory.confidence.mean_bounds`, each side at
+    :math:`\alpha/(2K)`); differences within ``rtol |e| + atol`` count as none. The
+    z-scores :math:`z = (\bar X - e)/(s/\sqrt n)` are reported (largest :math:`|z|`) but not
+    compared with a t quantile: for the right-skewed trajectories of randomised methods
+    that plain test raises false alarms far above its level (measured in
+    ``python -m theory.coverage``).
+
+    Returns
+    -------
+    dict with ``exact_verdict`` ('agrees' | 'disagrees' | 'not applicable'),
+    ``exact_max_abs_z``, ``exact_worst_iteration`` and ``exact_reason``.
+    """
+    X, exact, its = np.asarray(X, float), np.asarray(exact, float), np.asarray(its)
+    ok = np.isfinite(exact) & np.all(np.isfinite(X), axis=0)
+    out = dict(exact_verdict="not applicable", exact_max_abs_z=np.nan, exact_worst_iteration=np.nan)
+    if X.shape[0] < 2 or not ok.any():
+        why = "one seed: no standard error" if X.shape[0] < 2 else "no point with both exact and measured values"
+        return dict(out, exact_reason=f"exact: {why}")
+    cols = np.flatnonzero(ok)[log_spaced(its[ok], checkpoints)]
+    Xc, e = X[:, cols], exact[cols]
+    tol = rtol * np.abs(e) + atol
+    mean, lcb, ucb = ci.mean_bounds(Xc, alpha=(1 - confidence) / (2 * len(cols)))
+    same = np.abs(mean - e) <= tol
+    z = np.where(same, 0.0, ci.exact_z(Xc, e))
+    off = ~same & ((lcb > e + tol) | (ucb < e - tol))
+    j = int(np.argmax(np.where(off, np.abs(z), -1.0))) if off.any() else int(np.argmax(np.abs(z)))
+    word = "disagrees" if off.any() else "agrees"
+    where = f"t={int(its[cols[j]])}: mean {mean[j]:.6g}, exact {e[j]:.6g}, interval [{lcb[j]:.6g}, {ucb[j]:.6g}]"
+    return dict(exact_verdict=word, exact_max_abs_z=float(abs(z[j])), exact_worst_iteration=int(its[cols[j]]),
+                exact_reason=(f"exact {word} at {int(off.sum())} of {len(cols)} points" if off.any() else
+                              f"exact agrees at {len(cols)} points") + f" (max |z| = {abs(z[j]):.3g} at {where}, "
+                f"two-sided {100 * confidence:.4g}% simultaneous)")
+
+
+def _exact(g, seeds, confidence, checkpoints, rtol, floor_abs):
+    if "exact" not in g.columns or not np.isfinite(g["exact"].to_numpy(float)).any():
+        return {}
+    col = str(_first(g, "exact_metric", _first(g, "bound_metric", "none")))
     if col not in g.columns:
-        return None
+        return dict(exact_verdict="not applicable", exact_reason=f"exact: column {col!r} not in the table")
+    its = np.sort(g["iteration"].unique())
     P = g.pivot(index="seed", columns="iteration", values=col).reindex(index=seeds, columns=its)
-    return P.to_numpy(dtype=float)
+    e = g.groupby("iteration")["exact"].first().reindex(its).to_numpy(float)
+    keep = its >= 1
+    return exact_verdict(P.to_numpy(float)[:, keep], e[keep], its[keep], confidence=confidence,
+                         checkpoints=checkpoints, rtol=rtol, atol=floor_abs)
 
 
-def _statistics(g, metric, its, seeds, confidence):
-    """Per evaluation point: estimate, lower confidence bound, verifiable mask, note."""
-    P = len(its)
-    est, lcb, usable = np.full(P, np.nan), np.full(P, np.nan), np.zeros(P, bool)
-    note = ""
-    M = _pivot(g, metric, its, seeds)
-    raw = _pivot(g, _RAW.get(metric, metric), its, seeds) if metric in _RAW else None
-    prefix = int(np.argmin(its == np.arange(P))) if not np.all(its == np.arange(P)) else P
-    # its[:prefix] == 0, 1, ..., prefix-1: every iterate t < prefix recorded
-    if metric.startswith("min_") and raw is not None:
-        m, lo, ok = _mean_lcb(raw, confidence)
-        m, lo = np.where(ok, m, np.inf), np.where(ok, lo, np.inf)
-        est, lcb = np.minimum.accumulate(m), np.minimum.accumulate(lo)
-        all_ok = np.logical_and.accumulate(ok)
-        complete = (np.arange(P) < prefix) & all_ok
-        usable = complete.copy()
-        if not complete.all() and M is not None:
-            mm, mlo, mok = _mean_lcb(M, confidence)
-            sparse = ~complete & mok
-            # the truth lies in [E running min, min over recorded t of the mean]: report the
-            # lower end, the one the verdict uses
-            lcb = np.where(sparse, np.minimum(lcb, mlo), lcb)
-            est = np.where(sparse, np.minimum(est, mm), est)
-            usable |= sparse
-            if sparse.any():
-                note = "iterates not all recorded: judged on E[running min] <= min_t E"
-        est = np.where(np.isfinite(est), est, np.nan)
-        return est, lcb, usable, note
-    if M is not None:
-        est, lcb, usable = _mean_lcb(M, confidence)
-        if metric.startswith("min_") and usable.any():
-            note = f"no {_RAW[metric]} column: judged on E[running min] <= min_t E"
-    if metric.startswith("avg_") and raw is not None and not usable.all() and prefix > 0:
-        # rebuild (1/T) sum_{t<T} X_t from the raw column where every t < T was recorded
-        T = its.astype(float)
-        csum = np.cumsum(raw[:, :prefix], axis=1)
-        idx = np.clip(its - 1, 0, prefix - 1).astype(int)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rebuilt = np.where((its >= 1) & (its <= prefix), csum[:, idx] / np.maximum(T, 1.0), np.nan)
-        rm, rl, rok = _mean_lcb(rebuilt, confidence)
-        fill = ~usable & rok
-        est, lcb, usable = np.where(fill, rm, est), np.where(fill, rl, lcb), usable | fill
-        if fill.any():
-            note = f"{metric} rebuilt from {_RAW[metric]}"
-    return est, lcb, usable, note
-
-
-def _verdict(g: pd.DataFrame, confidence: float, rtol: float, floor: float) -> dict:
+def _verdict(g: pd.DataFrame, confidence, rtol, floor, checkpoints) -> dict:
     g = g.drop_duplicates(subset=["seed", "iteration"], keep="first")
     g = g.assign(iteration=g["iteration"].astype(np.int64))
     seeds = np.sort(g["seed"].unique())
-    out = dict(metric=str(_first(g, "bound_metric", "none")), n_seeds=len(seeds), n_points=0,
-               tightness=np.nan, worst_iteration=np.nan, estimate_at_worst=np.nan, bound_at_worst=np.nan)
+    metric = str(_first(g, "bound_metric", "none"))
+    out = dict(metric=metric, n_seeds=len(seeds), n_checked=0, checked_iterations="")
+    bvals = g["bound"].to_numpy(float)
+    floor_abs = floor * float(np.max(np.abs(bvals[np.isfinite(bvals)]))) if np.isfinite(bvals).any() else 0.0
+    exact = _exact(g, seeds, confidence, checkpoints, rtol, floor_abs)
+    notes = [exact.pop("exact_reason")] if "exact_reason" in exact else []
+    out.update(exact)
+
+    def done(verdict, reason):
+        return dict(out, verdict=verdict, reason="; ".join([reason] + notes))
+
     status = _status(g)
     diverged = g.groupby("seed")["diverged"].any() if "diverged" in g.columns else pd.Series(dtype=bool)
     n_div = int(diverged.fillna(False).astype(bool).sum())
+    div = f"{n_div} of {len(seeds)} runs diverged"
     if status != "ok":
         reason = status.split("not applicable:", 1)[-1].strip() or status
-        if n_div:
-            reason += f" ({n_div} of {len(seeds)} runs diverged)"
-        return dict(out, verdict="not applicable", reason=reason)
-    metric = out["metric"]
-    b = g.groupby("iteration")["bound"].first()
-    b = b[np.isfinite(b.to_numpy(float))]
-    if metric not in g.columns and _RAW.get(metric) not in g.columns:
-        return dict(out, verdict="not applicable", reason=f"metric column {metric!r} not in the table")
-    if b.empty:
-        verdict = ("violated", f"{n_div} of {len(seeds)} runs diverged") if n_div else \
-            ("not applicable", "no finite bound at any evaluation point")
-        return dict(out, verdict=verdict[0], reason=verdict[1])
-    its_all = np.sort(g["iteration"].unique())
-    # Bonferroni: the verdict tests every point, so each gets level 1 - (1 - confidence)/n and the
-    # group's verdict has false-violation probability <= 1 - confidence
-    per_point = 1.0 - (1.0 - confidence) / len(b)
-    est, lcb, usable, note = _statistics(g, metric, its_all.astype(np.int64), seeds, per_point)
-    pos = np.searchsorted(its_all, b.index.to_numpy())
-    bound = b.to_numpy(float)
-    est, lcb, usable = est[pos], lcb[pos], usable[pos]
-    its = b.index.to_numpy()
-    floor_abs = floor * float(np.max(np.abs(bound)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # below the round-off floor a measured value is rounding, not a test of the bound
-        ratio = np.where(usable & (bound > 0) & (bound > floor_abs), est / bound, np.nan)
-    if (its > 0).any():  # at T = 0 a bound on f(W_0) - f* is the start itself: ratio 1, uninformative
-        ratio = np.where(its > 0, ratio, np.nan)
-    if np.isfinite(ratio).any() or np.isinf(ratio).any():
-        k = int(np.nanargmax(np.where(np.isnan(ratio), -np.inf, ratio)))
-        out.update(tightness=float(ratio[k]), worst_iteration=int(its[k]), estimate_at_worst=float(est[k]),
-                   bound_at_worst=float(bound[k]))
-    out["n_points"] = int(usable.sum())
-    level = f"{100 * confidence:.4g}%"
-    notes = [s for s in (note, "1 seed: no confidence interval" if len(seeds) == 1 else "") if s]
+        return done("not applicable", reason + (f" ({div})" if n_div else ""))
+    if metric not in g.columns and RAW.get(metric) not in g.columns:
+        return done("not applicable", f"metric column {metric!r} not in the table")
     if n_div:
-        return dict(out, verdict="violated", reason="; ".join([f"{n_div} of {len(seeds)} runs diverged"] + notes))
-    if not usable.any():
-        why = "the min over t needs every iterate recorded or the running-min column" \
+        return done("violated", div)
+    b = g.groupby("iteration")["bound"].first()
+    b = b[np.isfinite(b.to_numpy(float)) & (b.index >= 1) & (b.to_numpy(float) > floor_abs)]
+    if b.empty:
+        return done("not applicable", "no finite bound above the round-off floor at any point t >= 1")
+    its_all = np.sort(g["iteration"].unique())
+    S = group_samples(g, metric, its_all, seeds, b.index.to_numpy())
+    if not S.usable.any():
+        why = "the min over t < T needs every iterate recorded or the running-min column" \
             if metric.startswith("min_") else f"{metric} not measured (NaN) at the points with a finite bound"
-        return dict(out, verdict="not applicable", reason=why)
-    tol = rtol * np.abs(bound) + floor_abs
-    bad = usable & (lcb > bound + tol)
+        return done("not applicable", why)
+    its, bound = b.index.to_numpy()[S.usable], b.to_numpy(float)[S.usable]
+    v0 = _initial_value(g, metric)
+    vac = bound >= v0 if math.isfinite(v0) else np.zeros(len(bound), bool)
+    if metric.startswith("min_"):
+        vac |= bound > np.minimum.accumulate(np.concatenate([[np.inf], bound[:-1]]))
+    if vac.all():
+        return done("not applicable", f"bound vacuous at every point (>= initial value {v0:.4g})")
+    if vac.any():
+        why = f">= initial value {v0:.4g}" + (" or above an earlier bound" if metric.startswith("min_") else "")
+        note = f"bound vacuous ({why}) at {int(vac.sum())} of {len(its)} points"
+        after = vac & (np.arange(len(its)) > np.argmin(vac))  # vacuous again after being informative
+        if after.any():  # its[k - 1] is the last informative point before it
+            k = int(np.argmax(after))
+            out["vacuous_from"] = int(its[k])
+            note += f", vacuous after t={int(its[k - 1])} (from t={int(its[k])})"
+        notes.append(note + "; checked only where informative")
+    inf_idx = np.flatnonzero(~vac)
+    chosen = inf_idx[log_spaced(its[inf_idx], checkpoints)]
+    K = len(chosen)
+    alpha = (1 - confidence) / K
+    est, lcb, ucb, X_lo, X_hi = S.evaluate(np.flatnonzero(S.usable)[chosen], alpha)
+    its, bound = its[chosen], bound[chosen]
+    if S.note:
+        notes.insert(0, S.note)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio, r_lo, r_hi = est / bound, lcb / bound, ucb / bound
+    k = int(np.nanargmax(ratio))
+    out.update(n_checked=K, checked_iterations=" ".join(str(int(t)) for t in its),
+               tightness=float(ratio[k]), tightness_lo=float(np.max(r_lo)), tightness_hi=float(np.max(r_hi)),
+               worst_iteration=int(its[k]), mean_at_worst=float(est[k]), bound_at_worst=float(bound[k]))
+    level = f"{100 * confidence:.4g}%"
+    tol = rtol * bound + floor_abs
+    bad = lcb > bound + tol
     if bad.any():
-        k = int(np.argmax(bad))
-        msg = (f"{int(bad.sum())} of {int(usable.sum())} points violated, first at iteration {int(its[k])}: "
-               f"lower {level} simultaneous confidence bound {lcb[k]:.6g} > bound {bound[k]:.6g}")
-        return dict(out, verdict="violated", reason="; ".join([msg] + notes))
-    msg = f"lower {level} simultaneous confidence bound <= bound at all {int(usable.sum())} points"
-    return dict(out, verdict="holds", reason="; ".join([msg] + notes))
+        j = int(np.argmax(bad))
+        return done("violated", f"{int(bad.sum())} of {K} checked points violated, first at t={int(its[j])}: "
+                    f"lower {level} simultaneous confidence bound {lcb[j]:.6g} > bound {bound[j]:.6g}")
+    if np.all(ucb <= bound + tol):
+        return done("holds", f"upper {level} simultaneous confidence bound <= bound at all {K} checked points")
+    over = est > bound + tol
+    want = "violated" if over.any() else "holds"
+    cols = np.flatnonzero(over) if over.any() else np.arange(K)
+    Xn = X_lo if want == "violated" else X_hi
+    need = ci.seeds_needed(Xn[:, cols], (bound + tol)[cols], alpha=alpha, want=want)
+    out["seeds_needed"] = need if need <= 100_000 else np.inf
+    j = int(np.argmax(ucb / bound)) if want == "holds" else int(np.flatnonzero(over)[0])
+    side = (f"upper bound {ucb[j]:.6g} > bound {bound[j]:.6g} at t={int(its[j])}" if want == "holds"
+            else f"mean {est[j]:.6g} > bound {bound[j]:.6g} at t={int(its[j])} but lower bound {lcb[j]:.6g} is not")
+    more = f"about {need} seeds" if need <= 100_000 else "more than 100000 seeds"
+    return done("inconclusive", f"{side} ({level}, {K} points); {more} would decide '{want}' at this spread")
 
 
-def verify(table: pd.DataFrame, *, confidence: float = 0.99, rtol: float = 1e-9,
-           floor: float = 1e-12) -> pd.DataFrame:
-    r"""Verdict of every group of runs that differ only by seed.
+def _params(table, keys, display):
+    """'name=value, ...' of the configuration columns that differ between groups."""
+    firsts = table.groupby(keys, sort=False).first()
+    cfg = [c for c in firsts.columns if not _is_measured(c)]
+    varying = [c for c in cfg if firsts[c].astype(str).nunique(dropna=False) > 1]
+    cols = varying or display
+    return {key: ", ".join(f"{c}={_cell(firsts.at[key, c])}" for c in cols if _cell(firsts.at[key, c]) != "")
+            for key in firsts.index}
+
+
+def verify(table: pd.DataFrame, *, confidence: float = 0.99, rtol: float = 1e-9, floor: float = 1e-12,
+           checkpoints: int = 8) -> pd.DataFrame:
+    r"""Verdict of every configuration (module docstring for the statistics).
 
     Parameters
     ----------
     table : DataFrame
-        Results table (docs/design.md#results): at least ``seed``, ``iteration``,
-        ``bound`` and the metric columns; ``bound_metric``, ``bound_status``,
-        ``diverged`` and ``config_hash`` are used when present. The group key is
-        ``config_hash`` (seed-independent), else every configuration column (all
-        but :data:`MEASURED_COLUMNS`).
+        Results table (docs/design.md#results): at least ``seed``, ``iteration``, ``bound`` and the metric columns;
+        ``bound_metric``, ``bound_status``, ``diverged``, ``config_hash``, ``exact`` and
+        ``exact_metric`` are used when present. Groups: ``config_hash``, else every
+        configuration column (all but :data:`MEASURED_COLUMNS`).
     confidence : float in (0, 1)
-        Simultaneous level (over a group's points) of the one-sided Student-t lower
-        confidence bounds of the means over seeds.
-    rtol : float
-        Relative tolerance of the comparison with the bound.
-    floor : float
-        Absolute tolerance as a fraction of the group's largest finite bound
-        (round-off floor).
+        Simultaneous level over a group's checked points (false-alarm and false-'holds'
+        probabilities are each at most 1 - confidence).
+    rtol, floor : float
+        Relative tolerance of the comparison, and the round-off floor as a fraction of
+        the group's largest finite bound (points below it are not checked).
+    checkpoints : int >= 1
+        Most points checked per group (log-spaced among the informative ones).
 
     Returns
     -------
     DataFrame
-        One row per group: the display configuration columns present
-        (:data:`DISPLAY_COLUMNS`), ``config_hash``, ``metric``, ``n_seeds``,
-        ``n_points`` (points verified), ``tightness`` (max statistic/bound),
-        ``worst_iteration``, ``estimate_at_worst``, ``bound_at_worst``,
-        ``verdict`` ('holds' | 'violated' | 'not applicable') and ``reason``.
+        One row per group: the display columns present (:data:`DISPLAY_COLUMNS`),
+        ``config_hash``, ``params`` (the configuration columns that differ between
+        groups), ``metric``, ``n_seeds``, ``n_checked``, ``checked_iterations``,
+        ``tightness`` (max over checked points of mean/bound) with ``tightness_lo`` and
+        ``tightness_hi``, ``worst_iteration``, ``mean_at_worst``, ``bound_at_worst``,
+        ``verdict`` (:data:`VERDICTS`), ``seeds_needed`` (inconclusive only; inf when
+        more than 100000), ``vacuous_from``, ``exact_verdict`` ('agrees' | 'disagrees' |
+        'not applicable' | NaN without an ``exact`` column), ``exact_max_abs_z``,
+        ``exact_worst_iteration`` and ``reason``.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence: must lie in (0, 1), got {confidence}")
+    if not (isinstance(checkpoints, (int, np.integer)) and checkpoints >= 1):
+        raise ValueError(f"checkpoints: must be an integer >= 1, got {checkpoints!r}")
     missing = [c for c in ("seed", "iteration", "bound") if c not in table.columns]
     if missing:
         raise ValueError(f"table: missing column(s) {', '.join(missing)}")
     display = [c for c in DISPLAY_COLUMNS if c in table.columns]
     keys = _group_labels(table)
+    params = _params(table.assign(_key=keys.to_numpy()), "_key", display) if len(table) else {}
     rows = []
     for key, g in table.groupby(keys, sort=False):
         row = {c: g[c].iloc[0] for c in display}
-        row["config_hash"] = key
-        row.update(_verdict(g, confidence, rtol, floor))
+        row.update(config_hash=key, params=params.get(key, ""))
+        row.update(_verdict(g, confidence, rtol, floor, checkpoints))
         rows.append(row)
     return pd.DataFrame(rows, columns=display + ["config_hash", *_OUT])
 
@@ -282,25 +343,33 @@ def _cell(v) -> str:
 
 
 def format_table(verdicts: pd.DataFrame) -> str:
-    """Plain-text table of :func:`verify`'s output, one line per group, and a summary line."""
+    """Plain-text table of :func:`verify`'s output, one line per group, and a summary line
+    with the count of each verdict."""
     if verdicts.empty:
         return "no groups"
-    df = verdicts.drop(columns=[c for c in ("estimate_at_worst", "bound_at_worst") if c in verdicts.columns])
-    if "config_hash" in df.columns:
-        df = df.assign(config_hash=df["config_hash"].astype(str).str[:10])
-    if "worst_iteration" in df.columns:
-        df = df.assign(worst_iteration=[("" if pd.isna(x) else str(int(x))) for x in df["worst_iteration"]])
-    cols = list(df.columns)
-    cells = [[_cell(v) for v in row] for row in df.itertuples(index=False)]
-    numeric = [pd.api.types.is_numeric_dtype(verdicts[c]) if c in verdicts.columns and c != "worst_iteration"
-               else c == "worst_iteration" for c in cols]
-    widths = [max(len(c), *(len(r[j]) for r in cells)) for j, c in enumerate(cols)]
+    v = verdicts
+    tight = [("" if pd.isna(t) else f"{t:.3g} [{lo:.3g}, {hi:.3g}]") for t, lo, hi in
+             zip(v["tightness"], v["tightness_lo"], v["tightness_hi"])]
+    cols = {"config": v["config_hash"].astype(str).str[:10], "params": v["params"], "metric": v["metric"],
+            "seeds": v["n_seeds"].astype(str), "checked": v["n_checked"].astype(str),
+            "tightness (max mean/bound)": tight, "verdict": v["verdict"],
+            "seeds needed": [("" if pd.isna(x) else (">1e5" if np.isinf(x) else str(int(x))))
+                             for x in v["seeds_needed"]]}
+    has_exact = v["exact_verdict"].notna().any()
+    if has_exact:
+        cols["exact"] = v["exact_verdict"].fillna("")
+        cols["max|z|"] = [_cell(x) for x in v["exact_max_abs_z"]]
+    cols["reason"] = v["reason"]
+    names = list(cols)
+    cells = [[_cell(x) for x in row] for row in zip(*(list(c) for c in cols.values()))]
+    widths = [max(len(n), *(len(r[j]) for r in cells)) for j, n in enumerate(names)]
 
     def line(items):
-        parts = [(s.rjust(w) if num else s.ljust(w)) for s, w, num in zip(items, widths, numeric)]
-        parts[-1] = items[-1]  # the reason, unpadded
-        return "  ".join(parts).rstrip()
+        return "  ".join([s.ljust(w) for s, w in zip(items[:-1], widths)] + [items[-1]]).rstrip()
 
-    counts = df["verdict"].value_counts()
-    summary = ", ".join(f"{counts.get(v, 0)} {v}" for v in ("holds", "violated", "not applicable"))
-    return "\n".join([line(cols)] + [line(r) for r in cells] + [f"{len(df)} groups: {summary}"])
+    counts = v["verdict"].value_counts()
+    summary = ", ".join(f"{counts.get(w, 0)} {w}" for w in VERDICTS)
+    if has_exact:
+        ec = v["exact_verdict"].value_counts()
+        summary += "; exact: " + ", ".join(f"{ec.get(w, 0)} {w}" for w in EXACT_VERDICTS)
+    return "\n".join([line(names)] + [line(r) for r in cells] + [f"{len(v)} groups: {summary}"])
