@@ -47,6 +47,11 @@ if [ "$SIZE" = paper ]; then GD="steps=4000 seeds=20 eval_every=20"; else GD="st
 run problem=linreg method=fpft estimator=gd stepsize.factor=1.0,2.0 $GD
 run experiment=linreg_finite_sum estimator=sgd stepsize.factor=0.0625
 run experiment=linreg_finite_sum estimator=page stepsize.factor=1 method.p=0.1,0.5,0.9
+# a checkable theorem for every variant of the paper (stepsizes inside the admissible
+# ranges, sigma^2 known, exact expectations where the problem is quadratic)
+for preset in pl_sgd pl_page pl_mvr pl_qgd pl_marina pl_ef21 nonisotropic_p nonisotropic_p_nonsmooth; do
+  run experiment=$preset
+done
 stamp "collecting the job tables"
 $PY -m experiments.collect "$OUT" -o "$OUT/collected.parquet"
 stamp "verifying the bounds"
