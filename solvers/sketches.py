@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from solvers import rng
+from solvers.linalg import per_matrix
 from solvers.projections import dense_projector_left
 
 LEFT, RIGHT = 0, 1
@@ -94,7 +95,7 @@ class OrthonormalSketch(Sketch):
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):
         g = rng.normal(seeds, rng.Stream.SKETCH, step, (dim, r), sub=sub, device=device, dtype=dtype)
-        q, rr = torch.linalg.qr(g)
+        q, rr = per_matrix(torch.linalg.qr, g)
         sign = torch.sign(torch.diagonal(rr, dim1=-2, dim2=-1))
         sign = torch.where(sign == 0, torch.ones_like(sign), sign)
         return q * sign[..., None, :]
