@@ -70,13 +70,12 @@ def _standard(x: torch.Tensor) -> torch.Tensor:
     return x.clone(memory_format=torch.contiguous_format)
 
 
-def _rows(x: torch.Tensor, out=None) -> torch.Tensor:
+def _rows(x: torch.Tensor) -> torch.Tensor:
     """Sums of the rows of a contiguous (rows, k) tensor, each in an order fixed by k."""
     n, k = x.shape
     if n == 1 and k >= _SERIAL:  # one output: read the row twice to stay on the per-row path
-        x = x.expand(2, k)
-        return x.sum(-1)[:1] if out is None else out.copy_(x.sum(-1)[:1])
-    return x.sum(-1) if out is None else torch.sum(x, -1, out=out)
+        return x.expand(2, k).sum(-1)[:1]
+    return x.sum(-1)
 
 
 def row_sum(x: torch.Tensor, *, invariant=None) -> torch.Tensor:
@@ -150,17 +149,17 @@ def _mul_sum(x, y, shape, k):
     into a contiguous buffer (its layout then never depends on the inputs' strides) in
     chunks of runs, and each of its rows is summed in an order fixed by k alone."""
     R = max(x.shape[0], y.shape[0])
-    per_run = k * math.prod(shape)
-    step = max(1, _CHUNK // per_run)
+    step = max(1, _CHUNK // (k * math.prod(shape)))
     dtype = torch.result_type(x, y)
-    if R <= step:
-        prod = torch.mul(x, y, out=torch.empty(R, *shape, k, dtype=dtype, device=x.device))
-        return _rows(prod.view(-1, k)).view(R, *shape)
-    out = torch.empty(R, *shape, dtype=dtype, device=x.device)
+    grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    parts = []
     for s in range(0, R, step):
-        e = min(R, s + step)
-        xs = x[s:e] if x.shape[0] > 1 else x
-        ys = y[s:e] if y.shape[0] > 1 else y
-        prod = torch.mul(xs, ys, out=torch.empty(e - s, *shape, k, dtype=dtype, device=x.device))
-        _rows(prod.view(-1, k), out=out[s:e].view(-1))
-    return out
+        xs = x[s:s + step] if x.shape[0] > 1 else x
+        ys = y[s:s + step] if y.shape[0] > 1 else y
+        n = min(R, s + step) - s
+        if grad:  # out= does not record the graph: the same values, copied into the layout
+            prod = (xs * ys).expand(n, *shape, k).contiguous()
+        else:
+            prod = torch.mul(xs, ys, out=torch.empty(n, *shape, k, dtype=dtype, device=x.device))
+        parts.append(_rows(prod.view(-1, k)).view(n, *shape))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -60,7 +60,8 @@ def _combos():
         out += [("federated", est, meth, "gaussian", "constant") for meth in WEIGHT_SPACE]
     out += [("federated", "qgd_factor", meth, "orthonormal", "constant") for meth in ("blora", "blora2")]
     for prob in ("l1", "maxaffine"):
-        out += [(prob, "subgradient", meth, "gaussian", rule) for meth in WEIGHT_SPACE for rule in ("constant", "polyak")]
+        out += [(prob, "subgradient", meth, "gaussian", rule)
+                for meth in WEIGHT_SPACE for rule in ("constant", "polyak")]
     out += [("quadratic", "gd", "blora2", sketch, "constant") for sketch in ("orthonormal", "rademacher", "column")]
     sketches = ("gaussian", "orthonormal", "rademacher", "column")
     out += [("quadratic_wide", "sgd_noise", "blora9", sketch, "constant") for sketch in sketches]
