@@ -75,8 +75,8 @@ of the parameters, written atomically. ``python -m experiments.problems.linreg -
 --device cuda`` builds and caches it.
 
 Batch invariance: products of per-run rows with Q and A go through
-:func:`solvers.linalg.shared_matmul` / :func:`solvers.linalg.bmm` and the remaining
-reductions run over a contiguous last axis, so on CPU a run's numbers are bitwise the
+:func:`solvers.linalg.shared_matmul` / :func:`solvers.linalg.bmm` and the per-run
+reductions through :func:`solvers.linalg.row_sum`, so on CPU a run's numbers are bitwise the
 same alone or in a batch.
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ import numpy as np
 import torch
 
 from experiments.problems import datagen
-from solvers.linalg import bmm, shared_matmul
+from solvers.linalg import bmm, row_sum, shared_matmul
 
 _DTYPE = torch.float64
 _FORMAT = 1  # bump when the cached content or the build changes
@@ -150,7 +150,7 @@ def _resolve_config(size, overrides):
 
 
 def _reg(X):
-    return (X * X / (1.0 + X * X)).sum(-1)
+    return row_sum(X * X / (1.0 + X * X))
 
 
 def _reg_grad(X):
@@ -343,7 +343,7 @@ class LinReg:
         return shared_matmul(X, self.Q.T)
 
     def _loss_from(self, X, QX):
-        return 0.5 * (X * QX).sum(-1) - (X * self.c).sum(-1) + self.bb + self.lam * _reg(X)
+        return 0.5 * row_sum(X * QX) - row_sum(X * self.c) + self.bb + self.lam * _reg(X)
 
     def loss_and_grad(self, W: torch.Tensor):
         """``(loss (R,), grad (R, m, n))`` with one :math:`Qx` product."""
@@ -364,7 +364,7 @@ class LinReg:
         (O(N d) per run; no cancellation)."""
         X = self._x(W)
         res = shared_matmul(X, self.A.T) - self.b
-        return 0.5 * (res * res).mean(-1) + self.lam * _reg(X)
+        return 0.5 * row_sum(res * res) / res.shape[-1] + self.lam * _reg(X)
 
     def minibatch_grad(self, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """:math:`\\frac1b\\sum_{i \\in idx[r]} a_i(a_i^\\top x_r - b_i) + \\lambda r'(x_r)`,

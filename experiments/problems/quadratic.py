@@ -32,8 +32,9 @@ factors grow towards :math:`\|W^*\|`, so LoRA and COLA diverge. Weight-space met
 (RAC-LoRA, Bernoulli-LoRA) merge every step, are GD-type methods in W and converge
 linearly to :math:`W^*` (theory item 1 with mu = 1).
 
-Batch invariance: the product with Q goes through :func:`solvers.linalg.shared_matmul`,
-so a run's numbers are bitwise the same alone or in a batch (CPU).
+Batch invariance: the product with Q goes through :func:`solvers.linalg.shared_matmul`
+and the sum over W through :func:`solvers.linalg.run_sum`, so a run's numbers are
+bitwise the same alone or in a batch (CPU).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ import numbers
 import torch
 
 from solvers import rng
-from solvers.linalg import shared_matmul
+from solvers.linalg import run_sum, shared_matmul
 
 _DTYPE = torch.float64
 # sub-streams of the DATA stream (step 0) used by the quadratic
@@ -101,7 +102,7 @@ class Quadratic:
     def loss(self, W: torch.Tensor) -> torch.Tensor:
         """f per run, shape (R,)."""
         D = W - self.W_star
-        return 0.5 * (D * self._hv(D)).sum((-2, -1))
+        return 0.5 * run_sum(D * self._hv(D))
 
     def grad(self, W: torch.Tensor) -> torch.Tensor:
         """:math:`\\mathrm{mat}(Q\\,\\mathrm{vec}(W - W^*))`, shape (R, m, n)."""
@@ -111,7 +112,7 @@ class Quadratic:
         """(loss, grad) with one product, bitwise equal to :meth:`loss` and :meth:`grad`."""
         D = W - self.W_star
         G = self._hv(D)
-        return 0.5 * (D * G).sum((-2, -1)), G
+        return 0.5 * run_sum(D * G), G
 
     def hessian(self) -> torch.Tensor:
         """The dense Hessian Q (mn, mn) (formed on request in the isotropic case)."""
