@@ -129,7 +129,7 @@ def bmm(a: torch.Tensor, b: torch.Tensor, *, invariant=None) -> torch.Tensor:
     # one GEMM per run, its operands in the layout and alignment of a one-run batch (MKL's
     # result depends on both)
     a, b = _standard(a), _standard(b)
-    return torch.stack([torch.mm(_aligned(a[r]), _aligned(b[r])) for r in range(R)])
+    return _per_run_loop(torch.mm, lambda r: (_aligned(a[r]), _aligned(b[r])), R, (i, j), a, b)
 
 
 def shared_matmul(V: torch.Tensor, M: torch.Tensor, *, invariant=None) -> torch.Tensor:
@@ -141,7 +141,21 @@ def shared_matmul(V: torch.Tensor, M: torch.Tensor, *, invariant=None) -> torch.
     if k * j <= _PER_RUN:
         return _mul_sum(V[:, None, :], M.transpose(0, 1).contiguous()[None], (j,), k)
     V, Mt = _standard(V), M.transpose(0, 1).contiguous()
-    return torch.stack([torch.mv(Mt, _aligned(V[r])) for r in range(R)])
+    return _per_run_loop(torch.mv, lambda r: (Mt, _aligned(V[r])), R, (j,), V, M)
+
+
+def _per_run_loop(fn, operands, R, shape, x, y):
+    """``stack([fn(*operands(r)) for r])``, each result written in place where its slot of the
+    output is 64-byte aligned (as a fresh tensor is), else computed fresh and copied."""
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+        return torch.stack([fn(*operands(r)) for r in range(R)])
+    out = torch.empty(R, *shape, dtype=torch.result_type(x, y), device=x.device)
+    for r in range(R):
+        if out[r].data_ptr() % 64 == 0:
+            fn(*operands(r), out=out[r])
+        else:
+            out[r].copy_(fn(*operands(r)))
+    return out
 
 
 def _mul_sum(x, y, shape, k):
