@@ -125,7 +125,7 @@ def bmm(a: torch.Tensor, b: torch.Tensor, *, invariant=None) -> torch.Tensor:
     j = b.shape[-1]
     # the path depends on per-run sizes only, never on R
     if i * j * k <= _PER_RUN:
-        return _mul_sum(a[:, :, None, :], b.transpose(-1, -2).contiguous()[:, None, :, :], (i, j), k)
+        return _mul_sum(a[:, :, None, :], b.transpose(-1, -2)[:, None, :, :], (i, j), k)
     # one GEMM per run, its operands in the layout and alignment of a one-run batch (MKL's
     # result depends on both)
     a, b = _standard(a), _standard(b)
