@@ -61,6 +61,7 @@ from typing import Optional
 import torch
 
 from solvers import rng
+from solvers.linalg import row_sum
 
 _EXPONENT_BITS = {16: 5, 32: 8, 64: 11}
 
@@ -283,7 +284,7 @@ class Dithering:
         Xb, B, d = _blocks(X)
         seeds = _seeds(seeds, X)
         u = rng.uniform(seeds, rng.Stream.COMPRESSOR, step, (B, d), sub=sub, device=X.device, dtype=X.dtype)
-        norm = torch.sqrt((Xb * Xb).sum(-1, keepdim=True))
+        norm = torch.sqrt(row_sum(Xb * Xb))[..., None]
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))
         level = torch.floor(self.s * Xb.abs() / safe + u)
         Y = torch.where(norm > 0, safe * torch.sign(Xb) * level / self.s, torch.zeros_like(Xb))

@@ -13,7 +13,17 @@ passes), bits, time, loss, :math:`f - f^*`, :math:`\|\nabla f\|_F^2`,
 
 computed from every iterate when ``track_every_step`` (else NaN). A run whose
 iterate or loss stops being finite, or whose loss exceeds ``divergence_factor``
-times its start, is marked diverged and frozen; the other runs go on.
+times its start, is marked diverged and frozen; the other runs go on. A frozen run
+keeps its iterate, epochs and bits, and its running statistics cover the iterates
+before the one that diverged; it is still recorded at every evaluation point (the
+values of its frozen iterate), so its rows are the same alone and in any batch. Once
+every run has diverged, no more steps are taken and the remaining points repeat
+the frozen values.
+
+Batch invariance (CPU): a run's recorded numbers do not depend on the other runs of
+its batch, bitwise. Every per-run computation is elementwise, per-run LAPACK, or a
+contraction or reduction through :mod:`solvers.linalg`; nothing is decided from the
+batch as a whole except to skip work whose result would be discarded.
 
 Constant-stepsize GD variants (Bernoulli-LoRA with Gaussian or Haar sketches, FPFT) on
 oracles with ``loss_and_grad`` run their iterations through :mod:`solvers.fused` on CUDA
@@ -24,9 +34,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from solvers.linalg import run_sum
 
 FIELDS = ("iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
           "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap", "diverged")
@@ -75,6 +88,41 @@ def _current(method, oracle, W, state):
     return _loss_and_grad(oracle, W)
 
 
+class RunningStats(NamedTuple):
+    r"""Per-run running sums and minima of :math:`\|\nabla f\|^2` and :math:`f - f^*`
+    over the iterates of a run while it is live, and how many there were (R,) each."""
+
+    sum_g: torch.Tensor
+    sum_f: torch.Tensor
+    min_g: torch.Tensor
+    min_f: torch.Tensor
+    count: torch.Tensor
+
+    @classmethod
+    def zeros(cls, R, device):
+        z = torch.zeros(R, dtype=torch.float64, device=device)
+        inf = torch.full_like(z, math.inf)
+        return cls(z, z.clone(), inf, inf.clone(), z.clone())
+
+    def add(self, gap, g2, live):
+        """Add one iterate's ``gap`` and ``g2`` (R,) to the runs where ``live`` (R,) bool."""
+        return RunningStats(torch.where(live, self.sum_g + g2, self.sum_g),
+                            torch.where(live, self.sum_f + gap, self.sum_f),
+                            torch.where(live, torch.minimum(self.min_g, g2), self.min_g),
+                            torch.where(live, torch.minimum(self.min_f, gap), self.min_f),
+                            self.count + live.to(torch.float64))
+
+
+def _frozen_step(method, W, state, oracle):
+    """``method.step``, keeping the epochs and bits of the frozen runs (``~state.active``):
+    a frozen run does no work (the method keeps its iterate)."""
+    live, before = state.active, state.est
+    W, state = method.step(W, state, oracle)
+    est = state.est
+    return W, state._replace(est=est._replace(epochs=torch.where(live, est.epochs, before.epochs),
+                                              bits=torch.where(live, est.bits, before.bits)))
+
+
 def diverging(loss, W, limit):
     """Runs whose loss is not finite or exceeds ``limit`` (R,), or whose iterate is not finite."""
     return ~torch.isfinite(loss) | (loss.abs() > limit) | ~torch.isfinite(W).all(-1).all(-1)
@@ -117,23 +165,10 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     state = method.init(W, oracle, seeds)
     loss, grad = _current(method, oracle, W, state)
     f_start = loss.abs().clamp_min(1.0)
-    sum_g = torch.zeros(R, dtype=torch.float64, device=device)
-    sum_f = torch.zeros_like(sum_g)
-    min_g = torch.full_like(sum_g, float("inf"))
-    min_f = torch.full_like(sum_g, float("inf"))
+    stats = RunningStats.zeros(R, device)
     diverged = torch.zeros(R, dtype=torch.bool, device=device)
     records = {f: [] for f in FIELDS}
     eval_time = 0.0
-
-    def accumulate(loss, grad):
-        nonlocal sum_g, sum_f, min_g, min_f
-        g2 = (grad.to(torch.float64) ** 2).sum((-2, -1))
-        gap = loss.to(torch.float64) - f_star
-        sum_g = sum_g + g2
-        sum_f = sum_f + gap
-        min_g = torch.minimum(min_g, g2)
-        min_f = torch.minimum(min_f, gap)
-        return g2
 
     def record(t, loss, grad, g2):
         nonlocal eval_time
@@ -141,16 +176,17 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
         now = time.perf_counter() - t0 - eval_time
         e0 = time.perf_counter()
         if g2 is None:
-            g2 = (grad.to(torch.float64) ** 2).sum((-2, -1))
-        dist = ((W - W_star) ** 2).sum((-2, -1)).to(torch.float64) if W_star is not None else nan
+            g2 = run_sum(grad.to(torch.float64) ** 2)
+        dist = run_sum((W - W_star) ** 2).to(torch.float64) if W_star is not None else nan
         tracked = track_every_step and t > 0
+        sum_g, sum_f, min_g, min_f, count = stats
         values = {
             "iteration": torch.full((R,), t, dtype=torch.float64), "epochs": state.est.epochs,
             "bits": state.est.bits, "time_s": torch.full((R,), now, dtype=torch.float64),
             "loss": loss.to(torch.float64), "f_gap": loss.to(torch.float64) - f_star,
             "grad_norm_sq": g2, "dist_sq": dist,
-            "avg_grad_norm_sq": sum_g / t if tracked else nan, "min_grad_norm_sq": min_g if tracked else nan,
-            "avg_f_gap": sum_f / t if tracked else nan, "min_f_gap": min_f if tracked else nan,
+            "avg_grad_norm_sq": sum_g / count if tracked else nan, "min_grad_norm_sq": min_g if tracked else nan,
+            "avg_f_gap": sum_f / count if tracked else nan, "min_f_gap": min_f if tracked else nan,
             "diverged": diverged,
         }
         for key, v in values.items():
@@ -165,20 +201,21 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     limit = divergence_factor * f_start
     fused = make_fused(method, oracle, W, state, f_star=f_star, limit=limit, track=track_every_step) \
         if steps > 0 else None
+    t = 0
     if fused is not None:  # the same iterations as the loop below, fused (graph-captured on CUDA)
         for t in range(1, steps + 1):
             fused.step()
             if t % eval_every == 0 or t == steps:
-                W, loss, grad, state, diverged, (sum_g, sum_f, min_g, min_f) = fused.snapshot(t, state)
+                W, loss, grad, state, diverged, stats = fused.snapshot(t, state)
                 record(t, loss, grad, None)
                 if bool(diverged.all()):
                     break
     else:
         for t in range(1, steps + 1):
-            # the running sums cover iterates 0..t-1: add W_{t-1} before stepping
+            # the running sums cover iterates 0..t-1 of the live runs: add W_{t-1} before stepping
             if track_every_step:
-                accumulate(loss, grad)
-            W, state = method.step(W, state, oracle)
+                stats = stats.add(loss.to(torch.float64) - f_star, run_sum(grad.to(torch.float64) ** 2), ~diverged)
+            W, state = _frozen_step(method, W, state, oracle)
             if track_every_step or t % eval_every == 0 or t == steps:
                 loss, grad = _current(method, oracle, W, state)
                 # no host synchronisation per step: the masks update unconditionally
@@ -188,6 +225,10 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
                 record(t, loss, grad, None)
                 if bool(diverged.all()):
                     break
+    # every run is frozen: the remaining points repeat its values (as they would in a batch)
+    for t in range(t + 1, steps + 1):
+        if t % eval_every == 0 or t == steps:
+            record(t, loss, grad, None)
     data = {k: np.stack(v, axis=1) for k, v in records.items()}
     data["diverged"] = data["diverged"].astype(bool)
     return Trajectory(data=data, seeds=seeds.cpu().numpy(), W=W)

@@ -19,7 +19,6 @@ capture error) the same fused body runs eagerly; ``BLORA_GRAPH=0`` turns the mod
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
 
@@ -27,7 +26,8 @@ import torch
 
 from solvers import rng
 from solvers.estimators import GD
-from solvers.engine import diverging
+from solvers.engine import RunningStats, diverging
+from solvers.linalg import run_sum
 from solvers.methods import FPFT, BernoulliLoRA, _per_run, projected_direction
 from solvers.sketches import make_sketch
 
@@ -74,13 +74,12 @@ class FusedGD:
         self.W, self.G, self.loss = W.clone(), state.est.G.clone(), state.est.loss.clone()
         self.active = state.active.clone()
         self.diverged = torch.zeros(R, dtype=torch.bool, device=W.device)
-        zeros = torch.zeros(R, dtype=torch.float64, device=W.device)
-        self.sum_g, self.sum_f = zeros.clone(), zeros.clone()
-        self.min_g, self.min_f = torch.full_like(zeros, math.inf), torch.full_like(zeros, math.inf)
+        self.stats = RunningStats.zeros(R, W.device)  # static buffers, updated in place
+        self.epochs = state.est.epochs.clone()
         self.f_star = float(f_star)
         self.limit = limit
         self.gamma = method.gamma(W, None, state, oracle)  # (R, 1, 1), constant rule
-        self.epochs0, self.first_step = state.est.epochs.clone(), int(state.step)
+        self.first_step = int(state.step)
         self.lora = isinstance(method, BernoulliLoRA)
         self.block, self.drawn, self.pos = int(block), 0, int(block)
         self.kidx = torch.zeros(1, dtype=torch.int64, device=W.device)
@@ -111,13 +110,12 @@ class FusedGD:
     # ------------------------------------------------------------------ body
     def _body(self):
         G, loss = self.G, self.loss
+        live = self.active
         if self.track:
-            g2 = (G.to(torch.float64) ** 2).sum((-2, -1))
+            g2 = run_sum(G.to(torch.float64) ** 2)
             gap = loss.to(torch.float64) - self.f_star
-            self.sum_g.add_(g2)
-            self.sum_f.add_(gap)
-            torch.minimum(self.min_g, g2, out=self.min_g)
-            torch.minimum(self.min_f, gap, out=self.min_f)
+            for buf, value in zip(self.stats, self.stats.add(gap, g2, live)):
+                buf.copy_(value)
         if self.lora:
             left = self.left_buf.index_select(1, self.kidx)[:, 0]
             B = self.B_buf.index_select(1, self.kidx)[:, 0]
@@ -127,6 +125,7 @@ class FusedGD:
             D = G
         W_new = torch.where(self.active[:, None, None], self.W - self.gamma * D, self.W)
         loss_new, G_new = self.oracle.loss_and_grad(W_new)
+        self.epochs.add_(live.to(torch.float64))  # one gradient per step, none once frozen
         self.diverged.logical_or_(diverging(loss_new, W_new, self.limit))
         self.active.logical_and_(~self.diverged)
         self.W.copy_(W_new)
@@ -135,8 +134,7 @@ class FusedGD:
         self.kidx.add_(1)
 
     def _carried(self):
-        return [self.W, self.G, self.loss, self.active, self.diverged, self.sum_g, self.sum_f,
-                self.min_g, self.min_f, self.kidx]
+        return [self.W, self.G, self.loss, self.active, self.diverged, *self.stats, self.epochs, self.kidx]
 
     def _capture(self):
         """Warm up on a side stream (then restore every carried tensor), capture one body."""
@@ -170,12 +168,12 @@ class FusedGD:
         self.pos += 1
 
     def snapshot(self, t, state):
-        """``(W, loss, grad, state, diverged, (sum_g, sum_f, min_g, min_f))`` after ``t``
-        iterations (copies: the buffers keep changing)."""
-        est = state.est._replace(G=self.G.clone(), loss=self.loss.clone(), epochs=self.epochs0 + t)
+        """``(W, loss, grad, state, diverged, stats)`` after ``t`` iterations, ``stats`` a
+        :class:`solvers.engine.RunningStats` (copies: the buffers keep changing)."""
+        est = state.est._replace(G=self.G.clone(), loss=self.loss.clone(), epochs=self.epochs.clone())
         state = state._replace(step=self.first_step + t, est=est, active=self.active.clone())
-        return (self.W.clone(), est.loss, est.G, state, self.diverged.clone(),
-                (self.sum_g.clone(), self.sum_f.clone(), self.min_g.clone(), self.min_f.clone()))
+        stats = RunningStats(*(buf.clone() for buf in self.stats))
+        return self.W.clone(), est.loss, est.G, state, self.diverged.clone(), stats
 
 
 def make_fused(method, oracle, W, state, *, f_star, limit, track, block=_BLOCK):

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 
 from solvers import rng
-from solvers.linalg import bmm
+from solvers.linalg import bmm, run_sum
 from solvers.projections import project_left, project_right
 from solvers.sketches import GaussianSketch, Sketch, make_sketch
 
@@ -128,7 +128,7 @@ class _WeightSpace:
             return g.to(W.dtype)[:, None, None]
         # Polyak: gamma_t = factor * (f(W_t) - f*) / ||G_t||^2 (factor = lmin_p / lmax_p in theory)
         gap = (oracle.loss(W) - self.f_star).clamp_min(0)
-        norm_sq = (state.est.G ** 2).sum((-2, -1))
+        norm_sq = run_sum(state.est.G ** 2)
         g = torch.where(norm_sq > 0, _per_run(self.stepsize, W) * gap / norm_sq.clamp_min(1e-300), torch.zeros_like(gap))
         return g[:, None, None].to(W.dtype)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from solvers.linalg import bmm
+from solvers.linalg import bmm, per_matrix
 
 # relative cut-off for the eigenvalues of the r x r Gram matrix: a Gram matrix
 # squares the condition number, so sqrt(eps) ~ 1e-8 separates exact rank
@@ -35,10 +35,20 @@ _RTOL = 1e-10
 
 
 def _gram_pinv(S: torch.Tensor) -> torch.Tensor:
-    """Pseudo-inverse of the batched Gram matrix ``S^T S`` of shape (..., r, r)."""
+    r"""Pseudo-inverse of the batched Gram matrix ``S^T S`` (R, r, r), for ``S`` (R, d, r):
+    :math:`U\,\mathrm{diag}(1/\lambda_i \text{ where } |\lambda_i| > \mathrm{tol})\,U^\top`
+    from the eigendecomposition, ``tol = _RTOL * r * max|lambda|`` (``torch.linalg.pinv``'s
+    hermitian rule; its product ``U diag U^T`` is one batched matmul, whose kernel
+    depends on the batch size, hence :func:`solvers.linalg.bmm` here)."""
     gram = bmm(S.transpose(-1, -2), S)
     r = gram.shape[-1]
-    return torch.linalg.pinv(gram, hermitian=True, rtol=_RTOL * r)
+    if r == 1:  # the eigendecomposition of a 1 x 1 matrix, without LAPACK
+        evals, U = gram[..., 0], torch.ones_like(gram)
+    else:
+        evals, U = per_matrix(torch.linalg.eigh, gram)
+    tol = _RTOL * r * evals.abs().amax(-1, keepdim=True)
+    inv = torch.where(evals.abs() > tol, 1.0 / evals, torch.zeros_like(evals))
+    return bmm(U * inv[..., None, :], U.transpose(-1, -2))
 
 
 def _gram_solve(S: torch.Tensor, rhs: torch.Tensor, full_rank: bool) -> torch.Tensor:
@@ -54,9 +64,9 @@ def _gram_solve(S: torch.Tensor, rhs: torch.Tensor, full_rank: bool) -> torch.Te
     if not full_rank:
         return bmm(_gram_pinv(S), rhs)
     gram = bmm(S.transpose(-1, -2), S)
-    chol, info = torch.linalg.cholesky_ex(gram)
-    y = torch.linalg.solve_triangular(chol, rhs, upper=False)
-    x = torch.linalg.solve_triangular(chol.transpose(-1, -2), y, upper=True)
+    chol, info = per_matrix(torch.linalg.cholesky_ex, gram)
+    y = per_matrix(lambda c, b: torch.linalg.solve_triangular(c, b, upper=False), chol, rhs)
+    x = per_matrix(lambda c, b: torch.linalg.solve_triangular(c, b, upper=True), chol.transpose(-1, -2), y)
     r = gram.shape[-1]
     pivots = torch.diagonal(chol, dim1=-2, dim2=-1) ** 2
     scale = torch.diagonal(gram, dim1=-2, dim2=-1).amax(-1)

@@ -52,6 +52,7 @@ from solvers import rng
 from solvers.inclusion import DEN as _DEN
 from solvers.inclusion import (capped_inclusion_probabilities, joint_inclusion_probabilities,
                                quantized_inclusion_probabilities, systematic_sample)
+from solvers.linalg import per_matrix
 from solvers.projections import dense_projector_left
 
 LEFT, RIGHT = 0, 1
@@ -125,7 +126,7 @@ class OrthonormalSketch(Sketch):
 
     def _draw(self, seeds, step, dim, r, sub, device, dtype):
         g = rng.normal(seeds, rng.Stream.SKETCH, step, (dim, r), sub=sub, device=device, dtype=dtype)
-        q, rr = torch.linalg.qr(g)
+        q, rr = per_matrix(torch.linalg.qr, g)
         sign = torch.sign(torch.diagonal(rr, dim1=-2, dim2=-1))
         sign = torch.where(sign == 0, torch.ones_like(sign), sign)
         return q * sign[..., None, :]

@@ -96,8 +96,8 @@ of the parameters (the variant included; the stated problem's parameters carry n
 paper --device cuda [--variant authors]`` builds and caches it.
 
 Batch invariance: products of per-run rows with Q and A go through
-:func:`solvers.linalg.shared_matmul` / :func:`solvers.linalg.bmm` and the remaining
-reductions run over a contiguous last axis, so on CPU a run's numbers are bitwise the
+:func:`solvers.linalg.shared_matmul` / :func:`solvers.linalg.bmm` and the per-run
+reductions through :func:`solvers.linalg.row_sum`, so on CPU a run's numbers are bitwise the
 same alone or in a batch.
 """
 from __future__ import annotations
@@ -113,7 +113,7 @@ from experiments.problems.linreg_build import (
     DTYPE, GRAD_LINEAR_FACTOR, SIZES, VARIANTS, build, cache_path, default_cache_dir, lambda_max, load_cached,
     reg, reg_grad, resolve_config, save_cached,
 )
-from solvers.linalg import bmm, shared_matmul
+from solvers.linalg import bmm, row_sum, shared_matmul
 
 
 # ----------------------------------------------------------------------------- problem
@@ -169,7 +169,7 @@ class LinReg:
         return shared_matmul(X, self.Q.T)
 
     def _loss_from(self, X, QX):
-        return 0.5 * (X * QX).sum(-1) - (X * self.c).sum(-1) + self.bb + self.lam * reg(X)
+        return 0.5 * row_sum(X * QX) - row_sum(X * self.c) + self.bb + self.lam * reg(X)
 
     def loss_and_grad(self, W: torch.Tensor):
         """``(loss (R,), grad (R, m, n))`` with one :math:`Qx` product."""
@@ -190,7 +190,7 @@ class LinReg:
         (O(N d) per run; no cancellation)."""
         X = self._x(W)
         res = shared_matmul(X, self.A.T) - self.b
-        return 0.5 * (res * res).mean(-1) + self.lam * reg(X)
+        return 0.5 * row_sum(res * res) / res.shape[-1] + self.lam * reg(X)
 
     def minibatch_grad(self, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """:math:`\\frac1b\\sum_{i \\in idx[r]} a_i(a_i^\\top x_r - b_i) + \\lambda r'(x_r)`,

@@ -62,8 +62,9 @@ always at least the client version, so it also serves the clients' bounds.
 
 Batch invariance: products of per-run rows with the shared data go through
 :func:`solvers.linalg.shared_matmul`, per-run batched products through
-:func:`solvers.linalg.bmm`, and every reduction over classes or samples is over a
-contiguous last axis; a run's numbers are bitwise the same alone or in a batch (CPU).
+:func:`solvers.linalg.bmm`, and every reduction over classes or samples through
+:func:`solvers.linalg.row_sum` / :func:`solvers.linalg.run_sum`; a run's numbers are
+bitwise the same alone or in a batch (CPU).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ import numpy as np
 import torch
 
 from solvers import rng
-from solvers.linalg import bmm, shared_matmul
+from solvers.linalg import bmm, row_sum, run_sum, shared_matmul
 
 _DTYPE = torch.float64
 _STEP = 21  # step of the DATA stream for this problem
@@ -265,17 +266,17 @@ class Logistic:
         Z = shared_matmul(W.reshape(R * C, d), self.X.T).reshape(R, C, -1).transpose(1, 2).contiguous()
         zmax = Z.max(-1, keepdim=True).values
         E = torch.exp(Z - zmax)
-        tot = E.sum(-1, keepdim=True)
+        tot = row_sum(E)[..., None]
         lse = torch.log(tot) + zmax
         zy = torch.gather(Z, -1, self.y.reshape(1, -1, 1).expand(R, -1, 1))
         return (lse - zy).squeeze(-1), E / tot
 
     def _reg(self, W):
-        return 0.5 * self.lam * (W * W).reshape(W.shape[0], -1).sum(-1)
+        return 0.5 * self.lam * run_sum(W * W)
 
     def _client_losses(self, ce, W):
         K = self.n_clients
-        return ce.reshape(ce.shape[0], K, -1).mean(-1) + self._reg(W)[:, None]
+        return row_sum(ce.reshape(ce.shape[0], K, -1)) / (ce.shape[1] // K) + self._reg(W)[:, None]
 
     def _client_grads(self, S, W):
         R, C, d = W.shape
@@ -296,7 +297,7 @@ class Logistic:
                 grad = self._client_grads(S, W).mean(1)
             return loss, grad
         if want_loss:
-            loss = ce.mean(-1) + self._reg(W)
+            loss = row_sum(ce) / ce.shape[-1] + self._reg(W)
         if want_grad:
             R, C, d = W.shape
             P = (S - self.Y).transpose(1, 2).reshape(R * C, -1)
@@ -323,7 +324,7 @@ class Logistic:
         Z = bmm(rows, W.transpose(1, 2))  # (R, b, C)
         zmax = Z.max(-1, keepdim=True).values
         E = torch.exp(Z - zmax)
-        P = E / E.sum(-1, keepdim=True) - self.Y[idx]
+        P = E / row_sum(E)[..., None] - self.Y[idx]
         return bmm(P.transpose(1, 2), rows) / idx.shape[1] + self.lam * W
 
     def client_losses(self, W: torch.Tensor) -> torch.Tensor:

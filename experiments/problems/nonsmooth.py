@@ -10,7 +10,8 @@ Both implement the oracle protocol of ARCHITECTURE.md batched over runs
 
 Data are drawn from :mod:`solvers.rng` (stream DATA), so a problem is a pure
 function of its parameters and ``seed`` on every platform. Contractions go
-through :func:`solvers.linalg.shared_matmul`, so a run's numbers do not depend
+through :func:`solvers.linalg.shared_matmul` and sums over samples through
+:func:`solvers.linalg.row_sum`, so a run's numbers do not depend
 on the batch it is evaluated in (on CPU).
 
 * ``l1`` (:class:`L1Regression`): :math:`f(W) = \frac1N \sum_i |\langle a_i, \mathrm{vec} W\rangle - b_i|`,
@@ -28,7 +29,7 @@ import math
 import torch
 
 from solvers import rng
-from solvers.linalg import shared_matmul
+from solvers.linalg import row_sum, shared_matmul
 
 _DTYPE = torch.float64
 # (step of the DATA stream, sub-streams) used for each problem's draws
@@ -145,7 +146,7 @@ class L1Regression(_NonSmoothProblem):
         return shared_matmul(self._delta(W), self.A.T)
 
     def loss(self, W: torch.Tensor) -> torch.Tensor:
-        return self.residuals(W).abs().mean(-1)
+        return row_sum(self.residuals(W).abs()) / self.n_samples
 
     def subgradient(self, W: torch.Tensor) -> torch.Tensor:
         """:math:`\\frac1N A^\\top \\mathrm{sign}(r)` (sign(0) = 0), shape (R, m, n)."""
@@ -157,7 +158,7 @@ class L1Regression(_NonSmoothProblem):
         :math:`\\mathrm{sign}(r_i) a_i`; an unbiased estimate of :meth:`subgradient`
         when idx is uniform."""
         rows = self.A[idx]  # (R, b, d)
-        r = (rows * self._delta(W)[:, None, :]).sum(-1)
+        r = row_sum(rows * self._delta(W)[:, None, :])
         return ((torch.sign(r)[:, :, None] * rows).sum(1) / idx.shape[1]).reshape(W.shape)
 
 

@@ -53,8 +53,9 @@ versions, and ``delta_inf`` :math:`= f^* - \frac1K\sum_k\min f_k` (samples: ever
 :math:`f_i` reaches 0, so :math:`f^*`). :meth:`Quadratic.exact_model` gives the numbers
 :mod:`theory.exact` needs.
 
-Batch invariance: the product with Q goes through :func:`solvers.linalg.shared_matmul`,
-so a run's numbers are bitwise the same alone or in a batch (CPU).
+Batch invariance: the product with Q goes through :func:`solvers.linalg.shared_matmul`
+and the sum over W through :func:`solvers.linalg.run_sum`, so a run's numbers are
+bitwise the same alone or in a batch (CPU).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ import numbers
 import torch
 
 from solvers import rng
-from solvers.linalg import shared_matmul
+from solvers.linalg import run_sum, shared_matmul
 
 _DTYPE = torch.float64
 # sub-streams of the DATA stream (step 0) used by the quadratic
@@ -143,7 +144,7 @@ class Quadratic:
         (and, with clients, the gradient as the mean of :meth:`client_grads`)."""
         D = W - self.W_star
         G = self._hv(D)
-        loss = 0.5 * (D * G).sum((-2, -1)) + self.f_star
+        loss = 0.5 * run_sum(D * G) + self.f_star
         if self.n_clients is not None:
             G = self.client_grads(W).mean(1)
         return loss, G
