@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from experiments.build import build_job
+from experiments.conf.schema import group_config, job_config
 from solvers.engine import FIELDS, run
 from solvers.linalg import bmm, per_matrix, row_sum, run_sum, shared_matmul
 
@@ -20,8 +21,9 @@ PROBLEMS = {
     "counterexample": dict(name="counterexample"),
     "logistic": dict(name="logistic"),
     "federated": dict(name="logistic", m=3, n=4, n_samples=24, n_clients=3),
-    "linreg": dict(name="linreg", size="ci", m=3, n=4, pre_n_samples=60, pre_n_informative=12,
-                   pre_effective_rank=3, ft_n_samples=40, ft_n_informative=6, ft_effective_rank=2),
+    "linreg": dict(name="linreg", size="ci"),
+    "quadratic_clients": dict(name="quadratic", m=3, n=2, mu=0.5, L=4.0, n_samples=12, n_clients=3,
+                              heterogeneity=0.5),
     "l1": dict(name="l1", m=3, n=4),
     "maxaffine": dict(name="maxaffine", m=3, n=4),
 }
@@ -29,9 +31,9 @@ SMOOTH = ["gd", "sgd_noise", "mvr_noise"]
 FINITE_SUM = ["gd", "sgd", "page", "mvr"]
 ESTIMATORS = {  # name: (estimator config, compressor config or None)
     "gd": (dict(name="gd"), None), "sgd": (dict(name="sgd", batch=3), None),
-    "sgd_noise": (dict(name="sgd", noise=0.5), None), "page": (dict(name="page", batch=3), None),
+    "sgd_noise": (dict(name="sgd", batch=None, noise=0.5), None), "page": (dict(name="page", batch=3), None),
     "mvr": (dict(name="mvr", batch=3, momentum=0.3), None),
-    "mvr_noise": (dict(name="mvr", noise=0.5, momentum=0.3, init_with="full"), None),
+    "mvr_noise": (dict(name="mvr", batch=None, noise=0.5, momentum=0.3, init_with="full"), None),
     "subgradient": (dict(name="subgradient"), None),
     "qgd_randk": (dict(name="qgd"), dict(name="randk", k=3)),
     "qgd_dither": (dict(name="qgd"), dict(name="dither", s=2)),
@@ -62,7 +64,10 @@ def _combos():
     for prob in ("l1", "maxaffine"):
         out += [(prob, "subgradient", meth, "gaussian", rule)
                 for meth in WEIGHT_SPACE for rule in ("constant", "polyak")]
-    out += [("quadratic", "gd", "blora2", sketch, "constant") for sketch in ("orthonormal", "rademacher", "column")]
+    out += [("quadratic", "gd", "blora2", sketch, "constant")
+            for sketch in ("orthonormal", "rademacher", "column", "weighted_column")]
+    for est in ("sgd", "page", "mvr", "marina", "ef21_identity"):
+        out += [("quadratic_clients", est, meth, "gaussian", "constant") for meth in WEIGHT_SPACE]
     sketches = ("gaussian", "orthonormal", "rademacher", "column")
     out += [("quadratic_wide", "sgd_noise", "blora9", sketch, "constant") for sketch in sketches]
     return out
@@ -74,10 +79,14 @@ COMBOS = _combos()
 def _job(combo, factor=1.0):
     prob, est, meth, sketch, rule = combo
     est_cfg, comp = ESTIMATORS[est]
-    cfg = dict(problem=PROBLEMS[prob], method=METHODS[meth], estimator=est_cfg, sketch=dict(name=sketch),
-               stepsize=dict(rule=rule, factor=factor), steps=1, seeds=1, seed=0, eval_every=1, device="cpu")
-    if comp is not None:
-        cfg["compressor"] = comp
+    cfg = job_config(**{"stepsize.rule": rule, "stepsize.factor": factor, "steps": 1, "seeds": 1, "seed": 0,
+                        "eval_every": 1, "device": "cpu"})
+    groups = dict(problem=PROBLEMS[prob], method=METHODS[meth], estimator=est_cfg, sketch=dict(name=sketch),
+                  compressor=comp or dict(name="identity"))
+    for group, node in groups.items():
+        cfg[group] = dict(group_config(group, node["name"]), **node)  # the option's defaults, then ours
+    if cfg["problem"].get("size") == "${size}":
+        cfg["problem"]["size"] = "ci"
     return build_job(cfg)
 
 
