@@ -79,7 +79,9 @@ def exact_for_method(problem, method, iterations):
         raise ValueError("stepsize.rule: exact expectations need the constant stepsize (Polyak's is not affine)")
     if not isinstance(method.stepsize, (int, float)) or not isinstance(getattr(method, "p", 0.0), (int, float)):
         raise ValueError("stepsize: exact expectations take one stepsize and one p for all runs")
-    kw = dict(p=float(method.p), rank=method.rank, sketch=_name(method.sketch)) \
+    # the sketch object itself (a name for the isotropic ones; the moments of a weighted column
+    # sketch, with its decays, come from the object: theory.exact._sketch_moments)
+    kw = dict(p=float(method.p), rank=method.rank, sketch=method.sketch) \
         if method.name == "bernoulli_lora" else {}
     return exact_moments(problem.exact_model(), method=method.name, gamma=float(method.stepsize),
                          estimator=_estimator_spec(method.estimator, problem), iterations=iterations, **kw)
@@ -93,12 +95,14 @@ def exact_expectations(problem, method_cfg, estimator_cfg, gamma, iterations, *,
     defaults apply), then :func:`exact_for_method`."""
     from experiments.build import build_estimator
     from solvers.methods import make_method
+    from solvers.sketches import make_sketch
 
     est = build_estimator({"estimator": dict(estimator_cfg), "compressor": compressor_cfg}, problem)
     mc = {k: v for k, v in dict(method_cfg).items() if v is not None}
     name = mc.pop("name")
     if name == "bernoulli_lora":
-        mc["sketch"] = (sketch_cfg or {}).get("name", "gaussian")
+        sk = {k: v for k, v in dict(sketch_cfg or {}).items() if v is not None}  # its keys are its parameters
+        mc["sketch"] = make_sketch(sk.pop("name", "gaussian"), **sk)
     method = make_method(name, estimator=est, stepsize=float(gamma),
                          **{k: v for k, v in mc.items() if k in ("p", "rank", "sketch")})
     return exact_for_method(problem, method, iterations)
