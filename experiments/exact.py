@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from solvers.sketches import make_sketch
 from theory.exact import METRICS, check_size, exact_moments
 
 EXACT_METRICS = METRICS + ("avg_f_gap", "avg_grad_norm_sq")
@@ -79,9 +80,9 @@ def exact_for_method(problem, method, iterations):
         raise ValueError("stepsize.rule: exact expectations need the constant stepsize (Polyak's is not affine)")
     if not isinstance(method.stepsize, (int, float)) or not isinstance(getattr(method, "p", 0.0), (int, float)):
         raise ValueError("stepsize: exact expectations take one stepsize and one p for all runs")
-    # the sketch object itself (a name for the isotropic ones; the moments of a weighted column
-    # sketch, with its decays, come from the object: theory.exact._sketch_moments)
-    kw = dict(p=float(method.p), rank=method.rank, sketch=method.sketch) \
+    # the sketch object the method draws from (make_sketch resolves a name as the method does):
+    # a weighted column sketch's moments, with its decays, come from the object itself
+    kw = dict(p=float(method.p), rank=method.rank, sketch=make_sketch(method.sketch)) \
         if method.name == "bernoulli_lora" else {}
     return exact_moments(problem.exact_model(), method=method.name, gamma=float(method.stepsize),
                          estimator=_estimator_spec(method.estimator, problem), iterations=iterations, **kw)
@@ -95,7 +96,6 @@ def exact_expectations(problem, method_cfg, estimator_cfg, gamma, iterations, *,
     defaults apply), then :func:`exact_for_method`."""
     from experiments.build import build_estimator
     from solvers.methods import make_method
-    from solvers.sketches import make_sketch
 
     est = build_estimator({"estimator": dict(estimator_cfg), "compressor": compressor_cfg}, problem)
     mc = {k: v for k, v in dict(method_cfg).items() if v is not None}

@@ -116,6 +116,13 @@ def test_configuration_groups_carry_the_decays():
     assert abs(swapped["f_gap"][1] / ref["f_gap"][1] - 1) > 1e-3
 
 
+def test_a_method_given_the_sketch_by_name_is_resolved_as_the_method_resolves_it():
+    """sketch='weighted_column' (a name) draws from WeightedColumnSketch() (decays 1): same values."""
+    by_name = exact_for_method(problem(), _method("gd", "weighted_column"), [0, 4])
+    by_object = exact_for_method(problem(), _method("gd", WeightedColumnSketch()), [0, 4])
+    np.testing.assert_array_equal(by_name["f_gap"], by_object["f_gap"])
+
+
 def test_joint_inclusion_enumeration_limit_is_refused_in_one_line():
     """A side of dimension > 8 (the pair probabilities are enumerated): one-line ValueError."""
     model = QuadraticModel(shape=(2, 9), Q=np.eye(18), e0=np.ones(18))
