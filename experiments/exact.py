@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from solvers.sketches import make_sketch
 from theory.exact import METRICS, check_size, exact_moments
 
 EXACT_METRICS = METRICS + ("avg_f_gap", "avg_grad_norm_sq")
@@ -79,7 +80,9 @@ def exact_for_method(problem, method, iterations):
         raise ValueError("stepsize.rule: exact expectations need the constant stepsize (Polyak's is not affine)")
     if not isinstance(method.stepsize, (int, float)) or not isinstance(getattr(method, "p", 0.0), (int, float)):
         raise ValueError("stepsize: exact expectations take one stepsize and one p for all runs")
-    kw = dict(p=float(method.p), rank=method.rank, sketch=_name(method.sketch)) \
+    # the sketch object the method draws from (make_sketch resolves a name as the method does):
+    # a weighted column sketch's moments, with its decays, come from the object itself
+    kw = dict(p=float(method.p), rank=method.rank, sketch=make_sketch(method.sketch)) \
         if method.name == "bernoulli_lora" else {}
     return exact_moments(problem.exact_model(), method=method.name, gamma=float(method.stepsize),
                          estimator=_estimator_spec(method.estimator, problem), iterations=iterations, **kw)
@@ -98,7 +101,8 @@ def exact_expectations(problem, method_cfg, estimator_cfg, gamma, iterations, *,
     mc = {k: v for k, v in dict(method_cfg).items() if v is not None}
     name = mc.pop("name")
     if name == "bernoulli_lora":
-        mc["sketch"] = (sketch_cfg or {}).get("name", "gaussian")
+        sk = {k: v for k, v in dict(sketch_cfg or {}).items() if v is not None}  # its keys are its parameters
+        mc["sketch"] = make_sketch(sk.pop("name", "gaussian"), **sk)
     method = make_method(name, estimator=est, stepsize=float(gamma),
                          **{k: v for k, v in mc.items() if k in ("p", "rank", "sketch")})
     return exact_for_method(problem, method, iterations)

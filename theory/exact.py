@@ -17,7 +17,8 @@ independent random affine maps (the solver's order, :mod:`solvers.methods`):
 :mod:`theory.exact_moments` propagates :math:`\mathbb E[\tilde x\tilde x^\top]` through both
 with the exact expectation over every draw (closed forms: Haar fourth moments for
 Gaussian and orthonormal sketches, inclusion probabilities for column sketches,
-minibatches and Rand-k; enumeration for Rademacher sketches). The metrics are then
+minibatches and Rand-k, the sketch's own inclusion and pair inclusion probabilities
+for weighted column sketches; enumeration for Rademacher sketches). The metrics are then
 
 .. math:: \mathbb E[f - f^*] = \tfrac12\langle Q, \mathbb E ee^\top\rangle,\quad
           \mathbb E\|\nabla f\|^2 = \langle Q^2, \mathbb E ee^\top\rangle,\quad
@@ -38,7 +39,7 @@ from typing import Optional
 import numpy as np
 
 from theory.exact_moments import (Component, Layout, Noise, Projection, RandomAffine, Subset, column_moments,
-                                  embed, enumerated_moments, haar_moments, selector)
+                                  diagonal_moments, embed, enumerated_moments, haar_moments, selector)
 
 METRICS = ("f_gap", "grad_norm_sq", "dist_sq")
 ESTIMATORS = ("gd", "sgd", "page", "mvr", "qgd", "marina", "ef21")
@@ -218,18 +219,28 @@ def _rademacher_moments(dim, r):
     return enumerated_moments(H, np.full(H.shape[0], 1.0 / H.shape[0]))
 
 
+def _sketch_moments(sketch, side, dim, r):
+    """``(E H, E[H_ik H_jl])`` of one side's projection. A sketch that describes itself as a
+    random diagonal projection (methods ``expected_projection_matrix`` and
+    ``joint_inclusion_matrix``, e.g. ``weighted_column``) is taken at its word
+    (:func:`theory.exact_moments.diagonal_moments`); the others by name."""
+    if hasattr(sketch, "joint_inclusion_matrix") and hasattr(sketch, "expected_projection_matrix"):
+        return diagonal_moments(sketch.expected_projection_matrix(dim, r, side=side),
+                                sketch.joint_inclusion_matrix(dim, r, side=side))
+    name = sketch if isinstance(sketch, str) else getattr(sketch, "name", type(sketch).__name__)
+    if name in ("gaussian", "orthonormal"):
+        return haar_moments(dim, r)
+    if name == "column":
+        return column_moments(dim, r)
+    if name == "rademacher":
+        return _rademacher_moments(dim, r)
+    raise ValueError(f"sketch.name: exact expectations know {SKETCHES} and random diagonal projections "
+                     f"(a sketch with expected_projection_matrix and joint_inclusion_matrix), got {name!r}")
+
+
 def _sketch_piece(sketch, side, L, R, m, n, r):
     """The random :math:`L\\,\\hat H\\,R` of one side."""
-    dim = m if side == "left" else n
-    if sketch in ("gaussian", "orthonormal"):
-        first, fourth = haar_moments(dim, r)
-    elif sketch == "column":
-        first, fourth = column_moments(dim, r)
-    elif sketch == "rademacher":
-        first, fourth = _rademacher_moments(dim, r)
-    else:
-        raise ValueError(f"sketch.name: exact expectations know {SKETCHES}, got {sketch!r}")
-    return Projection(L, R, m, n, side, first, fourth)
+    return Projection(L, R, m, n, side, *_sketch_moments(sketch, side, m if side == "left" else n, r))
 
 
 def _method_step(model, method, X, Y, gamma, p, rank, sketch):
@@ -275,7 +286,12 @@ def exact_moments(model: QuadraticModel, *, method: str, estimator: dict, gamma:
         (unscaled, EF21's contractive Rand-k).
     gamma : float > 0, constant stepsize.
     iterations : iterable of ints >= 0.
-    p, rank, sketch : Bernoulli-LoRA's coin, rank and sketch name (:data:`SKETCHES`).
+    p, rank : Bernoulli-LoRA's coin and rank.
+    sketch : a name in :data:`SKETCHES`, or a sketch object: one with the methods
+        ``expected_projection_matrix(dim, r, side=...)`` (:math:`\mathbb E H`, diagonal) and
+        ``joint_inclusion_matrix(dim, r, side=...)`` (:math:`\Pr[i, j \in S]`) is a random
+        diagonal projection with these moments (e.g. ``weighted_column``, each side its own);
+        any other is known by its ``name``.
     max_dim : int, the largest mn accepted (the cost grows like a power 3 to 4 of mn).
 
     Returns

@@ -28,8 +28,9 @@ piece gives its mean and :math:`X \mapsto \mathbb E[T_j X T_j^\top]` in closed f
   H a random orthogonal projection, through its moments :math:`\mathbb E H` and
   :math:`\mathbb E[H_{ik}H_{jl}]`: the projection onto a uniformly random r-dimensional
   subspace (Gaussian and Haar-orthonormal sketches, :func:`haar_projection_moments`),
-  a uniform set of r coordinates (column sketches), or any enumerated distribution
-  (Rademacher sketches).
+  a uniform set of r coordinates (column sketches), any random set of coordinates given
+  its inclusion probabilities and pair inclusion probabilities (:func:`diagonal_moments`:
+  weighted column sketches), or any enumerated distribution (Rademacher sketches).
 * :class:`Noise`: an additive :math:`C z`, z standard normal.
 * :class:`Finite`: any finite list of outcomes with probabilities (enumeration; tests).
 """
@@ -117,14 +118,36 @@ def haar_moments(dim: int, r: int):
     return (r / dim) * eye, fourth
 
 
+def diagonal_moments(first: np.ndarray, joint: np.ndarray):
+    r"""``(E H, E[H_ik H_jl])`` of a random diagonal projection :math:`H = \operatorname{diag}(z)`,
+    z the indicator of a random set S of coordinates, from ``first`` :math:`= \mathbb E H
+    = \operatorname{diag}(\pi)` and ``joint`` :math:`\Pi_{ij} = \Pr[i, j \in S]
+    = \mathbb E z_iz_j` (:math:`\Pi_{ii} = \pi_i` since :math:`z_i^2 = z_i`): the only
+    non-zero fourth moments are :math:`\mathbb E[H_{ii}H_{jj}] = \Pi_{ij}`.
+
+    Refuses (``sketch.name``) a ``first`` that is not diagonal, a ``joint`` that is not
+    symmetric, or whose diagonal is not ``diag(first)`` (to 1e-12): the two descriptions
+    of one sketch must agree."""
+    first, joint = np.asarray(first, dtype=float), np.asarray(joint, dtype=float)
+    dim = first.shape[0]
+    pi = np.diag(first)
+    if (first.shape != (dim, dim) or joint.shape != (dim, dim) or np.any(first - np.diag(pi))
+            or not np.allclose(joint, joint.T, rtol=0, atol=1e-15)
+            or not np.allclose(np.diag(joint), pi, rtol=0, atol=1e-12)):
+        raise ValueError("sketch.name: a diagonal random projection needs a diagonal E[H] and a symmetric "
+                         "joint inclusion matrix with diagonal diag(E[H])")
+    eye = np.eye(dim)
+    return first.copy(), np.einsum("ik,jl,ij->ikjl", eye, eye, joint)
+
+
 def column_moments(dim: int, r: int):
     """``(E H, E[H_ik H_jl])`` of H = diag(z), z the indicator of a uniform r-subset of dim
-    coordinates: :math:`\\mathbb E z_i = r/dim`, :math:`\\mathbb E z_iz_j = r(r-1)/(dim(dim-1))`."""
+    coordinates: :math:`\\mathbb E z_i = r/dim`, :math:`\\mathbb E z_iz_j = r(r-1)/(dim(dim-1))`
+    (:func:`diagonal_moments`)."""
     c_off = r * (r - 1) / (dim * (dim - 1)) if dim > 1 else 0.0
     pair = np.full((dim, dim), c_off)
     np.fill_diagonal(pair, r / dim)
-    eye = np.eye(dim)
-    return (r / dim) * eye, np.einsum("ik,jl,ij->ikjl", eye, eye, pair)
+    return diagonal_moments((r / dim) * np.eye(dim), pair)
 
 
 def enumerated_moments(H: np.ndarray, probs: np.ndarray, chunk: int = 4096):
@@ -144,7 +167,7 @@ class Projection:
     :math:`L\,(I_m\otimes H)\,R` (``'right'``, H of size n), row-major vec of m x n
     matrices, ``L`` (a, mn), ``R`` (mn, b), for a random H with ``first`` :math:`= \mathbb E H`
     and ``fourth[i, k, j, l]`` :math:`= \mathbb E[H_{ik}H_{jl}]` (:func:`haar_moments`,
-    :func:`column_moments`, :func:`enumerated_moments`)."""
+    :func:`column_moments`, :func:`diagonal_moments`, :func:`enumerated_moments`)."""
 
     L: np.ndarray
     R: np.ndarray
