@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 
+from experiments.conf.schema import group_config, job_config
 from experiments.exact import attach_exact
 from experiments.job import execute
 
@@ -25,10 +26,15 @@ METHODS = [{"name": "bernoulli_lora", "p": 0.4, "rank": 1}, {"name": "fpft"}]
 
 
 def _ratio(method, factor, est, comp):
-    cfg = copy.deepcopy(dict(BASE, method=method, estimator=est))
+    cfg = job_config(**{k: v for k, v in BASE.items() if not isinstance(v, dict)})
+    groups = dict(copy.deepcopy({k: v for k, v in BASE.items() if isinstance(v, dict)}),
+                  method=method, estimator=est, compressor=comp or {"name": "identity"})
+    for group, node in groups.items():
+        base = group_config(group, node["name"]) if "name" in node else dict(cfg[group])
+        cfg[group] = dict(base, **node)  # the option's defaults, then ours
+    if est["name"] in ("sgd", "mvr") and "noise" in est:
+        cfg["estimator"]["batch"] = None
     cfg["stepsize"]["factor"] = factor
-    if comp is not None:
-        cfg["compressor"] = comp
     table, job = execute(cfg)
     table = attach_exact(table, job, cfg)
     t = table[table["seed"] == table["seed"].iloc[0]]
