@@ -366,3 +366,25 @@ def test_transformers_trainer_runs_a_few_steps(tmp_path):
         st = opt.state[w]
         side = opt.side_of_round(opt.round_of(3))
         assert st[f"{side}.exp_avg"].shape == ((R, w.shape[1]) if side == "left" else (w.shape[0], R))
+
+
+def test_memory_benchmark_counts_agree_with_closed_forms():
+    """benchmarks/bench_optimizer_memory.py on a 1-layer Llama: the optimiser's moments are
+    exactly the PEFT path's trained-side AdamW moments (which also hold a 4-byte ``step``
+    tensor per factor), the cached draw is the frozen factor, LoRA's state is 2x its adapters."""
+    pytest.importorskip("peft")
+    bench = pytest.importorskip("benchmarks.bench_optimizer_memory")
+    import argparse
+
+    rows, _ = bench.measure(argparse.Namespace(rank=2, hidden=32, layers=1))
+    by = {row["method"]: row for row in rows}
+    ws = bench.targets(bench.build(32, 1))
+    lora = by["LoRA r=2 (PEFT, AdamW on A and B)"]
+    assert lora["state"] == 2 * lora["adapter"] + 4 * 2 * len(ws)
+    for side in ("left", "right"):
+        peft_row = by[f"Bernoulli-LoRA r=2 PEFT path, {side} round"]
+        bare = by[f"Bernoulli-LoRA optimiser r=2, {side} round, cache_sketch=False"]
+        cached = by[f"Bernoulli-LoRA optimiser r=2, {side} round, cache_sketch=True"]
+        assert bare["state"] == peft_row["state"] - 4 * len(ws) == 4 * 2 * peft_row["trainable"]
+        frozen = sum(w.shape[0] * 2 if side == "left" else 2 * w.shape[1] for w in ws)
+        assert cached["state"] - bare["state"] == 4 * frozen
