@@ -244,7 +244,7 @@ class BernoulliLoRAOptimizer(torch.optim.Optimizer):
         g = self.param_groups[-1]
         for key, ok in (("lr", g["lr"] >= 0), ("rank", int(g["rank"]) == g["rank"] and g["rank"] >= 1),
                         ("weight_decay", g["weight_decay"] >= 0), ("eps", g["eps"] >= 0),
-                        ("momentum", 0 <= g["momentum"] < 1 or g["momentum"] == 0),
+                        ("momentum", g["momentum"] >= 0), ("dampening", g["dampening"] >= 0),
                         ("betas", all(0 <= b < 1 for b in g["betas"]))):
             if not ok:
                 raise ValueError(f"{key}: invalid value {g[key]!r}")

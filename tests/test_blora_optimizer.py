@@ -18,6 +18,8 @@ import copy  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
 from torch import nn  # noqa: E402
 
 from solvers import rng  # noqa: E402
@@ -181,6 +183,30 @@ def test_one_sgd_step_is_the_sketched_step(p):
     S = frozen_factor(9, 0, 0, side, (m, n), R)
     expected = W - lr * s**2 * (S @ S.T @ G if side == "left" else G @ S.T @ S)
     torch.testing.assert_close(lin.weight.detach(), expected, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=hs.integers(1, 6), n=hs.integers(1, 6), r=hs.integers(1, 3), left=hs.booleans(), seed=hs.integers(0, 99),
+       scale=hs.floats(0.25, 4.0), sketch=hs.sampled_from(["gaussian", "orthonormal", "rademacher", "column"]),
+       every=hs.integers(1, 3), steps=hs.integers(1, 4))
+def test_sgd_steps_are_sketched_steps_for_all_shapes_and_sketches(m, n, r, left, seed, scale, sketch, every, steps):
+    """Property: each SGD step (any shape, rank, sketch, round length) is W - lr s^2 H G with
+    H = S S^T (left) / G S^T S (right) for the frozen factor S of the step's round."""
+    assume(r <= min(m, n) or sketch in ("gaussian", "rademacher"))
+    lr = 0.1
+    W = rng.normal(torch.tensor([seed]), rng.Stream.DATA, 0, (m, n))[0]
+    w = nn.Parameter(W.clone())
+    opt = BernoulliLoRAOptimizer([w], inner="sgd", lr=lr, rank=r, scale=scale, p=float(left), seed=seed,
+                                 sketch=sketch, every=every)
+    side = "left" if left else "right"
+    for t in range(1, steps + 1):
+        before = w.detach().clone()
+        G = rng.normal(torch.tensor([seed]), rng.Stream.DATA, t, (m, n))[0]
+        w.grad = G.clone()
+        opt.step()
+        S = frozen_factor(seed, (t - 1) // every, 0, side, (m, n), r, sketch=sketch)
+        expected = before - lr * scale**2 * (S @ S.T @ G if left else G @ S.T @ S)
+        torch.testing.assert_close(w.detach(), expected, rtol=1e-12, atol=1e-12)
 
 
 class Net(nn.Module):
