@@ -250,6 +250,10 @@ class BernoulliLoRAOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{key}: invalid value {g[key]!r}")
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
             raise ValueError("nesterov: needs momentum > 0 and dampening = 0")
+        for i, w in enumerate(g["params"]):  # a rank-min(m, n) adapter already spans every update
+            if g["project"] and w.ndim == 2 and g["rank"] > min(w.shape):
+                raise ValueError(f"rank: {g['rank']} exceeds min(m, n) = {min(w.shape)} of parameter {i} "
+                                 f"(shape {tuple(w.shape)}) of param group {len(self.param_groups) - 1}")
 
     # ------------------------------------------------------------------ schedule
     @property
