@@ -241,7 +241,13 @@ class BernoulliLoRAOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        g = self.param_groups[-1]
+        try:
+            self._check_group(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()  # a refused group leaves nothing behind
+            raise
+
+    def _check_group(self, g: dict) -> None:
         for key, ok in (("lr", g["lr"] >= 0), ("rank", int(g["rank"]) == g["rank"] and g["rank"] >= 1),
                         ("weight_decay", g["weight_decay"] >= 0), ("eps", g["eps"] >= 0),
                         ("momentum", g["momentum"] >= 0), ("dampening", g["dampening"] >= 0),

@@ -327,7 +327,10 @@ def test_rank_above_the_weight_size_is_refused():
     net = Net()
     with pytest.raises(ValueError, match=r"^rank: 5 exceeds min\(m, n\) = 4 of parameter 1 \(shape \(4, 5\)\) of param group 0$"):
         BernoulliLoRAOptimizer([net.a.weight, net.b.weight], rank=5)  # 5 x 6 and 4 x 5
-    BernoulliLoRAOptimizer([{"params": [net.b.weight], "project": False}], rank=5)  # not projected: accepted
+    opt = BernoulliLoRAOptimizer([{"params": [net.b.weight], "project": False}], rank=5)  # not projected: accepted
+    with pytest.raises(ValueError, match=r"^rank: 5 exceeds"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(7, 3))]})
+    assert len(opt.param_groups) == 1  # the refused group left nothing behind
 
 
 def test_state_dict_of_another_configuration_is_refused():
