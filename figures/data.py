@@ -44,9 +44,11 @@ def stepsize_column(df) -> str | None:
 def config_columns(df: pd.DataFrame) -> list[str]:
     """Columns that describe a configuration (neither a measurement, nor
     bookkeeping, nor derived from the others). Timings (any column ending in
-    ``_s``, e.g. a sweep's ``group_wall_s``) are not configuration."""
+    ``_s``, e.g. a sweep's ``group_wall_s``) and the exact expectations
+    (``exact``, ``exact_*``, experiments.exact) are not configuration."""
     skip = MEASUREMENTS | BOOKKEEPING | DERIVED
-    return [c for c in df.columns if c not in skip and not str(c).endswith("_s")]
+    return [c for c in df.columns if c not in skip and not str(c).endswith("_s")
+            and c != "exact" and not str(c).startswith("exact_")]
 
 
 def _text(s: pd.Series) -> pd.Series:
