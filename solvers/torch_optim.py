@@ -88,8 +88,8 @@ def frozen_factor(seed: int, k: int, layer: int, side: str, shape, rank: int, *,
         ``(m, n)`` of the weight.
     rank : int
         ``r``.
-    sketch : str
-        :mod:`solvers.sketches` distribution (``draws='sketch'``).
+    sketch : str or Sketch
+        :mod:`solvers.sketches` distribution, by name or as an object (``draws='sketch'``).
     draws : {'sketch', 'real_model'}
         ``'sketch'``: the sketch's tall draw on sub-stream ``2l`` (left) or ``2l+1``
         (right, transposed); ``'real_model'``: standard Gaussian factors as in
@@ -106,7 +106,7 @@ def frozen_factor(seed: int, k: int, layer: int, side: str, shape, rank: int, *,
         else:
             x = rng.normal(seeds, rng.Stream.SKETCH, int(k), (rank, n), sub=2 * layer)[0]
     else:
-        sk = make_sketch(sketch)
+        sk = make_sketch(sketch) if isinstance(sketch, str) else sketch
         if side == LEFT:
             x = sk._draw(seeds, int(k), m, rank, 2 * layer, None, torch.float64)[0]
         else:

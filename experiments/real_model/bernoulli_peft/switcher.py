@@ -23,8 +23,8 @@ import warnings
 import torch
 from torch import nn
 
-from solvers import rng
 from solvers.sketches import make_sketch
+from solvers.torch_optim import coin_side, frozen_factor
 
 from .layers import factors, fold, lora_layers
 from .state import LEFT, RIGHT, SwitchEvent, SwitcherStateMixin
@@ -144,28 +144,17 @@ class BernoulliLoRASwitcher(SwitcherStateMixin):
         return f"BernoulliLoRASwitcher({args}, layers={len(self.layers)}, round={self.round}, side={self.side!r})"
 
     # ------------------------------------------------------------------ randomness
-    def _seeds(self) -> torch.Tensor:
-        return torch.tensor([self.seed], dtype=torch.int64)
-
     def coin(self, k: int) -> str:
-        """Side of round ``k``: ``'left'`` with probability ``p`` (rng.Stream.COIN, step k)."""
-        left = bool(rng.bernoulli(self._seeds(), rng.Stream.COIN, int(k), self.p)[0])
-        return LEFT if left else RIGHT
+        """Side of round ``k``: ``'left'`` with probability ``p`` (rng.Stream.COIN, step k);
+        the same rule as the optimiser form (:func:`solvers.torch_optim.coin_side`)."""
+        return coin_side(self.seed, k, self.p)
 
     def draw(self, layer: int, side: str, k: int) -> torch.Tensor:
-        """The frozen factor of layer ``layer`` in round ``k`` (float64, CPU): ``B_S`` (m x r) or ``A_S`` (r x n)."""
+        """The frozen factor of layer ``layer`` in round ``k`` (float64, CPU): ``B_S`` (m x r) or
+        ``A_S`` (r x n); the same draw as the optimiser form (:func:`solvers.torch_optim.frozen_factor`)."""
         A, B = factors(self.layers[layer][1], self.adapter_name)
-        (r, n), m, seeds = A.shape, B.shape[0], self._seeds()
-        if self.draws == "real_model":
-            if side == LEFT:
-                x = rng.normal(seeds, rng.Stream.SKETCH, int(k), (m, r), sub=2 * layer + 1)[0]
-            else:
-                x = rng.normal(seeds, rng.Stream.SKETCH, int(k), (r, n), sub=2 * layer)[0]
-        elif side == LEFT:
-            x = self.sketch._draw(seeds, int(k), m, r, 2 * layer, None, torch.float64)[0]
-        else:
-            x = self.sketch._draw(seeds, int(k), n, r, 2 * layer + 1, None, torch.float64)[0].T
-        return self.init_std * x
+        return frozen_factor(self.seed, k, layer, side, (B.shape[0], A.shape[1]), A.shape[0], sketch=self.sketch,
+                             draws=self.draws, init_std=self.init_std)
 
     # ------------------------------------------------------------------ parameters
     def factor_parameters(self) -> list[nn.Parameter]:
