@@ -327,3 +327,19 @@ def test_real_model_tables_are_not_counted_as_hydra_jobs(tmp_path):
     write_marked(d, {"results.parquet": lambda tmp: pd.DataFrame({"a": [1]}).to_parquet(tmp)}, {"x": 1}, rows=1)
     assert (d / "_COMPLETE").is_file()
     assert complete_jobs(tmp_path) == [] and incomplete_jobs(tmp_path) == []
+
+
+def test_long_training_reports_progress_in_logs():
+    """Epoch progress is printed (to a non-terminal stream too) at most every every_s seconds."""
+    import io
+    import time as _time
+
+    from experiments.real_model.train import EpochProgress
+
+    buf = io.StringIO()
+    progress = EpochProgress("fine-tuning lora_a", 5, every_s=0.05, stream=buf)
+    progress(0)
+    assert buf.getvalue() == ""  # nothing before every_s has passed
+    _time.sleep(0.06)
+    progress(1)
+    assert buf.getvalue().startswith("  fine-tuning lora_a: epoch 2/5 (")

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import time
 
 import torch
 
@@ -245,6 +247,22 @@ class Run:
         return evaluate(self.params, split, self.adapters)
 
 
+class EpochProgress:
+    """A line on stderr at most every ``every_s`` seconds while epochs run (and none for
+    runs shorter than that): long fine-tunings are never silent in a log."""
+
+    def __init__(self, label: str, total: int, *, every_s: float = 10.0, stream=None):
+        self.label, self.total, self.every_s = label, int(total), float(every_s)
+        self.stream = sys.stderr if stream is None else stream
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, epoch: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            print(f"  {self.label}: epoch {epoch + 1}/{self.total} ({now - self.t0:.0f} s)", file=self.stream, flush=True)
+
+
 def pretrain(task: Task, seeds: torch.Tensor, cfg: TrainConfig, *, dtype=torch.float32) -> tuple[MLPParams, dict]:
     """Per-seed pretraining with early stopping; returns the best-validation weights."""
     params = init_mlp(seeds, task.train.x.shape[1], dtype=dtype, device=seeds.device)
@@ -254,8 +272,10 @@ def pretrain(task: Task, seeds: torch.Tensor, cfg: TrainConfig, *, dtype=torch.f
     wait = torch.zeros(run.S, dtype=torch.int64, device=seeds.device)
     run.active = torch.ones(run.S, dtype=torch.bool, device=seeds.device)
     epochs_run = torch.zeros(run.S, dtype=torch.int64, device=seeds.device)
+    progress = EpochProgress("pretraining", cfg.pretrain_epochs)
     for e in range(cfg.pretrain_epochs):
         run.epoch(e)
+        progress(e)
         epochs_run += run.active.long()
         val_loss, _ = run.evaluate(task.val)
         improved = (val_loss < best_loss) & run.active
@@ -279,8 +299,10 @@ def finetune(params: MLPParams, task: Task, spec: mt.MethodSpec, seeds: torch.Te
     :func:`finetune_sweep`)."""
     run = Run(params, seeds, cfg, task.train, spec=spec, sub=FINETUNE_SUB, p=p)
     plateau = Plateau(run.lr, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    progress = EpochProgress(f"fine-tuning {spec.name}" + ("" if p is None else " (p sweep)"), cfg.epochs)
     for e in range(cfg.epochs):
         run.epoch(e)
+        progress(e)
         val_loss, _ = run.evaluate(task.val)
         plateau.step(torch.nan_to_num(val_loss, nan=math.inf))
         run.lr = plateau.lr
