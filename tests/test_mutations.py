@@ -111,3 +111,70 @@ def test_breaks_change_the_run_only():
         assert (honest[col].fillna(-1) == broken[col].fillna(-1)).all(), col
     assert not (honest["f_gap"].to_numpy()[honest["iteration"] > 0]
                 == broken["f_gap"].to_numpy()[broken["iteration"] > 0]).any()
+
+
+# --------------------------------------------------------------------------- false alarms
+
+def _false_alarm_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "false_alarm_rate.py"
+    spec = importlib.util.spec_from_file_location("false_alarm_rate", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+FA = _false_alarm_script()
+FA_REPS, FA_MAX = 50, 3
+
+
+def test_false_alarm_threshold_is_a_small_binomial_tail():
+    """At most FA_MAX = 3 false alarms of 50: if a check's false-alarm probability is at most
+    its nominal 0.01, P(X >= 4) = 0.0016 for X ~ Binomial(50, 0.01), so the test below fails
+    with probability at most 0.0016 per check and case; 3 of 4 would pass at 0.0138."""
+    assert FA.tail(FA_MAX + 1, FA_REPS, FA.NOMINAL) < 0.002
+    assert FA.tail(FA_MAX, FA_REPS, FA.NOMINAL) > 0.01
+
+
+def test_clopper_pearson_and_tail_closed_forms():
+    lo, hi = FA.clopper_pearson(0, 200)
+    assert lo == 0.0 and abs(hi - (1 - 0.025 ** (1 / 200))) < 1e-12
+    lo, hi = FA.clopper_pearson(200, 200)
+    assert hi == 1.0 and abs(lo - 0.025 ** (1 / 200)) < 1e-12
+    assert abs(FA.tail(1, 50, 0.01) - (1 - 0.99 ** 50)) < 1e-12
+
+
+def test_count_flags_violated_and_disagrees():
+    rows = [{"verdict": "holds", "exact_verdict": "agrees"}, {"verdict": "violated", "exact_verdict": "agrees"},
+            {"verdict": "inconclusive", "exact_verdict": "disagrees"}, {"verdict": "violated",
+                                                                        "exact_verdict": "disagrees"}]
+    flags, verdicts = FA.count(rows)
+    assert flags == {"violated": 2, "disagrees": 2, "either": 3} and sum(verdicts.values()) == 4
+
+
+@pytest.mark.parametrize("case", sorted(FA.CASES))
+def test_false_alarm_rate_at_most_nominal(case):
+    """50 repetitions (disjoint blocks of 10 seeds) of an honest exact case through
+    :func:`theory.verify.verify`: each check raises at most FA_MAX false alarms (the full
+    measurement, 2000 repetitions per case, is paper_results/false_alarm_rate.txt)."""
+    flags, _ = FA.count(FA.repetitions(case, FA_REPS, 10))
+    assert flags["violated"] <= FA_MAX and flags["disagrees"] <= FA_MAX, flags
+
+
+EXACT_REPS = 2000
+EXCEEDS = {"bl-gd"}  # measured: paper_results/false_alarm_rate.txt
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(
+    strict=True, reason="measured: the exact check's upper confidence bound under-covers on "
+    "Bernoulli-LoRA-GD with 10 seeds (about 0.019 false 'disagrees' at nominal 0.01)"))
+    if c in EXCEEDS else c for c in sorted(FA.CASES)])
+def test_exact_check_false_alarms_at_2000_repetitions(case):
+    """The exact check alone on 2000 blocks of 10 seeds: more than max_count(2000, 0.01)
+    false 'disagrees' has probability < 0.002 if the rate is at most nominal. Strict xfail
+    where the measured rate exceeds nominal: the test fails once the check is repaired."""
+    c = FA.max_count(EXACT_REPS, FA.NOMINAL)
+    assert FA.tail(c + 1, EXACT_REPS, FA.NOMINAL) < 0.002 <= FA.tail(c, EXACT_REPS, FA.NOMINAL)
+    assert FA.exact_disagreements(case, EXACT_REPS, 10) <= c
