@@ -38,23 +38,24 @@ from theory.verify import exact_verdict, verify  # noqa: E402
 
 CONFIDENCE = 0.99
 NOMINAL = 1 - CONFIDENCE
-_QUADRATIC = {"problem": "quadratic", "problem.m": 3, "problem.n": 2, "problem.mu": 0.5, "problem.L": 4.0,
+QUADRATIC = {"problem": "quadratic", "problem.m": 3, "problem.n": 2, "problem.mu": 0.5, "problem.L": 4.0,
               "problem.seed": 1, "problem.n_samples": 8, "problem.noise": 1.0, "problem.n_clients": 2,
               "problem.heterogeneity": 0.5, "method.p": 0.2, "method.rank": 1, "stepsize.factor": 0.3,
               "steps": 60, "eval_every": 1, "device": "cpu", "progress": False}
+#: the isotropic quadratic f = L/2 ||W - W*||^2 (mu = L) of nonisotropic_p, 3 x 2
+ISOTROPIC = {"problem": "quadratic", "problem.m": 3, "problem.n": 2, "problem.mu": 4.0, "problem.L": 4.0,
+             "method.p": 0.2, "method.rank": 1, "steps": 40, "eval_every": 1, "device": "cpu", "progress": False}
 #: case -> job_config overrides (the number of seeds is set by the run)
 CASES = {
     # Bernoulli-LoRA-GD, PL bound with slack
-    "bl-gd": _QUADRATIC,
+    "bl-gd": QUADRATIC,
     # a stochastic estimator: additive-noise SGD
-    "bl-sgd-noise": {**_QUADRATIC, "estimator": "sgd", "estimator.noise": 2.0, "estimator.batch": None},
+    "bl-sgd-noise": {**QUADRATIC, "estimator": "sgd", "estimator.noise": 2.0, "estimator.batch": None},
     # a variance-reduced estimator: PAGE (minibatch 2 of 8, q = 0.3)
-    "bl-page": {**_QUADRATIC, "estimator": "page", "estimator.batch": 2, "estimator.q": 0.3},
+    "bl-page": {**QUADRATIC, "estimator": "page", "estimator.batch": 2, "estimator.q": 0.3},
     # isotropic mu = L at gamma = 1/L: the PL bound is attained, E f_T = bound (the hardest case
     # for the bound check: every checked mean sits exactly on the bound)
-    "bl-gd-bound-attained": {"problem": "quadratic", "problem.m": 3, "problem.n": 2, "problem.mu": 4.0,
-                             "problem.L": 4.0, "method.p": 0.2, "method.rank": 1, "stepsize.factor": 1.0,
-                             "steps": 40, "eval_every": 1, "device": "cpu", "progress": False},
+    "bl-gd-bound-attained": {**ISOTROPIC, "stepsize.factor": 1.0},
 }
 CHECKS = {"violated": lambda v: v["verdict"] == "violated",
           "disagrees": lambda v: v["exact_verdict"] == "disagrees"}

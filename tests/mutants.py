@@ -21,11 +21,11 @@ from experiments.build import build_job
 from experiments.job import tabulate
 from experiments.results import config_hash
 from solvers import rng
-from solvers.compressors import RandK
 from solvers.distributed import EF21, _compress, n_clients_of
 from solvers.engine import run
 from solvers.estimators import PAGE
 from solvers.methods import BernoulliLoRA
+from tests.test_exact import UnscaledRandK
 
 
 # --------------------------------------------------------------------------- broken pieces
@@ -87,24 +87,6 @@ class EF21WithoutFeedback(EF21):
         return state._replace(G=C.mean(1), extra=C, epochs=state.epochs + 1.0, bits=state.bits + bits)
 
 
-@dataclasses.dataclass(frozen=True)
-class UnscaledRandK(RandK):
-    r"""Rand-k without the d/k scaling: :math:`\mathbb E\,C(x) = \frac kd x`. With
-    ``scaled = False`` it is the contractive compressor EF21's exact model knows
-    (:func:`experiments.exact._compressor_spec`); as the break *biased compressor* it keeps
-    the default ``scaled = True`` that the suite reads for an unbiased Rand-k."""
-
-    scaled: bool = True
-
-    @property
-    def alpha(self):
-        return self.k / self.d
-
-    def compress(self, X, seeds, step, *, sub=0):
-        Y, bits = super().compress(X, seeds, step, sub=sub)
-        return Y * (self.k / (X.shape[-1] * X.shape[-2])), bits
-
-
 # --------------------------------------------------------------------------- breaks: job -> method
 
 def _with_estimator(job, est):
@@ -136,7 +118,9 @@ def ef21_without_feedback(job):
 
 
 def biased_compressor(job):
-    """The unbiased Rand-k of QGD / MARINA replaced by Rand-k without its d/k scaling."""
+    r"""The unbiased Rand-k of QGD / MARINA replaced by Rand-k without its d/k scaling
+    (:math:`\mathbb E\,C(x) = \frac kd x`; the exact expectation stays that of the
+    configuration's unbiased Rand-k)."""
     est = job.method.estimator
     comp = UnscaledRandK(**_fields(est.compressor))
     return _with_estimator(job, dataclasses.replace(est, compressor=comp))
@@ -159,7 +143,7 @@ def ef21_unscaled_randk(job, k):
     configuration's own EF21 compressors (identity, top-k) have none: identity makes
     EF21 plain GD (no feedback to remove) and top-k is not affine."""
     m, n = job.problem.shape
-    est = dataclasses.replace(job.method.estimator, compressor=UnscaledRandK(k=k, d=m * n, scaled=False))
+    est = dataclasses.replace(job.method.estimator, compressor=UnscaledRandK(k=k, d=m * n))
     job.method = dataclasses.replace(job.method, estimator=est)
     job.estimator = est
     return job

@@ -15,13 +15,22 @@ from experiments.conf.schema import job_config
 from tests import mutants
 from theory.verify import verify
 
-QUADRATIC = {"problem": "quadratic", "problem.m": 3, "problem.n": 2, "problem.mu": 0.5, "problem.L": 4.0,
-             "problem.seed": 1, "problem.n_samples": 8, "problem.noise": 1.0, "problem.n_clients": 2,
-             "problem.heterogeneity": 0.5, "method.p": 0.2, "method.rank": 1, "stepsize.factor": 0.3,
-             "steps": 60, "seeds": 200, "eval_every": 1, "device": "cpu", "progress": False}
-ISOTROPIC = {"problem": "quadratic", "problem.m": 3, "problem.n": 2, "problem.mu": 4.0, "problem.L": 4.0,
-             "method.p": 0.2, "method.rank": 1, "stepsize.factor": 0.5, "steps": 40, "seeds": 20,
-             "eval_every": 1, "device": "cpu", "progress": False}
+
+
+def _false_alarm_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "false_alarm_rate.py"
+    spec = importlib.util.spec_from_file_location("false_alarm_rate", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+FA = _false_alarm_script()
+QUADRATIC = {**FA.QUADRATIC, "seeds": 200}
+ISOTROPIC = {**FA.ISOTROPIC, "stepsize.factor": 0.5, "seeds": 20}
 
 # configuration name -> (job_config overrides, job adjustment)
 CONFIGS = {
@@ -115,18 +124,6 @@ def test_breaks_change_the_run_only():
 
 # --------------------------------------------------------------------------- false alarms
 
-def _false_alarm_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "false_alarm_rate.py"
-    spec = importlib.util.spec_from_file_location("false_alarm_rate", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-FA = _false_alarm_script()
 FA_REPS, FA_MAX = 50, 3
 
 
