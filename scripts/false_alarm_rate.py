@@ -89,17 +89,25 @@ def repetitions(case, reps, seeds):
 
 
 def exact_disagreements(case, reps, seeds):
-    """Number of the ``reps`` blocks whose exact check alone disagrees
+    """The blocks (of ``reps``) whose exact check alone disagrees
     (:func:`theory.verify.exact_verdict` on the column ``exact_metric``, at the points
-    ``T >= 1``, as :func:`theory.verify.verify` calls it): a fast path for many repetitions."""
+    ``T >= 1``, as :func:`theory.verify.verify` calls it), split by the side of the seeds'
+    mean at the worst point: ``{'below': n, 'above': m}`` (below: the interval's upper end
+    is under the exact value). A fast path for many repetitions."""
     table, _ = execute(job_config(**{**CASES[case], "seed": 0, "seeds": reps * seeds}))
     metric = str(table["exact_metric"].iloc[0])
     its = np.sort(table["iteration"].unique())
     its = its[its >= 1]
     X = table.pivot(index="seed", columns="iteration", values=metric)[its].to_numpy(float)
     e = table.groupby("iteration")["exact"].first()[its].to_numpy(float)
-    return sum(exact_verdict(X[k * seeds:(k + 1) * seeds], e, its, confidence=CONFIDENCE)["exact_verdict"]
-               == "disagrees" for k in range(reps))
+    out = {"below": 0, "above": 0}
+    for k in range(reps):
+        block = X[k * seeds:(k + 1) * seeds]
+        v = exact_verdict(block, e, its, confidence=CONFIDENCE)
+        if v["exact_verdict"] == "disagrees":
+            j = int(np.flatnonzero(its == v["exact_worst_iteration"])[0])
+            out["below" if block[:, j].mean() < e[j] else "above"] += 1
+    return out
 
 
 def max_count(reps, nominal, tail_level=0.002):
@@ -121,7 +129,7 @@ def count(rows):
     return flags, verdicts
 
 
-def report(results, reps, seeds, seconds):
+def report(results, sides, reps, seeds, seconds):
     lines = [f"# False alarms of theory.verify.verify (confidence {CONFIDENCE}) on honest runs of exact cases",
              f"# scripts/false_alarm_rate.py --reps {reps} --seeds {seeds}: {reps} repetitions per case, each a "
              f"disjoint block of {seeds} seeds; {seconds:.0f} s",
@@ -136,6 +144,9 @@ def report(results, reps, seeds, seconds):
                          f"{NOMINALS[check]:7.4f} {tail(k, reps, NOMINALS[check]):7.4f}")
         lines.append(f"# {case} verdict/exact_verdict counts: "
                      + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())))
+    lines.append("# the exact check alone (exact_disagreements): side of the seeds' mean at the worst point")
+    for case, side in sides.items():
+        lines.append(f"{case:22s} disagrees  below {side['below']:4d}  above {side['above']:4d}")
     return "\n".join(lines) + "\n"
 
 
@@ -151,7 +162,8 @@ def main(argv=None):
         ap.error("--seeds: must be >= 2 (a confidence bound needs two seeds)")
     t0 = time.perf_counter()
     results = {case: count(repetitions(case, args.reps, args.seeds)) for case in CASES}
-    text = report(results, args.reps, args.seeds, time.perf_counter() - t0)
+    sides = {case: exact_disagreements(case, args.reps, args.seeds) for case in CASES}
+    text = report(results, sides, args.reps, args.seeds, time.perf_counter() - t0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
