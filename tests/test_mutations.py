@@ -1,8 +1,8 @@
 """Verification catches broken solvers (issue 11, item 6): every break of
 :mod:`tests.mutants` is flagged on a shipped configuration (``violated`` against the
 theorem's bound, or the exact expectation ``disagrees``), and the unbroken solver on the
-same configuration is never flagged. Fixed seeds: the outcome is deterministic; the
-z-scores recorded in docs/verify.md ("Deliberate breaks") show the margin.
+same configuration is never flagged. Fixed seeds: the outcome is deterministic (the table
+of breaks is in docs/verify.md, "Deliberate breaks, and false alarms on honest runs").
 
 Configurations: the exact-solvable quadratic of the presets at small size (3 x 2, d = 6,
 spectrum [0.5, 4], 8 samples with residuals, 2 heterogeneous clients) with the settings of
