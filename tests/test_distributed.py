@@ -27,14 +27,6 @@ FED = {"problem.m": M, "problem.n": N, "problem.n_samples": 60, "problem.n_clien
        "problem.heterogeneity": 0.5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny contractions on busy shared cores are far faster single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def fed():

@@ -28,13 +28,6 @@ from theory.exact_moments import (Finite, Projection, Subset, column_moments, en
 SEEDS, STEPS, CHECKED, Z_MAX = 3000, 8, (0, 1, 4, 8), 4.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class UnscaledRandK(RandK):
     """Rand-k without the d/k scaling: a random linear contractive compressor,

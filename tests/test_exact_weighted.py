@@ -13,7 +13,7 @@ from experiments.problems import make_problem
 from solvers.estimators import GD, SGD
 from solvers.methods import BernoulliLoRA
 from solvers.sketches import WeightedColumnSketch
-from tests.test_exact import CHECKED, Z_MAX, _one_thread, z_scores  # noqa: F401 (_one_thread: autouse fixture)
+from tests.test_exact import CHECKED, Z_MAX, z_scores
 from theory import exact_moments
 from theory.exact import QuadraticModel, exact_moments as moments
 

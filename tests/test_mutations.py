@@ -9,7 +9,6 @@ spectrum [0.5, 4], 8 samples with residuals, 2 heterogeneous clients) with the s
 pl_page / pl_marina / pl_qgd (q = 0.3, stepsize factor 0.3 as in pl_marina, Rand-k), and
 for the bound's lambda the isotropic case mu = L of nonisotropic_p (factor 0.5)."""
 import pytest
-import torch
 
 from experiments.conf.schema import job_config
 from tests import mutants
@@ -58,13 +57,6 @@ BREAKS = [
     ("wrong_lambda_bound", "bl-gd-isotropic", "bound"),
 ]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _verdict(config, brk=mutants.honest, adjust=None):

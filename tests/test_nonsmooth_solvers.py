@@ -20,14 +20,6 @@ L1 = {"problem.m": 4, "problem.n": 3, "problem.n_samples": 24}
 MAXAFFINE = {"problem.m": 4, "problem.n": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny contractions on busy shared cores are far faster single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def l1():

@@ -28,13 +28,6 @@ IDS = torch.arange(2 * 7).reshape(2, 7) * 3 % 50
 LABELS = torch.tensor([0, 2])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def bert_base(seed=0):
     cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
