@@ -39,9 +39,12 @@ def load_tables(path: str | Path) -> pd.DataFrame:
         files = [path]
     elif path.is_dir():
         # complete jobs only: a job killed mid-write has no completion marker
-        from experiments.results import complete_jobs
+        from experiments.results import complete_jobs, incomplete_jobs
 
         files = [Path(d) / RESULTS_FILE for d in complete_jobs(path)]
+        for d in incomplete_jobs(path):  # a killed job, or a results file changed since it was marked
+            print(f"verify: warning: skipping {d}: not a complete job (no marker, or a results file "
+                  f"whose size differs from its marker's)", file=sys.stderr)
     else:
         raise NoResults(f"{path}: no such file or directory")
     if not files:
@@ -51,7 +54,10 @@ def load_tables(path: str | Path) -> pd.DataFrame:
         try:
             tables.append(rename_old_columns(pd.read_parquet(f)))
         except Exception as err:  # pyarrow raises several types for a bad file
-            raise NoResults(f"{f}: cannot read parquet ({type(err).__name__}: {err})") from None
+            if len(files) == 1:
+                raise NoResults(f"{f}: cannot read parquet ({type(err).__name__}: {err})") from None
+            print(f"verify: warning: skipping {f}: cannot read parquet ({type(err).__name__}: {err})",
+                  file=sys.stderr)
     tables = [t for t in tables if len(t)]
     if not tables:
         raise NoResults(f"{path}: the results tables are empty")

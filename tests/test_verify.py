@@ -391,3 +391,23 @@ def test_cli_exit_codes(tmp_path, capsys):
     for target in (empty, tmp_path / "missing"):
         r = _cli(target)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+
+
+def test_cli_skips_an_unreadable_or_truncated_job_with_a_warning(tmp_path, capsys):
+    """One bad results file never blocks the verdicts of the others: it is skipped with a
+    warning naming it (corrupt with its marker intact, or truncated after the marker)."""
+    from experiments.conf.schema import job_config
+    from experiments.job import execute
+    from experiments.results import RESULTS_FILE, write_job
+    from experiments.verify import main
+
+    for k, p in enumerate((0.2, 0.5, 0.8)):
+        cfg = job_config(**{"method.p": p, "steps": 4, "seeds": 3, "eval_every": 2, "device": "cpu"})
+        write_job(tmp_path / f"job{k}", execute(cfg)[0], cfg)
+    corrupt, truncated = tmp_path / "job1" / RESULTS_FILE, tmp_path / "job2" / RESULTS_FILE
+    corrupt.write_bytes(b"\0" * corrupt.stat().st_size)  # same size: the marker still matches
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    assert main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "1 groups:" in out
+    assert f"skipping {corrupt}" in err and f"skipping {truncated.parent}" in err
