@@ -57,3 +57,14 @@ def test_reproduce_stops_at_once_on_any_other_failure(tmp_path, module):
     r, calls = _reproduce(tmp_path, module, 3)
     assert r.returncode != 0
     assert calls[-1] == module and "figures.make" not in calls
+
+
+def test_cpu_linreg_authors_never_clears_a_named_work_folder(tmp_path):
+    """A WORK folder the user names is never emptied: a non-empty one is refused, its files kept."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("keep me")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "cpu_linreg_authors.sh"), str(tmp_path / "dest")],
+                       cwd=ROOT, env=dict(os.environ, WORK=str(work), PY="false"), capture_output=True, text=True)
+    assert r.returncode == 2 and "WORK:" in r.stderr
+    assert (work / "precious.txt").read_text() == "keep me"
