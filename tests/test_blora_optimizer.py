@@ -30,7 +30,6 @@ R = 2
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 
-
 def tiny_llama(dtype=torch.float64, seed=0):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,

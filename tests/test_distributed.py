@@ -27,7 +27,6 @@ FED = {"problem.m": M, "problem.n": N, "problem.n_samples": 60, "problem.n_clien
        "problem.heterogeneity": 0.5}
 
 
-
 @pytest.fixture(scope="module")
 def fed():
     return make_problem("logistic", m=M, n=N, n_samples=60, n_clients=K, heterogeneity=0.5)

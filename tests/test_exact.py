@@ -28,7 +28,6 @@ from theory.exact_moments import (Finite, Projection, Subset, column_moments, en
 SEEDS, STEPS, CHECKED, Z_MAX = 3000, 8, (0, 1, 4, 8), 4.0
 
 
-
 class UnscaledRandK(RandK):
     """Rand-k without the d/k scaling: a random linear contractive compressor,
     :math:`\\mathbb E\\|C(x) - x\\|^2 = (1 - k/d)\\|x\\|^2` (EF21's class in expectation). The

@@ -12,7 +12,6 @@ from experiments.problems import linreg_build
 from experiments.problems.linreg import make_linreg
 
 
-
 @pytest.fixture(scope="module")
 def pair():
     return make_linreg("ci", cache_dir=False), make_linreg("ci", cache_dir=False, variant="authors")

@@ -15,7 +15,6 @@ from tests import mutants
 from theory.verify import verify
 
 
-
 def _false_alarm_script():
     import importlib.util
     from pathlib import Path
@@ -56,7 +55,6 @@ BREAKS = [
     ("biased_compressor", "bl-marina-randk", "exact"),
     ("wrong_lambda_bound", "bl-gd-isotropic", "bound"),
 ]
-
 
 
 def _verdict(config, brk=mutants.honest, adjust=None):

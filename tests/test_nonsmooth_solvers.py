@@ -20,7 +20,6 @@ L1 = {"problem.m": 4, "problem.n": 3, "problem.n_samples": 24}
 MAXAFFINE = {"problem.m": 4, "problem.n": 3}
 
 
-
 @pytest.fixture(scope="module")
 def l1():
     return make_problem("l1", m=4, n=3, n_samples=24)

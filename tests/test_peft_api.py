@@ -28,7 +28,6 @@ IDS = torch.arange(2 * 7).reshape(2, 7) * 3 % 50
 LABELS = torch.tensor([0, 2])
 
 
-
 def bert_base(seed=0):
     cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=32, num_labels=3,
