@@ -302,13 +302,18 @@ def test_cli_end_to_end_writes_results(tmp_path, capsys):
 
 
 def test_cli_bench_writes_bench_json(tmp_path, capsys):
-    rc = main(["--bench", "--bench-steps", "3", "--seeds", "2", "--out", str(tmp_path), "--device", "cpu"])
+    rc = main(["--bench", "--bench-steps", "3", "--bench-reps", "3", "--seeds", "2", "--out", str(tmp_path),
+               "--device", "cpu"])
     assert rc == 0
     bench = json.loads((tmp_path / "bench.json").read_text())
     m = bench["methods"]
     assert set(m) == {"fpft", "lora_a", "bernoulli_lora(p=0.5)"}
     assert m["fpft"]["adamw_state_bytes_per_seed"] > m["lora_a"]["adamw_state_bytes_per_seed"] > 0
-    assert all(v["ms_per_step"] > 0 for v in m.values())
+    assert all(v["ms_per_step"] > 0 and len(v["ms_per_step_reps"]) == 3 for v in m.values())
+    assert all(v["ms_per_step_min"] <= v["ms_per_step"] <= v["ms_per_step_max"] for v in m.values())
+    r = bench["bernoulli_over_lora"]
+    per_rep = [b / a for b, a in zip(m["bernoulli_lora(p=0.5)"]["ms_per_step_reps"], m["lora_a"]["ms_per_step_reps"])]
+    assert r["per_rep"] == pytest.approx(per_rep) and r["min"] <= r["median"] <= r["max"]
 
 
 def test_batched_p_sweep_equals_separate_runs(digits64):

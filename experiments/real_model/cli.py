@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bench", action="store_true",
                     help="only time steps and optimiser memory (FPFT, LoRA, Bernoulli-LoRA), write bench.json")
     ap.add_argument("--bench-steps", type=int, default=200, help="timed steps per method with --bench")
+    ap.add_argument("--bench-reps", type=int, default=5,
+                    help="repetitions with --bench, methods interleaved in a rotating order (median and range reported)")
     ap.add_argument("--out", default="results/real_model",
                     help="output directory; running the same command again finishes what is missing")
     return ap
@@ -164,7 +166,7 @@ def validate(args) -> tuple[list[mt.MethodSpec], TrainConfig, torch.device, torc
                 raise UsageError(f"{name}: only used with --data mnist (got --data {args.data})")
     ints = [("epochs", args.epochs, 1), ("pretrain-epochs", args.pretrain_epochs, 0), ("seeds", args.seeds, 1),
             ("switch-every", args.switch_every, 1), ("batch-size", args.batch_size, 1),
-            ("bench-steps", args.bench_steps, 1), ("pretrain-patience", args.pretrain_patience, 1),
+            ("bench-steps", args.bench_steps, 1), ("bench-reps", args.bench_reps, 1), ("pretrain-patience", args.pretrain_patience, 1),
             ("threads", args.threads, 1)]
     if args.steps_per_epoch is not None:  # None: one pass over the data
         ints.append(("steps-per-epoch", args.steps_per_epoch, 1))
@@ -245,7 +247,7 @@ def main(argv=None) -> int:
             if args.bench:
                 bench(seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
                       p=0.5 if args.p is None else float(args.p),
-                      steps=args.bench_steps, cfg=cfg, device=device, dtype=dtype, bundle=bundle, out=out)
+                      steps=args.bench_steps, reps=args.bench_reps, cfg=cfg, device=device, dtype=dtype, bundle=bundle, out=out)
             elif out_state(plan) == "done":  # another process finished it meanwhile
                 return _done(plan)
             else:
