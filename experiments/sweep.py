@@ -1,7 +1,7 @@
 """Hydra-free batch entry point for the paper's sweeps (runs on a bare GPU machine).
 
     python -m experiments.sweep NAME [--size ci|paper] [--device auto|cpu|cuda]
-                                [--seeds N] [--steps N] [--out DIR] [--fast-cpu]
+                                [--seeds N] [--steps N] [--set KEY=VALUE ...] [--out DIR] [--fast-cpu]
 
 NAME is one of :data:`experiments.sweeps.SWEEPS`. The sweep expands into job
 configurations of exactly the form the Hydra app builds, so the results (one
@@ -143,13 +143,31 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None,
                     help="sweep root: one folder per job below it; complete jobs there are skipped "
                          "(default: results/sweeps/NAME_SIZE)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="set a configuration key of every job, as a Hydra override would (repeatable; "
+                         "VALUE read as YAML), e.g. --set problem.variant=authors (default: none)")
     ap.add_argument("--fast-cpu", action="store_true",
                     help="use one GEMM per contraction on CPU too (faster; batch-invariant only up to "
                          "rounding) (default: off)")
     return ap
 
 
+def parse_sets(items) -> dict:
+    """``['a.b=1', ...]`` -> ``{'a.b': 1, ...}`` (values read as YAML); one line naming
+    the option for an item without ``=``."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main(argv=None):
+    from experiments.conf.schema import set_key
     from experiments.sweeps import SWEEPS
 
     args = parser().parse_args(argv)
@@ -160,6 +178,10 @@ def main(argv=None):
     out = os.path.join("results", "sweeps", f"{args.name}_{args.size}") if args.out is None else args.out
     try:
         cfgs = SWEEPS[args.name](size=args.size, device=args.device, seeds=args.seeds, steps=args.steps)
+        overrides = parse_sets(args.set)
+        for cfg in cfgs:
+            for key, value in overrides.items():
+                set_key(cfg, key, value)
         t0 = time.perf_counter()
         engine_s = run_sweep(cfgs, out)
     except ValueError as exc:
@@ -167,6 +189,8 @@ def main(argv=None):
         return 2
     wall = time.perf_counter() - t0
     summary = {"sweep": args.name, "size": args.size, "jobs": len(cfgs), "engine_s": engine_s, "wall_s": wall}
+    if overrides:
+        summary["set"] = overrides
     try:
         import torch
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The paper's matrix-level sweeps on one GPU, Hydra-free (the GPU machine has no Hydra).
 # Run from the repository root:  OUT=/some/dir bash scripts/gpu_sweeps.sh
-# SWEEPS (default "linreg_gd linreg_finite_sum"), BENCH=0 (skip the benchmarks), SIZE, DEVICE, PY.
+# SWEEPS (default "linreg_gd linreg_finite_sum"), BENCH=0 (skip the benchmarks), PREP=0 (skip the
+# stated linreg build and its spectrum), SET (space-separated KEY=VALUE given to every job with
+# `experiments.sweep --set`), TAG (suffix of each sweep's folder and files), SIZE, DEVICE, PY, WORK.
 # $OUT receives (refreshed after every stage, so a run cut short still leaves its results):
 #   log.txt              everything printed (device, benchmarks, sweep timings, verdict tails)
 #   results.tar.gz       benchmark JSONs, per-sweep timing/summary/verdicts, figures
@@ -18,11 +20,15 @@ DEVICE=${DEVICE:-cuda}
 W=${WORK:-/tmp/blora_gpu}
 SWEEPS=${SWEEPS:-"linreg_gd linreg_finite_sum"}
 BENCH=${BENCH:-1}
+PREP=${PREP:-1}
+SET=${SET:-}
+TAG=${TAG:-}
+SETS=(); for kv in $SET; do SETS+=(--set "$kv"); done
 mkdir -p "$OUT" "$W"
 export BLORA_CACHE=$W/cache
 pack() {  # small outputs -> $OUT/results.tar.gz (job folders, parquets and the cache stay behind)
   tar -C "$W" -czf "$OUT/results.tar.gz.tmp" --exclude=cache --exclude='*.parquet' \
-      $(for s in $SWEEPS; do echo --exclude="$s/jobs"; done) . && mv "$OUT/results.tar.gz.tmp" "$OUT/results.tar.gz"
+      $(for s in $SWEEPS; do echo --exclude="$s$TAG/jobs"; done) . && mv "$OUT/results.tar.gz.tmp" "$OUT/results.tar.gz"
 }
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \
@@ -31,25 +37,28 @@ pack() {  # small outputs -> $OUT/results.tar.gz (job folders, parquets and the 
   if [ "$BENCH" = 1 ]; then
     echo "== core benchmark";    $PY -m benchmarks.bench_core --device $DEVICE --out "$W/bench_core_$DEVICE.json"
   fi
-  echo "== linreg build";      /usr/bin/time -v $PY -m experiments.problems.linreg --size $SIZE --device $DEVICE 2>&1 | tail -30
-  echo "== linreg spectrum";   $PY scripts/derive_numbers.py spectrum --size $SIZE --device $DEVICE -o "$W/linreg_spectrum.csv" \
-                                 && cat "$W/linreg_spectrum.csv"
+  if [ "$PREP" = 1 ]; then
+    echo "== linreg build";      /usr/bin/time -v $PY -m experiments.problems.linreg --size $SIZE --device $DEVICE 2>&1 | tail -30
+    echo "== linreg spectrum";   $PY scripts/derive_numbers.py spectrum --size $SIZE --device $DEVICE -o "$W/linreg_spectrum.csv" \
+                                   && cat "$W/linreg_spectrum.csv"
+  fi
   if [ "$BENCH" = 1 ]; then
     echo "== gradient vs GEMM";  $PY -m benchmarks.bench_gradient --size $SIZE --device $DEVICE --runs 320 --out "$W/bench_gradient_$DEVICE.json"
     echo "== engine step";       $PY -m benchmarks.bench_engine --size $SIZE --device $DEVICE --runs 320 --rank 4 --steps 200 --out "$W/bench_engine_$DEVICE.json"
   fi
   pack
   for s in $SWEEPS; do
-    echo "== sweep $s";        $PY -m experiments.sweep $s --size $SIZE --device $DEVICE --out "$W/$s"
-    $PY -m experiments.collect "$W/$s" -o "$W/$s.parquet"
-    $PY scripts/derive_numbers.py curves "$W/$s.parquet" -o "$W/${s}_median_curves.csv"
-    $PY -m experiments.verify "$W/$s" --out "$W/${s}_verdicts.csv" > "$W/${s}_verdicts.txt"; echo "verify exit $?"
-    tail -3 "$W/${s}_verdicts.txt"
-    $PY -m experiments.summarize "$W/$s.parquet" -o "$W/${s}_summary.csv"
-    cp "$W/$s/sweep_timing.json" "$W/${s}_timing.json" 2>/dev/null
-    f="$W/$s.parquet"; [ -f "$f" ] && [ "$(stat -c %s "$f")" -lt 15000000 ] && cp "$f" "$OUT/"
+    n=$s$TAG
+    echo "== sweep $n";        $PY -m experiments.sweep $s --size $SIZE --device $DEVICE "${SETS[@]}" --out "$W/$n"
+    $PY -m experiments.collect "$W/$n" -o "$W/$n.parquet"
+    $PY scripts/derive_numbers.py curves "$W/$n.parquet" -o "$W/${n}_median_curves.csv"
+    $PY -m experiments.verify "$W/$n" --out "$W/${n}_verdicts.csv" > "$W/${n}_verdicts.txt"; echo "verify exit $?"
+    tail -3 "$W/${n}_verdicts.txt"
+    $PY -m experiments.summarize "$W/$n.parquet" -o "$W/${n}_summary.csv"
+    cp "$W/$n/sweep_timing.json" "$W/${n}_timing.json" 2>/dev/null
+    f="$W/$n.parquet"; [ -f "$f" ] && [ "$(stat -c %s "$f")" -lt 15000000 ] && cp "$f" "$OUT/"
     pack
-    $PY -m figures.make "$W/$s.parquet" --out "$W/figures_$s" > /dev/null
+    $PY -m figures.make "$W/$n.parquet" --out "$W/figures_$n" > /dev/null
     pack
   done
 } 2>&1 | tee "$OUT/log.txt"

@@ -143,3 +143,26 @@ def test_sweep_leaves_a_job_claimed_by_another_process_alone(tmp_path):
     assert any("being run by another process" in line for line in lines)
     run_sweep(cfgs, str(tmp_path), log=lines.append)  # released: now it runs, the rest are skipped
     assert set(load_results(tmp_path)["config_hash"]) == {config_hash(c) for c in cfgs}
+
+
+def test_sweep_set_overrides_every_job_and_refuses_what_the_schema_does_not_declare(tmp_path, capsys):
+    """--set KEY=VALUE reaches every job exactly as a Hydra override would (same hash as
+    job_config with that key), and a bad item is refused with one line before any work."""
+    from experiments.sweep import main, parse_sets
+    from experiments.sweeps import linreg_finite_sum
+
+    assert parse_sets(["problem.variant=authors", "estimator.batch=5", "x=0.5"]) == {
+        "problem.variant": "authors", "estimator.batch": 5, "x": 0.5}
+    for bad, field in ((["--set", "problem.variant"], "--set:"), (["--set", "problem.foo=1"], "problem.foo:")):
+        out = tmp_path / "refused"
+        assert main(["linreg_finite_sum", "--size", "ci", "--device", "cpu", *bad, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {field}") and not out.exists()
+    cfg = linreg_finite_sum(size="ci", device="cpu", seeds=1, steps=2)[0]
+    expected = dict(cfg, problem=dict(cfg["problem"], variant="authors"))
+    out = tmp_path / "authors"
+    assert main(["linreg_finite_sum", "--size", "ci", "--device", "cpu", "--steps", "2", "--seeds", "1",
+                 "--set", "problem.variant=authors", "--out", str(out)]) == 0
+    table = load_results(out)
+    assert set(table["problem_variant"]) == {"authors"}
+    assert config_hash(expected) in set(table["config_hash"])

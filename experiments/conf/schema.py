@@ -313,6 +313,16 @@ def group_config(group: str, name: str) -> dict:
     return dataclasses.asdict(cls(**kw))
 
 
+def set_key(cfg: dict, key: str, value) -> None:
+    """``cfg[a][b] = value`` for the dotted ``key`` ``'a.b'`` (missing levels made), as a
+    Hydra override does; an undeclared key is then refused by the schema check."""
+    node = cfg
+    *path, last = key.split(".")
+    for part in path:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
 def job_config(*, problem=DEFAULTS["problem"], method=DEFAULTS["method"], estimator=DEFAULTS["estimator"],
                sketch=DEFAULTS["sketch"], compressor=DEFAULTS["compressor"], **overrides) -> dict:
     """A full job configuration exactly as ``python -m experiments.run`` composes
@@ -329,11 +339,7 @@ def job_config(*, problem=DEFAULTS["problem"], method=DEFAULTS["method"], estima
                         ("sketch", sketch), ("compressor", compressor)):
         cfg[group] = group_config(group, name)
     for key, value in overrides.items():
-        node = cfg
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
+        set_key(cfg, key, value)
     if cfg["problem"].get("size") == "${size}":
         cfg["problem"]["size"] = cfg["size"]
     return cfg
