@@ -48,7 +48,7 @@ for stage in $ONLY; do
 done
 mkdir -p "$OUT" "$FINAL"
 want() { [[ " $ONLY " == *" $1 "* ]]; }
-pack() { tar -C "$OUT" -czf "$FINAL/real_model_gpu.tar.gz.tmp" . && mv "$FINAL/real_model_gpu.tar.gz.tmp" "$FINAL/real_model_gpu.tar.gz"; }
+pack() { tar -C "$OUT" --exclude=weights.pt -czf "$FINAL/real_model_gpu.tar.gz.tmp" . && mv "$FINAL/real_model_gpu.tar.gz.tmp" "$FINAL/real_model_gpu.tar.gz"; }
 # stage NAME CMD...: run one stage, timed; a failure stops everything (non-zero exit)
 stage() {
   local name=$1 start=$SECONDS
