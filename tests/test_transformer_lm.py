@@ -113,6 +113,8 @@ def test_language_is_a_pure_function_of_the_seed_and_the_shift_changes_the_chain
                               test_sequences=4)
     a, b = data.make_tasks(cfg), data.make_tasks(cfg)
     assert all((a[k].train == b[k].train).all() for k in a)
+    only = data.make_tasks(cfg, only=("finetune",))
+    assert list(only) == ["finetune"] and (only["finetune"].test == a["finetune"].test).all()
     P, Q = a["pretrain"].chain, a["finetune"].chain
     changed = (P != Q).any(dim=-1).double().mean()
     assert abs(float(changed) - cfg.shift) <= 1 / 64 + 1e-12

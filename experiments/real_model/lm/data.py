@@ -100,11 +100,14 @@ class Task:
     test: torch.Tensor
 
 
-def make_tasks(cfg: LanguageConfig, device=None) -> dict[str, Task]:
-    """Both tasks with their splits, on ``device``."""
+def make_tasks(cfg: LanguageConfig, device=None, *, only: tuple = (PRETRAIN, FINETUNE)) -> dict[str, Task]:
+    """The tasks named in ``only`` with their splits, on ``device`` (a task's sequences do not
+    depend on which other tasks are made)."""
     cfg.check()
     out = {}
     for sub, (name, P) in enumerate(chains(cfg).items()):
+        if name not in only:
+            continue
         n_train = cfg.pretrain_sequences if name == PRETRAIN else cfg.finetune_sequences
         train = sample(P, n_train, cfg.seq_len, seed=cfg.data_seed, step=10, sub=10 + sub)
         test = sample(P, cfg.test_sequences, cfg.seq_len, seed=cfg.data_seed, step=11, sub=10 + sub)

@@ -129,7 +129,7 @@ def stage_finetune(plan: Plan, device, *, shard=(0, 1), workers: int = 1) -> int
     todo = [j for j in plan.jobs()[shard[0]::shard[1]] if not store.finished(j[3], config_hash(j[2]))]
     if not todo:
         return 0
-    task = make_tasks(plan.lang, device=device)[FINETUNE]
+    task = make_tasks(plan.lang, device=device, only=(FINETUNE,))[FINETUNE]
     ran = 0
     for spec, seed, cfg, d in todo:
         try:
@@ -159,7 +159,7 @@ def stage_bench(plan: Plan, device, *, reps: int, steps: int, seed: int = 0) -> 
         if store.finished(d, config_hash(cfg)):
             return json.loads((d / "bench.json").read_text())
         state, _ = load_pretrained(plan)
-        task = make_tasks(plan.lang, device=device)[FINETUNE]
+        task = make_tasks(plan.lang, device=device, only=(FINETUNE,))[FINETUNE]
         dev = torch.device(device)
         runs = [tr.prepare(s, state, plan.model, plan.finetune, task, vocab=plan.lang.vocab, seed=seed, device=dev)
                 for s in plan.specs]
