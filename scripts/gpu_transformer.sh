@@ -17,7 +17,7 @@
 #   log.txt, transformer_gpu.tar.gz (the whole store, every job's row.json, without weights)
 # The store itself lives in $WORK (default /tmp/blora_transformer); running the script again
 # computes only what is missing (a run cut short keeps every finished job).
-# SEEDS (10), WORKERS (4 fine-tuning processes sharing the GPU), DEVICE (cuda), PY override; EXTRA
+# SEEDS (10), WORKERS (6 fine-tuning processes sharing the GPU), DEVICE (cuda), PY override; EXTRA
 # (options appended to every call, e.g. a tiny model for a CPU check) changes the numbers.
 set -euo pipefail
 export PYTHONPATH=$PWD MPLBACKEND=Agg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -25,7 +25,7 @@ PY=${PY:-python3}
 FINAL=${OUT:-results/transformer_gpu}
 WORK=${WORK:-/tmp/blora_transformer}
 SEEDS=${SEEDS:-10}
-WORKERS=${WORKERS:-4}
+WORKERS=${WORKERS:-6}
 DEVICE=${DEVICE:-cuda}
 if compgen -G ".whl/*.whl" >/dev/null; then  # carried wheels (peft, galore-torch, ...) go first on the path
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -40,7 +40,7 @@ LM=("$PY" -m experiments.real_model.lm --out "$WORK" --device "$DEVICE" --method
     --pretrain-steps 2000 --pretrain-batch-size 64 --pretrain-lr 3e-3 --pretrain-warmup 100
     --pretrain-weight-decay 0.01
     --steps 300 --batch-size 32 --lr 1e-3 --weight-decay 0 --rank 4 --alpha 4 --init-std 1 --every 50
-    --opt-state reset --galore-scale 0.25 --bench-reps 5 --bench-steps 50)
+    --opt-state reset --galore-scale 0.25 --bench-reps 5 --bench-steps 50 --threads 2)
 read -ra EXTRA_ARGS <<< "${EXTRA:-}"
 LM+=("${EXTRA_ARGS[@]}")
 mkdir -p "$WORK" "$FINAL"

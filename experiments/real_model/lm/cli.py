@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bench-reps", type=int, default=5, help="bench: interleaved repetitions (default: 5)")
     ap.add_argument("--bench-steps", type=int, default=50, help="bench: timed steps per repetition (default: 50)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of this process (data, draws; the model too on cpu) (default: 1)")
     for opt, (where, field) in FIELDS.items():
         default = getattr(_DEFAULTS[where], field)
         ap.add_argument(f"--{opt}", type=type(default), default=default, help=f"(default: {default})")
@@ -149,8 +149,7 @@ def main(argv=None) -> int:
         field, sep, rest = str(exc).partition(": ")
         print(f"error: --{field}: {rest}" if sep and " " not in field else f"error: {exc}", file=sys.stderr)
         return 2
-    if device == "cpu":
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # also on cuda: WORKERS processes share the host's cores
     try:
         if "pretrain" in stages:
             runs.stage_pretrain(plan, device)
