@@ -119,3 +119,28 @@ def test_language_is_a_pure_function_of_the_seed_and_the_shift_changes_the_chain
     changed = (P != Q).any(dim=-1).double().mean()
     assert abs(float(changed) - cfg.shift) <= 1 / 64 + 1e-12
     assert float((P.sum(-1) - 1).abs().max()) < 1e-12
+
+
+def test_gpu_script_passes_options_the_cli_accepts(tmp_path):
+    """scripts/gpu_transformer.sh with a PY that only records its arguments: every call of the
+    CLI it makes (pretrain, finetune shards, bench, collect) validates, with the sizes it states."""
+    import os
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "py"
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {shlex.quote(str(log))}\necho >> {shlex.quote(str(log))}\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PY=str(fake), OUT=str(tmp_path / "final"), WORK=str(tmp_path / "work"), DEVICE="cpu")
+    subprocess.run(["bash", "scripts/gpu_transformer.sh"], cwd=root, env=env, capture_output=True, timeout=60)
+    calls = [shlex.split(line)[2:] for line in log.read_text().splitlines() if "experiments.real_model.lm" in line
+             and "experiments.real_model.lm.table" not in line]
+    stages = [c[c.index("--stage") + 1] for c in calls]
+    assert stages == ["pretrain"] + ["finetune"] * 6 + ["bench", "collect"], stages
+    for argv in calls:
+        args = cli.build_parser().parse_args(argv)
+        _, plan, _, _ = cli.validate(args)
+        assert len(plan.seeds) == 10 and plan.model.hidden == 128 and len(plan.specs) == 16
