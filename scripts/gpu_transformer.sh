@@ -39,7 +39,7 @@ LM=("$PY" -m experiments.real_model.lm --out "$WORK" --device "$DEVICE" --method
     --hidden 128 --layers 2 --heads 4 --intermediate 256 --init-seed 0
     --pretrain-steps 2000 --pretrain-batch-size 64 --pretrain-lr 3e-3 --pretrain-warmup 100
     --pretrain-weight-decay 0.01
-    --steps 300 --batch-size 32 --lr 1e-3 --weight-decay 0 --rank 4 --alpha 4 --init-std 1 --every 50
+    --steps 300 --batch-size 32 --lr 3e-3 --weight-decay 0 --rank 4 --alpha 4 --init-std 1 --every 50
     --opt-state reset --galore-scale 0.25 --bench-reps 5 --bench-steps 50 --threads 2)
 read -ra EXTRA_ARGS <<< "${EXTRA:-}"
 LM+=("${EXTRA_ARGS[@]}")
