@@ -96,6 +96,20 @@ def test_table_has_a_row_per_configuration_from_the_raw_files(run):
     assert f"{pre['oracle_finetune_loss']:.4f}" in text
 
 
+def test_table_reads_a_copy_without_weights_and_refuses_a_truncated_raw_file(run, tmp_path):
+    import shutil
+
+    out, _, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    next(copy.glob("pretrain-*/weights.pt")).unlink()  # the GPU script's tarball leaves it out
+    assert table.markdown(copy) == table.markdown(out).replace(str(out), str(copy))
+    raw = next(copy.glob("pretrain-*/pretrain.json"))
+    raw.write_text(raw.read_text()[:-2])
+    with pytest.raises(FileNotFoundError, match="pretrain"):
+        table.markdown(copy)
+
+
 @pytest.mark.parametrize("extra,field", [(["--p", "1.5"], "--p"), (["--stage", "train"], "--stage"),
                                          (["--rank", "0"], "--rank"), (["--steps", "0"], "--steps"),
                                          (["--method", "dora"], "--method"), (["--shard", "2/2"], "--shard"),

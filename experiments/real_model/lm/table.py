@@ -3,8 +3,9 @@
     python -m experiments.real_model.lm.table OUT [--output FILE]
 
 Reads ``OUT/results.csv`` (only when ``OUT`` is finished: its ``_COMPLETE`` marker
-vouches for it), ``OUT/pretrain-*/pretrain.json`` and the newest finished
-``OUT/bench-*/bench.json``. One row per method (and p): mean held-out loss and
+vouches for it), ``OUT/pretrain-*/pretrain.json`` and the newest ``OUT/bench-*/bench.json``
+(each vouched for by its directory's marker; the pretrained weights need not be there:
+the GPU script's tarball leaves them out). One row per method (and p): mean held-out loss and
 accuracy of next-token prediction on the shifted task over the seeds with a 95%
 t-interval half-width, trainable parameters per step (expected over the coin), peak
 optimiser-state bytes (median over seeds) and its ratio to LoRA's (``lora_a``), step
@@ -33,8 +34,20 @@ def _ci(x: pd.Series) -> float:
     return float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
 
 
-def _finished(dirs) -> list[Path]:
-    return [d for d in dirs if store.finished(d) and read_config(d) is not None]
+def _vouched(dirs, name: str) -> list[Path]:
+    """Directories whose marker vouches for file ``name`` (present, of the recorded size).
+
+    Only that file is required: the shipped tarball leaves the pretrained weights out."""
+    out = []
+    for d in dirs:
+        info = store.read_marker(d)
+        files = info.get("files") if info and info.get("kind") == store.KIND else None
+        try:
+            if isinstance(files, dict) and (d / name).stat().st_size == files.get(name) and read_config(d) is not None:
+                out.append(d)
+        except OSError:
+            pass
+    return out
 
 
 def load(out: Path):
@@ -42,11 +55,11 @@ def load(out: Path):
     if not store.finished(out):
         raise FileNotFoundError(f"{out}: not finished (no valid _COMPLETE); run the collect stage")
     df = pd.read_csv(out / "results.csv")
-    pre = _finished(sorted(out.glob("pretrain-*")))
+    pre = _vouched(sorted(out.glob("pretrain-*")), "pretrain.json")
     if len(pre) != 1:
         raise FileNotFoundError(f"{out}: expected one finished pretrain-* directory, found {len(pre)}")
     pretrain = json.loads((pre[0] / "pretrain.json").read_text())
-    benches = sorted(_finished(out.glob("bench-*")), key=lambda d: (d / "bench.json").stat().st_mtime)
+    benches = sorted(_vouched(out.glob("bench-*"), "bench.json"), key=lambda d: (d / "bench.json").stat().st_mtime)
     bench = json.loads((benches[-1] / "bench.json").read_text()) if benches else None
     return df, pretrain, bench, (benches[-1].name if benches else None)
 
