@@ -103,7 +103,7 @@ def test_table_reads_a_copy_without_weights_and_refuses_a_truncated_raw_file(run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     next(copy.glob("pretrain-*/weights.pt")).unlink()  # the GPU script's tarball leaves it out
-    assert table.markdown(copy) == table.markdown(out).replace(str(out), str(copy))
+    assert table.markdown(copy) == table.markdown(out)
     raw = next(copy.glob("pretrain-*/pretrain.json"))
     raw.write_text(raw.read_text()[:-2])
     with pytest.raises(FileNotFoundError, match="pretrain"):

@@ -95,7 +95,7 @@ def markdown(out: Path) -> str:
         notes.append(f"Step time: {bench_name}/bench.json, {bench.get('gpu', bench['device'])}, one seed, "
                      f"{bench['reps']} interleaved repetitions of {bench['steps']} steps, device-synchronised.")
     devices = sorted(set(df["device"]))
-    notes.append(f"Runs: {out}/results.csv ({len(df)} rows, device {', '.join(devices)}, "
+    notes.append(f"Runs: results.csv ({len(df)} rows, device {', '.join(devices)}, "
                  f"{int(df['workers'].max())} worker process(es) sharing it); ± is the 95% t-interval half-width.")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
