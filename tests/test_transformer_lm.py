@@ -158,3 +158,32 @@ def test_gpu_script_passes_options_the_cli_accepts(tmp_path):
         args = cli.build_parser().parse_args(argv)
         _, plan, _, _ = cli.validate(args)
         assert len(plan.seeds) == 10 and plan.model.hidden == 128 and len(plan.specs) == 16
+
+
+def test_step_overheads_optimiser_draws_one_coin_per_round_and_factors_are_the_modules_tensors(monkeypatch):
+    """Item 7's two overhead fixes keep their meaning: the optimiser form asks for the coin once
+    per round (it asked at every step: one CPU hash each), and ``factors`` (registry reads) returns
+    exactly ``lora_A[name].weight`` / ``lora_B[name].weight``."""
+    import peft
+    import torch
+
+    from experiments.real_model.bernoulli_peft.layers import factors, lora_layers
+    from experiments.real_model.lm.model import TARGETS, ModelConfig, build
+    from solvers.torch_optim import BernoulliLoRAOptimizer
+
+    model = build(ModelConfig(hidden=8, layers=1, heads=2, intermediate=8), vocab=8, seq_len=8)
+    weights = [p for n, p in model.named_parameters() if n.endswith("proj.weight")]
+    opt = BernoulliLoRAOptimizer(weights, lr=1e-2, rank=2, p=0.5, every=5, seed=3)
+    asked = []
+    real = opt.side_of_round
+    monkeypatch.setattr(opt, "side_of_round", lambda k: asked.append(k) or real(k))
+    x = torch.randint(0, 8, (2, 8))
+    for _ in range(12):
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert asked == [0, 1, 2]
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=list(TARGETS)))
+    for _, m in lora_layers(pm):
+        A, B = factors(m, "default")
+        assert A is m.lora_A["default"].weight and B is m.lora_B["default"].weight
