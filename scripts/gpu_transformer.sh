@@ -15,15 +15,17 @@
 #   pretrain.json   pretraining metrics, the pretrained model on the shifted task, the oracle
 #   table.md        python -m experiments.real_model.lm.table (the paper_repro.md table)
 #   log.txt, transformer_gpu.tar.gz (the whole store, every job's row.json, without weights)
-# The store itself lives in $WORK (default /tmp/blora_transformer); running the script again
-# computes only what is missing (a run cut short keeps every finished job).
+# The store itself lives in $WORK (default results/transformer_gpu_work, ignored by git); running
+# the script again computes only what is missing (a run cut short keeps every finished job; after
+# FINETUNE_S seconds of fine-tuning no job starts, collect then fails and says to run it again).
 # SEEDS (10), WORKERS (6 fine-tuning processes sharing the GPU), DEVICE (cuda), PY override; EXTRA
 # (options appended to every call, e.g. a tiny model for a CPU check) changes the numbers.
 set -euo pipefail
 export PYTHONPATH=$PWD MPLBACKEND=Agg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 PY=${PY:-python3}
 FINAL=${OUT:-results/transformer_gpu}
-WORK=${WORK:-/tmp/blora_transformer}
+WORK=${WORK:-results/transformer_gpu_work}  # inside the checkout (ignored): kept between calls on a warm machine
+FINETUNE_S=${FINETUNE_S:-420}  # no fine-tuning job starts after this many seconds (run again for the rest)
 SEEDS=${SEEDS:-10}
 WORKERS=${WORKERS:-6}
 DEVICE=${DEVICE:-cuda}
@@ -59,7 +61,8 @@ stage() {  # stage NAME CMD...: timed; a failure stops everything
 finetune() {  # WORKERS shards of the fine-tuning jobs, one process each, sharing the device
   local pids=() i rc=0
   for ((i = 0; i < WORKERS; i++)); do
-    "${LM[@]}" --stage finetune --shard "$i/$WORKERS" --workers "$WORKERS" > "$WORK/finetune_shard$i.log" 2>&1 &
+    "${LM[@]}" --stage finetune --shard "$i/$WORKERS" --workers "$WORKERS" --stop-after "$FINETUNE_S" \
+        > "$WORK/finetune_shard$i.log" 2>&1 &
     pids+=($!)
   done
   for i in "${!pids[@]}"; do

@@ -83,6 +83,9 @@ def test_rerun_does_nothing_and_a_lost_job_is_redone_alone(run, capsys):
 def test_collect_refuses_while_jobs_are_missing(tmp_path, capsys):
     argv = ["--out", str(tmp_path)] + TINY + ["--method", "rac_lora_b"]
     assert cli.main(argv + ["--stage", "pretrain"]) == 0
+    assert cli.main(argv + ["--stage", "finetune", "--stop-after", "1e-9"]) == 0  # budget spent: no job starts
+    assert "left for a rerun" in capsys.readouterr().out
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
     assert cli.main(argv + ["--stage", "collect"]) == 1
     assert not (tmp_path / "results.csv").exists() and not store.finished(tmp_path)
 
@@ -114,7 +117,8 @@ def test_table_reads_a_copy_without_weights_and_refuses_a_truncated_raw_file(run
                                          (["--rank", "0"], "--rank"), (["--steps", "0"], "--steps"),
                                          (["--method", "dora"], "--method"), (["--shard", "2/2"], "--shard"),
                                          (["--opt-state", "fresh"], "--opt-state"),
-                                         (["--pretrain-lr", "0"], "--pretrain-lr")])
+                                         (["--pretrain-lr", "0"], "--pretrain-lr"),
+                                         (["--stop-after", "0"], "--stop-after")])
 def test_bad_input_is_refused_in_one_line_naming_the_option(tmp_path, capsys, extra, field):
     rc = cli.main(["--out", str(tmp_path / "o")] + TINY + extra)
     err = capsys.readouterr().err.strip().splitlines()

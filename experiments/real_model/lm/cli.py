@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
     ap.add_argument("--shard", default="0/1", help="i/n: run jobs i, i+n, ... of the finetune stage (default: 0/1)")
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the device (recorded) (default: 1)")
+    ap.add_argument("--stop-after", type=float, default=None,
+                    help="finetune: start no job after this many seconds (rerun for the rest) (default: none)")
     ap.add_argument("--opt-state", default=_F.opt_state, help=f"reset | keep (default: {_F.opt_state})")
     ap.add_argument("--bench-reps", type=int, default=5, help="bench: interleaved repetitions (default: 5)")
     ap.add_argument("--bench-steps", type=int, default=50, help="bench: timed steps per repetition (default: 50)")
@@ -111,6 +114,8 @@ def validate(args):
         raise UsageError(f"shard: expected i/n, got {args.shard!r}") from None
     if not 0 <= i < n:
         raise UsageError(f"shard: need 0 <= i < n, got {args.shard!r}")
+    if args.stop_after is not None and not args.stop_after > 0:
+        raise UsageError(f"stop-after: must be a positive number of seconds, got {args.stop_after}")
     if args.device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"device: unknown value {args.device!r} (choose auto, cpu or cuda)")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -154,7 +159,8 @@ def main(argv=None) -> int:
         if "pretrain" in stages:
             runs.stage_pretrain(plan, device)
         if "finetune" in stages:
-            runs.stage_finetune(plan, device, shard=shard, workers=args.workers)
+            stop_at = None if args.stop_after is None else time.time() + args.stop_after
+            runs.stage_finetune(plan, device, shard=shard, workers=args.workers, stop_at=stop_at)
         if "bench" in stages:
             runs.stage_bench(plan, device, reps=args.bench_reps, steps=args.bench_steps, seed=args.seed)
         if "collect" in stages and runs.stage_collect(plan) is None:

@@ -123,15 +123,21 @@ def stage_pretrain(plan: Plan, device) -> dict:
     return metrics
 
 
-def stage_finetune(plan: Plan, device, *, shard=(0, 1), workers: int = 1) -> int:
-    """Run this shard's unfinished jobs (claimed one by one); returns how many it ran."""
+def stage_finetune(plan: Plan, device, *, shard=(0, 1), workers: int = 1, stop_at: float | None = None) -> int:
+    """Run this shard's unfinished jobs (claimed one by one); returns how many it ran.
+
+    ``stop_at`` (``time.time()`` seconds): no job starts after it (finished jobs are kept,
+    running the stage again does the rest)."""
     state, _ = load_pretrained(plan)
     todo = [j for j in plan.jobs()[shard[0]::shard[1]] if not store.finished(j[3], config_hash(j[2]))]
     if not todo:
         return 0
     task = make_tasks(plan.lang, device=device, only=(FINETUNE,))[FINETUNE]
     ran = 0
-    for spec, seed, cfg, d in todo:
+    for i, (spec, seed, cfg, d) in enumerate(todo):
+        if stop_at is not None and time.time() >= stop_at:
+            print(f"finetune: time budget reached; {len(todo) - i} jobs of this shard left for a rerun", flush=True)
+            break
         try:
             with store.claim(d, field="out"):
                 if store.finished(d, config_hash(cfg)):
