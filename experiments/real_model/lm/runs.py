@@ -39,7 +39,7 @@ from .methods import FinetuneConfig
 from .model import ModelConfig, evaluate
 
 KIND = "transformer"
-ROW_FILE, PRETRAIN_FILES = "row.json", ("weights.pt", "pretrain.json")
+ROW_FILE = "row.json"
 
 
 @dataclasses.dataclass(frozen=True)
