@@ -191,3 +191,10 @@ def test_step_overheads_optimiser_draws_one_coin_per_round_and_factors_are_the_m
     for _, m in lora_layers(pm):
         A, B = factors(m, "default")
         assert A is m.lora_A["default"].weight and B is m.lora_B["default"].weight
+
+
+def test_galore_loader_can_be_called_twice():
+    """The second call must not fail on the stand-in package's missing __spec__ (it did on the H200)."""
+    from experiments.real_model.lm.methods import galore_adamw
+    first = galore_adamw()
+    assert galore_adamw() == first

@@ -21,6 +21,7 @@ its inner AdamW) with the same learning rate and weight decay.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import sys
 import types
@@ -89,11 +90,13 @@ def parse_methods(text: str, ps) -> list[mt.MethodSpec]:
     return specs
 
 
+@functools.lru_cache(maxsize=None)
 def galore_adamw():
     """(``galore_torch`` AdamW class, how it was loaded), or (None, reason) when not installed.
 
     galore-torch 1.0's ``__init__`` imports bitsandbytes (for its 8-bit variant); when that
-    is missing, only ``galore_torch/adamw.py`` (and its projector) is loaded."""
+    is missing, only ``galore_torch/adamw.py`` (and its projector) is loaded. Cached: the
+    stand-in package has no ``__spec__``, so a second lookup would fail."""
     spec = importlib.util.find_spec("galore_torch")
     if spec is None:
         return None, "galore-torch not installed"
