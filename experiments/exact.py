@@ -43,7 +43,7 @@ def _compressor_spec(compressor, d):
     name = getattr(compressor, "name", None)
     if compressor is None or name == "identity":
         return None
-    if name != "randk":
+    if name not in ("randk", "randk_unscaled"):
         return {"name": name}
     k = compressor.k
     return {"name": "randk", "k": k, "scale": d / k if getattr(compressor, "scaled", True) else 1.0}
