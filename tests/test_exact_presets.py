@@ -27,7 +27,8 @@ def test_randk_unscaled_is_randk_times_k_over_d_and_contractive():
     assert comp.alpha == pytest.approx(2 / 6) and comp.omega is None and not comp.unbiased
     # each draw keeps k coordinates (unchanged up to rounding: times d/k, then k/d) and zeroes the others ...
     kept = Y != 0
-    assert torch.equal(kept.sum((-2, -1)), torch.full((50, 2), 2)) and torch.allclose(Y[kept], X[kept], rtol=1e-14, atol=0)
+    assert torch.equal(kept.sum((-2, -1)), torch.full((50, 2), 2))
+    assert torch.allclose(Y[kept], X[kept], rtol=1e-14, atol=0)
     # ... so over the C(6, 2) equally likely draws E||C(x) - x||^2 = (1 - k/d) ||x||^2 (alpha = k/d)
     x = torch.randn(6, dtype=torch.float64)
     pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
