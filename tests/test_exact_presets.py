@@ -55,3 +55,30 @@ def test_every_job_has_an_admissible_theorem_and_an_exact_reference(preset, job)
     assert built.gamma <= r.gamma_max, (built.gamma, r.gamma_max)
     exact = exact_columns(built, np.arange(cfg["steps"] + 1))
     assert np.all(np.isfinite(exact["f_gap"])) and exact["f_gap"][-1] < exact["f_gap"][0]
+
+
+def test_verdict_table_counts_several_verify_outputs_and_refuses_a_configuration_twice(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "verdict_table.py"
+    spec = importlib.util.spec_from_file_location("verdict_table", path)
+    vt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vt)
+    row = dict(method="bernoulli_lora", estimator="gd", stepsize_rule="constant", p=0.2, verdict="holds",
+               exact_verdict="agrees")
+    pd.DataFrame([dict(row, config_hash="a"), dict(row, config_hash="b", p=1.0, verdict="inconclusive")]) \
+        .to_csv(tmp_path / "one.csv", index=False)
+    pd.DataFrame([dict(row, config_hash="c", exact_verdict=None)]).to_csv(tmp_path / "two.csv", index=False)
+    assert vt.main([str(tmp_path / "one.csv"), str(tmp_path / "two.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| bernoulli_lora | gd | constant | 3 | 2 | 0 | 1 | 0 | 2 | 0 |"
+    assert vt.main([str(tmp_path / "one.csv"), str(tmp_path / "two.csv"), "--keys", "method,p"]) == 0
+    assert capsys.readouterr().out.splitlines()[2:] == ["| bernoulli_lora | 0.2 | 2 | 2 | 0 | 0 | 0 | 1 | 0 |",
+                                                        "| bernoulli_lora | 1.0 | 1 | 0 | 0 | 1 | 0 | 1 | 0 |"]
+    assert vt.main([str(tmp_path / "one.csv"), str(tmp_path / "one.csv")]) == 2
+    assert "error: csv: configuration a is in more than one file" in capsys.readouterr().err
+    assert vt.main([str(tmp_path / "one.csv"), "--keys", "method,nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --keys: no column 'nope'")
