@@ -82,3 +82,16 @@ def test_verdict_table_counts_several_verify_outputs_and_refuses_a_configuration
     assert "error: csv: configuration a is in more than one file" in capsys.readouterr().err
     assert vt.main([str(tmp_path / "one.csv"), "--keys", "method,nope"]) == 2
     assert capsys.readouterr().err.startswith("error: --keys: no column 'nope'")
+
+
+def test_the_composed_jobs_are_those_of_the_reproduce_run():
+    """preset_config composes what the Hydra app ran: the config hashes of both presets'
+    jobs are exactly those of their SIZE=ci run (paper_results/cpu_ci_reproduce/exact_presets)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from experiments.results import config_hash
+
+    csv = Path(__file__).resolve().parents[1] / "paper_results" / "cpu_ci_reproduce" / "exact_presets" / "verdicts.csv"
+    assert {config_hash(mutants.preset_config(p, j)) for p, j in JOBS} == set(pd.read_csv(csv)["config_hash"])
