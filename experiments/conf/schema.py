@@ -292,8 +292,7 @@ GROUPS = {
     "sketch": {**{n: SketchConf for n in ("gaussian", "orthonormal", "rademacher", "column")},
                "weighted_column": WeightedColumnConf},
     "compressor": {"identity": IdentityConf, "randk": RandKConf, "randk_unscaled": RandKUnscaledConf,
-                   "topk": TopKConf,
-                   "dither": DitherConf, "natural": NaturalConf},
+                   "topk": TopKConf, "dither": DitherConf, "natural": NaturalConf},
 }
 #: the option of each group when none is chosen (config.yaml's defaults list says the same)
 DEFAULTS = {"problem": "quadratic", "method": "bernoulli_lora", "estimator": "gd", "sketch": "gaussian",
