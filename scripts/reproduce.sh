@@ -52,6 +52,11 @@ run experiment=linreg_finite_sum estimator=page stepsize.factor=1 method.p=0.1,0
 for preset in pl_sgd pl_page pl_mvr pl_qgd pl_marina pl_ef21 nonisotropic_p nonisotropic_p_nonsmooth; do
   run experiment=$preset
 done
+# the exact expectation of every method/estimator pair of issue 11 (FPFT, RAC-LoRA on each
+# side, Bernoulli-LoRA x GD, SGD, PAGE, MVR, QGD, MARINA, EF21), and the isotropic case where
+# the PL bound is within a constant factor of the exact mean
+run experiment=exact_pairs
+run experiment=exact_isotropic
 stamp "collecting the job tables"
 $PY -m experiments.collect "$OUT" -o "$OUT/collected.parquet"
 stamp "verifying the bounds"
