@@ -232,3 +232,31 @@ def test_a_jobs_numbers_do_not_depend_on_the_thread_count(preset):
     for col in tables[0].columns:
         if col != "time_s" and pd.api.types.is_float_dtype(tables[0][col]):
             assert np.array_equal(tables[0][col].to_numpy(), tables[1][col].to_numpy(), equal_nan=True), col
+
+
+def test_gpu_sweeps_script_runs_each_figure_from_its_presets(tmp_path):
+    """scripts/gpu_sweeps.sh hands each figure's presets and SET overrides to
+    experiments.sweep (stub interpreter: nothing runs)."""
+    import os
+    import stat
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$STUB_LOG"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "calls.txt"
+    env = dict(os.environ, PY=str(stub), OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"), STUB_LOG=str(log),
+               BENCH="0", PREP="0", SIZE="ci", DEVICE="cpu", SET="problem.variant=authors", TAG="_a",
+               SWEEPS="linreg_gd linreg_finite_sum pl_sgd")
+    r = subprocess.run(["bash", str(root / "scripts" / "gpu_sweeps.sh")], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sweeps = [line for line in log.read_text().splitlines() if line.startswith("-m experiments.sweep ")]
+    work = tmp_path / "work"
+    assert sweeps == [
+        f"-m experiments.sweep linreg_gd linreg_gd_fpft size=ci device=cpu problem.variant=authors --out {work}/linreg_gd_a",
+        f"-m experiments.sweep linreg_finite_sum linreg_finite_sum_page size=ci device=cpu problem.variant=authors "
+        f"--out {work}/linreg_finite_sum_a",
+        f"-m experiments.sweep pl_sgd size=ci device=cpu problem.variant=authors --out {work}/pl_sgd_a"]
