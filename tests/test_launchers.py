@@ -51,7 +51,7 @@ def test_app_records_each_jobs_overrides_and_the_batched_sweep_finds_its_jobs(tm
 def test_ray_launcher_gives_the_bits_of_the_basic_launcher(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
     _app(*CMD, f"results_root={tmp_path / 'basic'}", cwd=tmp_path, env=dict(ENV, OMP_NUM_THREADS="2"))
-    _app("hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2", *CMD, f"results_root={tmp_path / 'ray'}",
+    _app("hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", *CMD, f"results_root={tmp_path / 'ray'}",
          cwd=tmp_path)
     basic, ray = _table(tmp_path / "basic"), _table(tmp_path / "ray")
     assert len(basic) == 2 * 2 * 3
