@@ -24,12 +24,22 @@ import functools
 import math
 import zlib
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import colormaps
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
+def use_file_backend() -> None:
+    """Select matplotlib's Agg backend unless ``MPLBACKEND`` names one: for commands
+    that only write files (``figures.make``, the real-model CLI). Called by their
+    entry points, never at import, so that importing :mod:`figures` from a notebook
+    or another program leaves its backend alone."""
+    import os
+
+    import matplotlib
+
+    if not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+
 
 RC = {
     "figure.dpi": 110,
