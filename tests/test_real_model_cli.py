@@ -19,6 +19,7 @@ import torch
 
 from experiments import results
 from experiments.real_model import cli, data, methods as mt, model as md, store, table, train as tr
+from resultstore import files as store_files
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data", "digits", "--seeds", "2", "--epochs", "1", "--pretrain-epochs", "2", "--device", "cpu"]
@@ -166,17 +167,17 @@ def test_killed_run_leaves_no_table_and_a_rerun_finishes_only_what_is_missing(tm
 
 def test_kill_before_the_final_marker_is_finished_by_a_rerun(tmp_path, monkeypatch, capsys):
     out = tmp_path / "o"
-    real_write = store.atomic_write
+    real_write = store_files.atomic_write
 
     def no_final_marker(path, write):
         if Path(path) == out / results.COMPLETE_MARKER:
             raise KeyboardInterrupt
         real_write(path, write)
 
-    monkeypatch.setattr(store, "atomic_write", no_final_marker)
+    monkeypatch.setattr(store_files, "atomic_write", no_final_marker)
     with pytest.raises(KeyboardInterrupt):
         cli.main([*TINY, "--method", "fpft", "--out", str(out)])
-    monkeypatch.setattr(store, "atomic_write", real_write)
+    monkeypatch.setattr(store_files, "atomic_write", real_write)
     assert (out / results.RESULTS_FILE).exists() and not store.finished(out)
     assert cli.main([*TINY, "--method", "fpft", "--out", str(out)]) == 0
     assert store.finished(out)

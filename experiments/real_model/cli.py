@@ -225,6 +225,9 @@ def _done(plan) -> int:
 
 
 def main(argv=None) -> int:
+    from figures.style import use_file_backend
+
+    use_file_backend()  # the report's figure is written to files
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
