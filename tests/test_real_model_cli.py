@@ -4,10 +4,8 @@ Runs use digits with 1-2 seeds and 1-2 epochs: what is checked (files, markers, 
 configurations run again, exact equality of resumed and uninterrupted numbers) does
 not depend on the size.
 """
-import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -220,18 +218,21 @@ def test_out_holding_another_table_is_refused_and_left_untouched(tmp_path, capsy
 
 
 def test_out_claimed_by_a_live_process_is_refused_and_a_dead_ones_claim_taken_over(tmp_path, capsys):
+    """The real-model CLI claims OUT with the store's job claims (experiments.claims)."""
+    from experiments import claims
+
     out = tmp_path / "o"
-    out.mkdir()
-    claim = out / store.CLAIM_FILE
-    claim.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+    held = claims.try_claim(out, store.OUT_CLAIM, out_dir=out)
     line = _error(capsys, [*TINY, "--method", "fpft", "--out", str(out)])
     assert line.startswith("error: --out: ") and f"pid {os.getpid()}" in line
-    assert sorted(os.listdir(out)) == [store.CLAIM_FILE]  # nothing written under another process's claim
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    claim.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "since": "then"}))
+    assert sorted(os.listdir(out)) == [claims.CLAIMS_DIR]  # nothing written under another process's claim
+    held.release()
+    # a killed holder: its lock file stays, its flock is gone with it
+    code = f"from experiments import claims; claims.try_claim({str(out)!r}, {store.OUT_CLAIM!r}, out_dir='.'); import os; os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+    assert (out / claims.CLAIMS_DIR / f"{store.OUT_CLAIM}.lock").exists()
     assert cli.main([*TINY, "--method", "fpft", "--out", str(out)]) == 0
-    assert store.finished(out) and not claim.exists()  # taken over, released at the end
+    assert store.finished(out) and not (out / claims.CLAIMS_DIR / f"{store.OUT_CLAIM}.lock").exists()
 
 
 # ----------------------------------------------------------------------------- defaults that learn

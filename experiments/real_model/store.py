@@ -19,23 +19,17 @@ Hydra jobs ask for kind ``job`` and never take a real-model table for one of the
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import socket
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from experiments.results import config_hash
-from experiments.storage import pid_alive
 from resultstore import files
 from resultstore.files import RESULTS_FILE, Writer, read_marker  # noqa: F401 (re-exported)
 from resultstore.schema import REAL_MODEL, REAL_MODEL_VERSION, coerce, validate
 
 KIND = REAL_MODEL
-CLAIM_FILE = "_CLAIM"
 #: Version of the real-model row layout (:data:`resultstore.schema.REAL_MODEL_VERSION`).
 TABLE_VERSION = REAL_MODEL_VERSION
 
@@ -91,41 +85,25 @@ class ClaimError(RuntimeError):
     """Another live process holds the directory; the message is one line."""
 
 
+#: the name under which a command claims its whole OUT folder (:mod:`experiments.claims`:
+#: ``OUT/.claims/<name>.lock``, held with ``flock`` while the command runs)
+OUT_CLAIM = "real_model-out"
+
+
 @contextlib.contextmanager
 def claim(directory, *, field: str = "out"):
-    """Hold ``directory`` for this process while the block runs.
+    """Hold ``directory`` for this process while the block runs, with the store's job
+    claims (:func:`experiments.claims.try_claim`): the kernel drops the lock when the
+    holder exits however it exits, so a killed run's claim is taken over and a live
+    one's never is (:class:`ClaimError` naming ``field``, the holder's pid and host)."""
+    from experiments import claims
 
-    ``_CLAIM`` is created with O_EXCL (JSON: pid, host, since) and removed when the
-    block ends, exceptions included. A claim held by a live process, or by any
-    process on another host (whose liveness cannot be checked), raises
-    :class:`ClaimError` naming ``field``; a claim left by a dead process on this host
-    (a killed run) is taken over. Two processes taking over the same stale claim at
-    the same instant can both succeed; atomic writes keep even that from corrupting
-    a file."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / CLAIM_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                held = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                held = {}
-            pid, host = held.get("pid"), held.get("host")
-            if isinstance(pid, int) and host == me["host"] and not pid_alive(pid):
-                path.unlink(missing_ok=True)  # a killed run's claim
-                continue
-            raise ClaimError(f"{field}: {d} is being written by pid {pid} on {host} since {held.get('since')} "
-                             f"(remove {path} if that process is gone)") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(me) + "\n")
-        break
-    else:  # pragma: no cover - a third process re-created it between our two attempts
-        raise ClaimError(f"{field}: {d} is being claimed by another process; try again")
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
+    held = claims.try_claim(d, OUT_CLAIM, out_dir=d)
+    if held is None:
+        who = claims.holder(d, OUT_CLAIM)
+        raise ClaimError(f"{field}: {d} is being written by pid {who.get('pid', '?')} on {who.get('host', '?')} "
+                         f"since {who.get('started', '?')}")
+    with held:
+        yield held.path
