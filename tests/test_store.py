@@ -122,3 +122,18 @@ def test_real_model_labels_and_colours_are_the_figures(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_one_atomic_write_routine():
+    """Every file the suite writes atomically goes through resultstore.files.atomic_write
+    (its temporary names are the ones experiments.storage.remove_stale_temps knows)."""
+    import re
+
+    pattern = re.compile(r"os\.replace\(|\.replace\(a\.out\)|mkstemp\(|NamedTemporaryFile\(")
+    found = []
+    for pkg in ("resultstore", "theory", "solvers", "experiments", "figures", "scripts", "benchmarks"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+                if pattern.search(line) and not line.lstrip().startswith("#"):
+                    found.append(f"{f.relative_to(ROOT)}:{i}")
+    assert found and {f.split(":")[0] for f in found} == {"resultstore/files.py"}, found
