@@ -177,6 +177,9 @@ def test_kill_before_the_final_marker_is_finished_by_a_rerun(tmp_path, monkeypat
         cli.main([*TINY, "--method", "fpft", "--out", str(out)])
     monkeypatch.setattr(store_files, "atomic_write", real_write)
     assert (out / results.RESULTS_FILE).exists() and not store.finished(out)
+    # the store's skip rule: a finished configuration is found anywhere under OUT, not only at its usual path
+    (job_dir,) = [d for d in (out / "jobs").iterdir() if d.is_dir()]
+    job_dir.rename(out / "jobs" / "moved")
     assert cli.main([*TINY, "--method", "fpft", "--out", str(out)]) == 0
     assert store.finished(out)
     assert "1 of 1 configurations already finished" in capsys.readouterr().out

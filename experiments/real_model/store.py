@@ -39,6 +39,13 @@ def finished(directory, expected_hash: str | None = None) -> bool:
     return files.is_complete(directory, expected_hash, kind=KIND)
 
 
+def finished_dirs(root) -> dict:
+    """{config_hash: directory} of every finished real-model write under ``root``
+    (:func:`resultstore.files.complete_hashes`): the store's skip rule, a configuration
+    finished anywhere under the root is not run again."""
+    return files.complete_hashes(root, kind=KIND)
+
+
 def write_marked(directory, written: Mapping[str, Writer], config: Mapping, *, rows: int | None = None) -> str:
     """Write ``written`` (name -> writer) and ``config.yaml`` into ``directory``, marker
     last (:func:`resultstore.files.write_marked`). Returns the configuration's hash."""
