@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--method", default="all",
                     help="comma list of " + ", ".join(("all",) + mt.FAMILIES + mt.METHODS[1:-1]))
     ap.add_argument("--p", default=None,
-                    help="Bernoulli-LoRA p values (probability of training A with B sampled), comma list; "
+                    help="Bernoulli-LoRA p values (probability of B sampled, A trained), comma list; "
                          "with --bench one value (default there: 0.5) "
                          f"(default: {DEFAULT_P_TEXT})")
     ap.add_argument("--rank", type=int, default=_D.rank, help="adapter rank r")
