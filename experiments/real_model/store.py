@@ -26,7 +26,8 @@ import pandas as pd
 
 from experiments.results import config_hash
 from resultstore import files
-from resultstore.files import RESULTS_FILE, Writer, read_marker  # noqa: F401 (re-exported)
+from resultstore.files import (RESULTS_FILE, Writer, atomic_write, read_marker, remove_marker,  # noqa: F401
+                               text_writer)  # (re-exported for the real-model modules)
 from resultstore.schema import REAL_MODEL, REAL_MODEL_VERSION, coerce, validate
 
 KIND = REAL_MODEL
