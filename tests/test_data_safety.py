@@ -151,6 +151,7 @@ def test_a_job_claimed_by_a_live_process_is_not_run_again(tmp_path):
     assert r.returncode == 0 and len(results.complete_jobs(root)) == 1
 
 
+@pytest.mark.slow  # two concurrent Hydra multiruns (about a minute): scripts/test.sh -m slow
 def test_two_sweeps_into_one_root_run_every_job_once(tmp_path):
     args = ["-m", "method.p=0.1,0.4,0.7", "steps=200", "seeds=2", "eval_every=100", "progress=false",
             f"results_root={tmp_path}"]
