@@ -62,8 +62,10 @@ from solvers import rng
 from solvers.compressors import Identity
 from solvers.estimators import EstimatorState
 from solvers.linalg import bmm
-from solvers.methods import BernoulliLoRA, MethodState, _check_W0, _per_run, _seeds_tensor, _values
+from solvers.methods import (RULES, BernoulliLoRA, BernoulliLoRAConf, MethodState, _check_W0, _per_run, _seeds_tensor,
+                             _values, bernoulli_lora_lambdas)
 from solvers.projections import _gram_pinv
+from solvers.registry import param, register
 from solvers.sketches import make_sketch
 
 TRANSMIT = ("weights", "factor")
@@ -121,8 +123,37 @@ def _start(W, G, bits, extra=None):
     return EstimatorState(G=G, epochs=ones, bits=bits, extra=extra)
 
 
+# --------------------------------------------------------------------------- configuration schemas
+
+
+@dataclass
+class QGDConf:
+    name: str = "qgd"
+    # weights | factor (clients send compressed r x n / m x r factor gradients)
+    transmit: str = param("weights", choices=TRANSMIT)
+
+
+@dataclass
+class MARINAConf:
+    name: str = "marina"
+    q: float = 0.1
+
+
+@dataclass
+class EF21Conf:
+    name: str = "ef21"
+
+
+def _compressor_constants(est, problem) -> dict:
+    comp = est.compressor
+    return {"omega": getattr(comp, "omega", None), "alpha": getattr(comp, "alpha", None),
+            "G0_err": est.initial_error(problem)}
+
+
 # --------------------------------------------------------------------------- estimators
 
+@register("estimator", conf=QGDConf, needs=("clients",), uses=("compressor",), theorem="qgd", label="QGD",
+          style={"linestyle": (0, (8, 2, 2, 2)), "marker": "v"})
 @dataclass(frozen=True)
 class QGD:
     """Quantized GD: each client sends :math:`Q_i(\\nabla f_i(W_t))` (``transmit='weights'``),
@@ -168,6 +199,15 @@ class QGD:
     def initial_error(self, oracle):
         return 0.0
 
+    def theory_constants(self, problem) -> dict:
+        return _compressor_constants(self, problem)
+
+    @property
+    def method_required(self):
+        """(the setting, the only method it runs with), or None: any method.
+        Factor transmission projects on the sketch of Bernoulli-LoRA."""
+        return ("transmit", "bernoulli_lora") if self.transmit == "factor" else None
+
     # ---- factor transmission (called by FactorQGDBernoulliLoRA)
     def factor_round_left(self, B, grads, seeds, step):
         r"""Left sketch B (R, m, r), client gradients (R, K, m, n): the step direction
@@ -189,6 +229,8 @@ class QGD:
         return bmm(bmm(Y.mean(1), _gram_pinv(At)), A), bits
 
 
+@register("estimator", conf=MARINAConf, needs=("clients",), uses=("compressor",), theorem="marina",
+          label="MARINA", style={"linestyle": (0, (4, 1)), "marker": "D"})
 @dataclass(frozen=True)
 class MARINA:
     """MARINA with probability ``q`` of a full (uncompressed) gradient round;
@@ -225,7 +267,12 @@ class MARINA:
     def initial_error(self, oracle):
         return 0.0
 
+    def theory_constants(self, problem) -> dict:
+        return dict(_compressor_constants(self, problem), q=self.q)
 
+
+@register("estimator", conf=EF21Conf, needs=("clients",), uses=("compressor",), theorem="ef21", label="EF21",
+          style={"linestyle": (0, (2, 1, 6, 1)), "marker": "P"})
 @dataclass(frozen=True)
 class EF21:
     """EF21 with a contractive compressor (default identity); per-client states
@@ -256,6 +303,9 @@ class EF21:
 
     def initial_error(self, oracle):
         return 0.0
+
+    def theory_constants(self, problem) -> dict:
+        return _compressor_constants(self, problem)
 
 
 DISTRIBUTED = {"qgd": QGD, "marina": MARINA, "ef21": EF21}
@@ -300,6 +350,10 @@ class FactorQGDBernoulliLoRA(BernoulliLoRA):
     def _block_sizes(self, m, n):
         ps = _values(self.p)
         return ([self.rank * n] if any(p > 0 for p in ps) else []) + ([m * self.rank] if any(p < 1 for p in ps) else [])
+
+    def theory_constants(self, problem) -> dict:
+        """The omega of the theorem with factor transmission (:meth:`theory_omega`)."""
+        return {"omega": self.theory_omega(*problem.shape)}
 
     def theory_omega(self, m, n):
         """:math:`\\omega` for docs/theory.md#t5 with factor transmission: the compressor's
@@ -351,6 +405,8 @@ class FactorQGDBernoulliLoRA(BernoulliLoRA):
         return W_new, state._replace(step=t + 1, est=new_est, left=left)
 
 
+@register("method", "bernoulli_lora", conf=BernoulliLoRAConf, uses=("sketch",), rules=RULES,
+          lambdas=bernoulli_lora_lambdas, label="Bernoulli-LoRA", color="tab:cyan")
 def bernoulli_lora_method(*, estimator, **params):
     """The Bernoulli-LoRA method for ``estimator``: :class:`FactorQGDBernoulliLoRA`
     when it is ``QGD(transmit='factor')``, else :class:`BernoulliLoRA`."""
