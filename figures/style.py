@@ -9,6 +9,9 @@ left sketch (B sampled and frozen, A trained), so
     0 < p < 1 -> "Bernoulli-LoRA-GD (p=0.2)"
 
 The estimator suffix follows the paper (GD, SGD, PAGE, MVR, QGD, MARINA, EF21).
+Display names, line styles and method colours are those the components declare
+(:mod:`solvers.registry`: ``label``, ``style``, ``color``); a component that
+declares none gets its upper-cased name and a spare style.
 
 How a line looks is decided here and nowhere else (:func:`line_style`): the
 method and p give the colour, the estimator the line style and marker, so that
@@ -31,6 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 
+from solvers import registry  # noqa: E402
+
 RC = {
     "figure.dpi": 110,
     "savefig.dpi": 200,
@@ -51,18 +56,15 @@ RC = {
     "legend.frameon": False,
 }
 
-ESTIMATOR_NAMES = {
-    "gd": "GD", "sgd": "SGD", "page": "PAGE", "mvr": "MVR", "qgd": "QGD",
-    "marina": "MARINA", "ef21": "EF21", "subgradient": "SubGD",
-}
+#: the display names the estimators declare (:mod:`solvers.registry`; a snapshot of the
+#: built-in ones: :func:`estimator_name` reads the registry)
+ESTIMATOR_NAMES = {name: spec.display for name, spec in registry.specs("estimator").items()}
 
+#: the two RAC-LoRA sides (p = 1, p = 0); the other methods' colours are theirs
+#: (``color`` in :mod:`solvers.registry`)
 FIXED_COLORS = {
-    "fpft": "black",
     "rac_A": "tab:red",
     "rac_B": "tab:orange",
-    "lora": "tab:brown",
-    "cola": "tab:pink",
-    "asymm_lora": "tab:purple",
 }
 
 METRIC_LABELS = {
@@ -76,17 +78,10 @@ METRIC_LABELS = {
     "loss": r"$f(W_t)$",
 }
 
-#: line style and marker of each estimator (the colour is the method's and p's)
-ESTIMATOR_STYLES = {
-    "gd": {"linestyle": "-", "marker": None},
-    "sgd": {"linestyle": (0, (6, 2)), "marker": "o"},
-    "page": {"linestyle": "-.", "marker": "s"},
-    "mvr": {"linestyle": (0, (3, 1, 1, 1, 1, 1)), "marker": "^"},
-    "qgd": {"linestyle": (0, (8, 2, 2, 2)), "marker": "v"},
-    "marina": {"linestyle": (0, (4, 1)), "marker": "D"},
-    "ef21": {"linestyle": (0, (2, 1, 6, 1)), "marker": "P"},
-    "subgradient": {"linestyle": "-", "marker": "x"},
-}
+#: line style and marker of each estimator (the colour is the method's and p's), as
+#: the estimators declare them (a snapshot of the built-in ones: :func:`estimator_style`
+#: reads the registry)
+ESTIMATOR_STYLES = {name: dict(spec.style) for name, spec in registry.specs("estimator").items() if spec.style}
 #: looks for estimators not listed above (picked by a hash of the name: stable across figures)
 SPARE_STYLES = ({"linestyle": (0, (1, 1, 4, 1)), "marker": "*"}, {"linestyle": (0, (10, 3)), "marker": "h"},
                 {"linestyle": (0, (5, 1, 1, 1, 1, 1, 1, 1)), "marker": "<"})
@@ -138,7 +133,8 @@ def _is_nan(x) -> bool:
 
 
 def estimator_name(estimator) -> str:
-    return ESTIMATOR_NAMES.get(str(estimator), str(estimator).upper())
+    spec = registry.find("estimator", str(estimator))
+    return spec.label if spec is not None and spec.label else str(estimator).upper()
 
 
 def method_label(method, p=None, estimator="gd") -> str:
@@ -154,9 +150,10 @@ def method_label(method, p=None, estimator="gd") -> str:
         if p == 0.0:
             return f"RAC-LoRA-{est} (B)"
         return f"Bernoulli-LoRA-{est} (p={p:g})"
-    if method == "fpft":
-        return f"FPFT-{est}"
-    name = {"lora": "LoRA", "cola": "COLA", "asymm_lora": "AsymmLoRA"}.get(method, method)
+    spec = registry.find("method", method)
+    name = spec.display if spec is not None else method
+    if spec is not None and "label_format" in spec.extra:
+        return spec.extra["label_format"].format(label=name, estimator=est)
     return name if str(estimator) == "gd" else f"{name}-{est}"
 
 
@@ -170,9 +167,8 @@ def method_color(method, p=None):
         if p == 0.0:
             return FIXED_COLORS["rac_B"]
         return colormaps["viridis"](0.15 + 0.75 * p)
-    if method == "bernoulli_lora":
-        return "tab:cyan"
-    return FIXED_COLORS.get(method, "tab:gray")
+    spec = registry.find("method", method)
+    return spec.extra.get("color", "tab:gray") if spec is not None else "tab:gray"
 
 
 def metric_label(metric: str) -> str:
@@ -192,8 +188,9 @@ def palette(n: int):
 def estimator_style(estimator) -> dict:
     """Line style and marker of an estimator (:data:`ESTIMATOR_STYLES`)."""
     name = str(estimator)
-    if name in ESTIMATOR_STYLES:
-        return dict(ESTIMATOR_STYLES[name])
+    spec = registry.find("estimator", name)
+    if spec is not None and spec.style:
+        return dict(spec.style)
     return dict(SPARE_STYLES[zlib.crc32(name.encode()) % len(SPARE_STYLES)])
 
 

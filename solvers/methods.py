@@ -187,7 +187,7 @@ class _WeightSpace:
         return W_new, state._replace(step=state.step + 1, est=est, left=left)
 
 
-@register("method", conf=FPFTConf, rules=RULES, label="FPFT", color="black")
+@register("method", conf=FPFTConf, rules=RULES, label="FPFT", label_format="{label}-{estimator}", color="black")
 @dataclass(frozen=True)
 class FPFT(_WeightSpace):
     """Full-parameter fine-tuning: :math:`W_{t+1} = W_t - \\gamma G_t`."""

@@ -34,16 +34,27 @@ What a :class:`Spec` declares, and who reads it:
 * ``label`` and ``style`` -- its display name and line style
   (:mod:`figures.style` reads them).
 
-This module imports no torch: :mod:`figures` reads labels and styles through it.
-The built-in components are registered when their module is imported;
-:func:`specs` imports the modules of :data:`PROVIDERS` on first use. A new
-component (for instance one defined in a test or a user's package) is
-registered by applying :func:`register` before the configuration is built.
+This module imports no torch. The built-in components are registered when their
+module is imported; :func:`specs` imports the modules of :data:`PROVIDERS` on
+first use.
+
+**Extension point.** A new component (a user's package, a test file) is registered
+by applying :func:`register` before the configuration is built. For the Hydra app
+and the sweep, which run in their own processes, name the module in the
+environment variable ``BLORA_PLUGINS`` (comma-separated ``module`` or
+``module:function``; the module is imported and the function, if given, called
+once, before the first look-up; as pytest's ``PYTEST_PLUGINS``)::
+
+    BLORA_PLUGINS=mypkg.components python -m experiments.run estimator=my_estimator
+
+A plug-in's component names enter the configuration (and its hash) like the
+built-in ones; the code behind a name is the user's to keep fixed.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -62,8 +73,12 @@ PROVIDERS = {
     "compressor": ("solvers.compressors",),
 }
 
+#: the environment variable naming plug-in modules (see the module docstring)
+PLUGINS_ENV = "BLORA_PLUGINS"
+
 _SPECS: dict = {kind: {} for kind in KINDS}
 _LOADED: set = set()
+_PLUGINS_LOADED: list = []
 
 
 def param(default=None, *, ge=None, gt=None, le=None, choices=None):
@@ -139,11 +154,35 @@ def unregister(kind: str, name: str) -> None:
     _SPECS[kind].pop(name, None)
 
 
+def load_plugins(value: Optional[str] = None) -> None:
+    """Import the plug-ins named in ``value`` (default: ``$BLORA_PLUGINS``), each once.
+
+    Raises
+    ------
+    ValueError
+        ``BLORA_PLUGINS: cannot import ...`` naming the entry that failed.
+    """
+    value = os.environ.get(PLUGINS_ENV, "") if value is None else value
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry or entry in _PLUGINS_LOADED:
+            continue
+        module, _, func = entry.partition(":")
+        try:
+            mod = importlib.import_module(module)
+            hook = getattr(mod, func) if func else None
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"{PLUGINS_ENV}: cannot import {entry!r}: {exc}") from None
+        _PLUGINS_LOADED.append(entry)
+        if hook is not None:
+            hook()
+
+
 def _load(kind: str) -> None:
     if kind not in _LOADED:
         for module in PROVIDERS[kind]:
             importlib.import_module(module)
         _LOADED.add(kind)
+        load_plugins()
 
 
 def specs(kind: str) -> dict:
