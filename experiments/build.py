@@ -69,17 +69,30 @@ def _params(group, cfg) -> dict:
     return params
 
 
+def _named(group, cfg, make):
+    """``make()``, with a component's refusal of one of its own keys (``'rank: ...'``)
+    named by its full field (``'method.rank: ...'``); the component validates, the
+    build only names the group."""
+    try:
+        return make()
+    except ValueError as exc:
+        key = str(exc).split(":", 1)[0]
+        if key in cfg[group] and key != "name":
+            raise ValueError(f"{group}.{exc}") from None
+        raise
+    except TypeError as exc:
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is not None \
+                and exc.__traceback__.tb_next.tb_next is None:
+            raise ValueError(f"{group} {cfg[group]['name']}: {exc}") from None
+        raise
+
+
 def _component(group, cfg, **context):
     """Build the option of ``group`` that ``cfg`` names: its registered target called
     with the group's keys (None values dropped) and ``context``."""
+    target = registry.spec(group, cfg[group]["name"]).target
     params = _params(group, cfg)
-    spec = registry.spec(group, cfg[group]["name"])
-    try:
-        return spec.target(**params, **context)
-    except TypeError as exc:
-        if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
-            raise ValueError(f"{group} {spec.name}: {exc}") from None
-        raise
+    return _named(group, cfg, lambda: target(**params, **context))
 
 
 def build_estimator(cfg, problem):
@@ -152,15 +165,8 @@ def build_job(cfg) -> Job:
     mname = cfg["method"]["name"]
     mspec = registry.spec("method", mname)
     rule, factor = cfg["stepsize"]["rule"], float(cfg["stepsize"]["factor"])
-    rules = mspec.extra.get("rules", ("constant",))
-    if rule not in rules:
-        allowed = [k for k, s in registry.specs("method").items() if rule in s.extra.get("rules", ("constant",))]
-        raise ValueError(f"stepsize.rule: {rule} is implemented for {', '.join(allowed)} only")
     problem = build_problem(cfg)
     m, n = problem.shape
-    rank = mc.get("rank")
-    if rank is not None and not rank <= min(m, n):
-        raise ValueError(f"method.rank: must be an integer in [1, min(m, n) = {min(m, n)}], got {rank!r}")
     problem = _on_device(problem, device)
     estimator = build_estimator(cfg, problem)
     required = getattr(estimator, "method_required", None)  # (its field, the method) or None
@@ -178,11 +184,15 @@ def build_job(cfg) -> Job:
         gamma = factor * dist0 / (problem.L0 * math.sqrt(cfg["steps"]))
     step_value = factor * lmin / lmax if rule == "polyak" else gamma
     f_star = getattr(problem, "f_star", None)
-    try:
+
+    def make_method():
         method = mspec.target(estimator=estimator, stepsize=step_value, stepsize_rule=rule, f_star=f_star,
                               **context, **mc)
-    except TypeError as exc:
-        raise ValueError(f"method {mname}: {exc}") from None
+        if hasattr(method, "validate"):
+            method.validate(m, n)  # its own checks (rank against the shape, rule), before any work
+        return method
+
+    method = _named("method", cfg, make_method)
     seeds = list(range(cfg["seed"], cfg["seed"] + cfg["seeds"]))
     return Job(problem=problem, method=method, estimator=estimator, seeds=seeds, gamma=gamma,
                lmin_p=lmin, lmax_p=lmax, device=device)

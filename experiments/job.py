@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from experiments.build import build_job
 from experiments.exact import attach_exact

@@ -25,7 +25,6 @@ from figures.data import InconsistentHash, NotEnoughData, has_values
 from figures.files import UnreadableResults, load
 
 
-
 def _minibatch_estimators() -> set:
     """Estimators that sample minibatches (a ``batch`` key): their cost is drawn in epochs."""
     from solvers import registry

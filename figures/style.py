@@ -11,7 +11,9 @@ left sketch (B sampled and frozen, A trained), so
 The estimator suffix follows the paper (GD, SGD, PAGE, MVR, QGD, MARINA, EF21).
 Display names, line styles and method colours are those the components declare
 (:mod:`solvers.registry`: ``label``, ``style``, ``color``); a component that
-declares none gets its upper-cased name and a spare style.
+declares none gets its upper-cased name and a spare style. The registry is read
+when the first label or style is asked for, not at import: importing
+:mod:`figures` needs neither torch nor the solvers.
 
 How a line looks is decided here and nowhere else (:func:`line_style`): the
 method and p give the colour, the estimator the line style and marker, so that
@@ -34,8 +36,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 
-from solvers import registry  # noqa: E402
-
 RC = {
     "figure.dpi": 110,
     "savefig.dpi": 200,
@@ -56,10 +56,6 @@ RC = {
     "legend.frameon": False,
 }
 
-#: the display names the estimators declare (:mod:`solvers.registry`; a snapshot of the
-#: built-in ones: :func:`estimator_name` reads the registry)
-ESTIMATOR_NAMES = {name: spec.display for name, spec in registry.specs("estimator").items()}
-
 #: the two RAC-LoRA sides (p = 1, p = 0); the other methods' colours are theirs
 #: (``color`` in :mod:`solvers.registry`)
 FIXED_COLORS = {
@@ -78,10 +74,26 @@ METRIC_LABELS = {
     "loss": r"$f(W_t)$",
 }
 
-#: line style and marker of each estimator (the colour is the method's and p's), as
-#: the estimators declare them (a snapshot of the built-in ones: :func:`estimator_style`
-#: reads the registry)
-ESTIMATOR_STYLES = {name: dict(spec.style) for name, spec in registry.specs("estimator").items() if spec.style}
+
+
+def _spec(kind: str, name):
+    """The registered component ``name`` of ``kind`` (:mod:`solvers.registry`), or None."""
+    from solvers import registry  # late: importing figures needs no torch
+
+    return registry.find(kind, str(name))
+
+
+def __getattr__(name):
+    # ESTIMATOR_NAMES / ESTIMATOR_STYLES: what the registered estimators declare
+    if name in ("ESTIMATOR_NAMES", "ESTIMATOR_STYLES"):
+        from solvers import registry
+
+        specs = registry.specs("estimator")
+        if name == "ESTIMATOR_NAMES":
+            return {k: s.display for k, s in specs.items()}
+        return {k: dict(s.style) for k, s in specs.items() if s.style}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 #: looks for estimators not listed above (picked by a hash of the name: stable across figures)
 SPARE_STYLES = ({"linestyle": (0, (1, 1, 4, 1)), "marker": "*"}, {"linestyle": (0, (10, 3)), "marker": "h"},
                 {"linestyle": (0, (5, 1, 1, 1, 1, 1, 1, 1)), "marker": "<"})
@@ -133,7 +145,7 @@ def _is_nan(x) -> bool:
 
 
 def estimator_name(estimator) -> str:
-    spec = registry.find("estimator", str(estimator))
+    spec = _spec("estimator", estimator)
     return spec.label if spec is not None and spec.label else str(estimator).upper()
 
 
@@ -150,7 +162,7 @@ def method_label(method, p=None, estimator="gd") -> str:
         if p == 0.0:
             return f"RAC-LoRA-{est} (B)"
         return f"Bernoulli-LoRA-{est} (p={p:g})"
-    spec = registry.find("method", method)
+    spec = _spec("method", method)
     name = spec.display if spec is not None else method
     if spec is not None and "label_format" in spec.extra:
         return spec.extra["label_format"].format(label=name, estimator=est)
@@ -167,7 +179,7 @@ def method_color(method, p=None):
         if p == 0.0:
             return FIXED_COLORS["rac_B"]
         return colormaps["viridis"](0.15 + 0.75 * p)
-    spec = registry.find("method", method)
+    spec = _spec("method", method)
     return spec.extra.get("color", "tab:gray") if spec is not None else "tab:gray"
 
 
@@ -188,7 +200,7 @@ def palette(n: int):
 def estimator_style(estimator) -> dict:
     """Line style and marker of an estimator (:data:`ESTIMATOR_STYLES`)."""
     name = str(estimator)
-    spec = registry.find("estimator", name)
+    spec = _spec("estimator", name)
     if spec is not None and spec.style:
         return dict(spec.style)
     return dict(SPARE_STYLES[zlib.crc32(name.encode()) % len(SPARE_STYLES)])

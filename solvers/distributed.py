@@ -62,7 +62,7 @@ from solvers import rng
 from solvers.compressors import Identity
 from solvers.estimators import EstimatorState
 from solvers.linalg import bmm
-from solvers.methods import (RULES, BernoulliLoRA, BernoulliLoRAConf, MethodState, _check_W0, _per_run, _seeds_tensor,
+from solvers.methods import (BernoulliLoRA, BernoulliLoRAConf, MethodState, _check_W0, _per_run, _seeds_tensor,
                              _values, bernoulli_lora_lambdas)
 from solvers.projections import _gram_pinv
 from solvers.registry import param, register
@@ -405,8 +405,8 @@ class FactorQGDBernoulliLoRA(BernoulliLoRA):
         return W_new, state._replace(step=t + 1, est=new_est, left=left)
 
 
-@register("method", "bernoulli_lora", conf=BernoulliLoRAConf, uses=("sketch",), rules=RULES,
-          lambdas=bernoulli_lora_lambdas, label="Bernoulli-LoRA", color="tab:cyan")
+@register("method", "bernoulli_lora", conf=BernoulliLoRAConf, uses=("sketch",), lambdas=bernoulli_lora_lambdas,
+          label="Bernoulli-LoRA", color="tab:cyan")
 def bernoulli_lora_method(*, estimator, **params):
     """The Bernoulli-LoRA method for ``estimator``: :class:`FactorQGDBernoulliLoRA`
     when it is ``QGD(transmit='factor')``, else :class:`BernoulliLoRA`."""

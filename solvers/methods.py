@@ -30,10 +30,6 @@ from solvers.projections import project_left, project_right
 from solvers.registry import param, register
 from solvers.sketches import GaussianSketch, Sketch, lambda_p, make_sketch
 
-#: the stepsize rules of the weight-space methods (the factor-space ones: constant only)
-RULES = ("constant", "polyak")
-
-
 # ----------------------------------------------------------------------------- configuration schemas
 
 
@@ -153,6 +149,11 @@ class _WeightSpace:
         if self.stepsize_rule == "polyak" and (self.f_star is None or not math.isfinite(self.f_star)):
             raise ValueError("stepsize.rule: 'polyak' needs the optimal value f_star of the problem")
 
+    def validate(self, m, n):
+        """Refuse parameters that do not fit an (m, n) problem (one line naming the field);
+        :meth:`init` calls it, and :mod:`experiments.build` before any work."""
+        self._validate(m, n)
+
     def init(self, W0, oracle, seeds):
         _check_W0(W0)
         m, n = W0.shape[-2:]
@@ -187,7 +188,7 @@ class _WeightSpace:
         return W_new, state._replace(step=state.step + 1, est=est, left=left)
 
 
-@register("method", conf=FPFTConf, rules=RULES, label="FPFT", label_format="{label}-{estimator}", color="black")
+@register("method", conf=FPFTConf, label="FPFT", label_format="{label}-{estimator}", color="black")
 @dataclass(frozen=True)
 class FPFT(_WeightSpace):
     """Full-parameter fine-tuning: :math:`W_{t+1} = W_t - \\gamma G_t`."""
@@ -304,14 +305,18 @@ class _FactorSpace:
             A = torch.zeros(R, self.rank, n, device=device, dtype=dtype)
         return B, A
 
+    def validate(self, m, n):
+        """Refuse parameters that do not fit an (m, n) problem (one line naming the field)."""
+        if self.stepsize_rule != "constant":
+            raise ValueError(f"stepsize.rule: {self.name} supports the constant rule only, got {self.stepsize_rule!r}")
+        _check_positive("stepsize", self.stepsize)
+        _check_rank(self.rank, m, n)
+        _check_positive("alpha", self.alpha)
+
     def init(self, W0, oracle, seeds):
         _check_W0(W0)
         m, n = W0.shape[-2:]
-        _check_positive("stepsize", self.stepsize)
-        if self.stepsize_rule != "constant":
-            raise ValueError(f"stepsize.rule: {self.name} supports the constant rule only, got {self.stepsize_rule!r}")
-        _check_rank(self.rank, m, n)
-        _check_positive("alpha", self.alpha)
+        self.validate(m, n)
         seeds = _seeds_tensor(seeds, W0.device)
         B, A = self._fresh_factors(seeds, 0, m, n, W0.device, W0.dtype)
         ones = torch.ones(W0.shape[0], dtype=torch.bool, device=W0.device)

@@ -55,7 +55,7 @@ from theory.theorems import (ALIASES, METHODS, RULES, THEOREMS, MethodTheory, Th
                              register_theorem)
 
 __all__ = ["Constants", "BoundResult", "Theorem", "MethodTheory", "THEOREMS", "METHODS", "bound_for",
-           "register_theorem", "method_lambdas", "vacuous_after", "VARIANTS", "METRICS"]
+           "register_theorem", "method_lambdas", "vacuous_after", "METRICS"]
 
 NAN = float("nan")
 METRICS = ("f_gap", "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap")

@@ -115,8 +115,6 @@ def __getattr__(name):
 
 def group_config(group: str, name: str) -> dict:
     """The default mapping of one group option, as the Hydra app composes it."""
-    import dataclasses
-
     return registry.spec(group, name).default_config()
 
 
