@@ -23,6 +23,7 @@ import torch
 from experiments.conf.check import check_config
 from solvers import registry
 
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when available; 'cuda' without a GPU fails early."""
     if name == "auto":
@@ -96,7 +97,8 @@ def _component(group, cfg, **context):
 
 
 def build_estimator(cfg, problem):
-    """The estimator, with the groups it uses (a compressor of block size m n)."""
+    """The estimator, with the groups it uses (``uses``: a compressor, built for the
+    block size d = m n of one gradient)."""
     m, n = problem.shape
     spec = registry.spec("estimator", cfg["estimator"]["name"])
     context = {g: _component(g, cfg, d=m * n) for g in spec.uses}

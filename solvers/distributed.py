@@ -125,7 +125,6 @@ def _start(W, G, bits, extra=None):
 
 # --------------------------------------------------------------------------- configuration schemas
 
-
 @dataclass
 class QGDConf:
     name: str = "qgd"
@@ -144,10 +143,17 @@ class EF21Conf:
     name: str = "ef21"
 
 
-def _compressor_constants(est, problem) -> dict:
-    comp = est.compressor
-    return {"omega": getattr(comp, "omega", None), "alpha": getattr(comp, "alpha", None),
-            "G0_err": est.initial_error(problem)}
+class _Compressed:
+    """What the distributed estimators report to their theorems: the compressor's
+    omega / alpha, and G0 = grad f(W0) (sent uncompressed or exactly: no initial error)."""
+
+    def initial_error(self, oracle):
+        return 0.0
+
+    def theory_constants(self, problem) -> dict:
+        comp = self.compressor
+        return {"omega": getattr(comp, "omega", None), "alpha": getattr(comp, "alpha", None),
+                "G0_err": self.initial_error(problem)}
 
 
 # --------------------------------------------------------------------------- estimators
@@ -155,7 +161,7 @@ def _compressor_constants(est, problem) -> dict:
 @register("estimator", conf=QGDConf, needs=("clients",), uses=("compressor",), theorem="qgd", label="QGD",
           style={"linestyle": (0, (8, 2, 2, 2)), "marker": "v"})
 @dataclass(frozen=True)
-class QGD:
+class QGD(_Compressed):
     """Quantized GD: each client sends :math:`Q_i(\\nabla f_i(W_t))` (``transmit='weights'``),
     or, with :class:`FactorQGDBernoulliLoRA`, its compressed factor gradient
     (``transmit='factor'``). ``compressor``: unbiased (default identity)."""
@@ -196,12 +202,6 @@ class QGD:
         G, bits = self._round(W_new, oracle, seeds, step)
         return state._replace(G=G, epochs=state.epochs + 1.0, bits=state.bits + bits)
 
-    def initial_error(self, oracle):
-        return 0.0
-
-    def theory_constants(self, problem) -> dict:
-        return _compressor_constants(self, problem)
-
     @property
     def method_required(self):
         """(the setting, the only method it runs with), or None: any method.
@@ -232,7 +232,7 @@ class QGD:
 @register("estimator", conf=MARINAConf, needs=("clients",), uses=("compressor",), theorem="marina",
           label="MARINA", style={"linestyle": (0, (4, 1)), "marker": "D"})
 @dataclass(frozen=True)
-class MARINA:
+class MARINA(_Compressed):
     """MARINA with probability ``q`` of a full (uncompressed) gradient round;
     ``compressor``: unbiased (default identity)."""
 
@@ -264,17 +264,14 @@ class MARINA:
             bits = torch.where(full, bits, cbits)
         return state._replace(G=G, epochs=state.epochs + 1.0, bits=state.bits + bits, extra=new)
 
-    def initial_error(self, oracle):
-        return 0.0
-
     def theory_constants(self, problem) -> dict:
-        return dict(_compressor_constants(self, problem), q=self.q)
+        return dict(super().theory_constants(problem), q=self.q)
 
 
 @register("estimator", conf=EF21Conf, needs=("clients",), uses=("compressor",), theorem="ef21", label="EF21",
           style={"linestyle": (0, (2, 1, 6, 1)), "marker": "P"})
 @dataclass(frozen=True)
-class EF21:
+class EF21(_Compressed):
     """EF21 with a contractive compressor (default identity); per-client states
     :math:`G^i` in ``state.extra``."""
 
@@ -300,12 +297,6 @@ class EF21:
         C, bits = _compress(self.compressor, grads - state.extra, seeds, step)
         Gi = state.extra + C
         return state._replace(G=Gi.mean(1), extra=Gi, epochs=state.epochs + 1.0, bits=state.bits + bits)
-
-    def initial_error(self, oracle):
-        return 0.0
-
-    def theory_constants(self, problem) -> dict:
-        return _compressor_constants(self, problem)
 
 
 DISTRIBUTED = {"qgd": QGD, "marina": MARINA, "ef21": EF21}

@@ -2,7 +2,6 @@
 component, read by the schema, the build, the bounds and the figures; the
 build and the bounds do not switch on component names."""
 import ast
-import re
 from pathlib import Path
 
 import pytest
