@@ -308,7 +308,8 @@ class _FactorSpace:
     def validate(self, m, n):
         """Refuse parameters that do not fit an (m, n) problem (one line naming the field)."""
         if self.stepsize_rule != "constant":
-            raise ValueError(f"stepsize.rule: {self.name} supports the constant rule only, got {self.stepsize_rule!r}")
+            raise ValueError(f"stepsize.rule: {self.stepsize_rule} is not implemented for {self.name} "
+                             "(the factor-space methods take the constant rule only)")
         _check_positive("stepsize", self.stepsize)
         _check_rank(self.rank, m, n)
         _check_positive("alpha", self.alpha)

@@ -95,7 +95,7 @@ def test_page_q_is_written_once():
 
 @pytest.mark.parametrize("kw, field", [
     ({"method.rank": 7}, r"^method\.rank: must be an integer in \[1, min\(m, n\) = 6\], got 7$"),
-    (dict(method="lora", **{"stepsize.rule": "polyak"}), r"^stepsize\.rule: lora supports the constant rule only"),
+    (dict(method="lora", **{"stepsize.rule": "polyak"}), r"^stepsize\.rule: polyak is not implemented for lora"),
     (dict(method="fpft", problem="logistic", estimator="qgd", **{"problem.n_clients": 2, "estimator.transmit": "factor"}),
      r"^estimator\.transmit: 'factor' needs method=bernoulli_lora$"),
     (dict(estimator="page"), r"^problem\.n_samples: estimator page needs a problem with finite sum"),

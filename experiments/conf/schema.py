@@ -20,7 +20,8 @@ table (:func:`experiments.conf.check.config_columns`), named ``<group>_<key>``
 (``method``, ``problem``, ``estimator``, ``sketch``, ``compressor``), and
 ``method.p`` / ``method.rank`` are the core columns ``p`` / ``rank``. Top-level
 keys that change the numbers keep their name (``steps``, ``eval_every``, ...).
-Hence a key added here is a column without further work.
+Hence a key added to a component's configuration dataclass (or here, at the top
+level) is a column without further work.
 """
 from __future__ import annotations
 
