@@ -131,6 +131,8 @@ class Job:
     lmin_p: float
     lmax_p: float
     device: torch.device
+    stepsize_rule: str = "constant"
+    stepsize_factor: float = 1.0  # gamma = factor / L, or the Polyak rule's factor
 
 
 _DEVICE_CACHE: dict = {}
@@ -197,4 +199,4 @@ def build_job(cfg) -> Job:
     method = _named("method", cfg, make_method)
     seeds = list(range(cfg["seed"], cfg["seed"] + cfg["seeds"]))
     return Job(problem=problem, method=method, estimator=estimator, seeds=seeds, gamma=gamma,
-               lmin_p=lmin, lmax_p=lmax, device=device)
+               lmin_p=lmin, lmax_p=lmax, device=device, stepsize_rule=rule, stepsize_factor=factor)

@@ -69,7 +69,8 @@ def theory_constants(job, cfg=None):
 def attach_bounds(table: pd.DataFrame, job, cfg) -> pd.DataFrame:
     """Columns ``bound``, ``bound_metric``, ``bound_status``: the bound of the theorem
     the estimator names (its ``theorem`` in :mod:`solvers.registry`), for the method
-    (:data:`theory.dispatch.METHODS`), from :func:`theory_constants`."""
+    (:data:`theory.dispatch.METHODS`), from :func:`theory_constants` of the built job
+    (``cfg`` gives only the components' names)."""
     from solvers import registry
     from theory.dispatch import bound_for
 
@@ -83,9 +84,8 @@ def attach_bounds(table: pd.DataFrame, job, cfg) -> pd.DataFrame:
         return table
     c = theory_constants(job)
     its = table["iteration"].to_numpy()
-    st = cfg["stepsize"]
-    res = bound_for(variant, iterations=its, gamma=job.gamma, stepsize_rule=st["rule"], c=c,
-                    method=cfg["method"]["name"], polyak_factor=float(st["factor"]))
+    res = bound_for(variant, iterations=its, gamma=job.gamma, stepsize_rule=job.stepsize_rule, c=c,
+                    method=cfg["method"]["name"], polyak_factor=job.stepsize_factor)
     table["bound"] = np.asarray(res.values, dtype=float) * np.ones(len(table))
     table["bound_metric"] = res.metric
     table["bound_status"] = res.status
