@@ -21,13 +21,8 @@ from typing import Any
 import torch
 
 from experiments.conf.check import check_config
-from experiments.conf.schema import USED_BY
-from solvers.estimators import make_estimator
+from solvers import registry
 from solvers.linalg import one_thread
-from solvers.methods import make_method
-from solvers.sketches import lambda_p, make_sketch
-
-_FACTOR_METHODS = {"lora", "asymm_lora", "cola"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,31 +48,77 @@ def build_problem(cfg):
     built are kept in memory: a sweep builds (say) the paper's linreg once."""
     import json
 
-    from experiments.problems import make_problem
-
     pc = _clean(cfg["problem"])
     name = pc.pop("name")
     key = json.dumps([name, pc], sort_keys=True, default=str)
     if key not in _PROBLEM_CACHE:
         if len(_PROBLEM_CACHE) >= 4:
             _PROBLEM_CACHE.pop(next(iter(_PROBLEM_CACHE)))
+        from experiments.problems import make_problem
+
         with one_thread():  # LAPACK's bits depend on the thread count (solvers.linalg)
             _PROBLEM_CACHE[key] = make_problem(name, **pc)
     return _PROBLEM_CACHE[key]
 
 
-def build_estimator(cfg, problem):
-    ec = _clean(cfg["estimator"])
-    name = ec.pop("name")
-    if name in USED_BY["compressor"][1]:
-        from solvers.compressors import make_compressor
-        from solvers.distributed import make_distributed_estimator
+def _params(group, cfg) -> dict:
+    """The keys of a group without ``name`` and None values, floats as floats (a Hydra
+    override ``method.p=1`` is an int; the schema declares a float)."""
+    from experiments.conf.check import _fields, group_class
 
-        cc = _clean(cfg["compressor"])
-        m, n = problem.shape
-        comp = make_compressor(cc.pop("name"), d=m * n, **cc)
-        return make_distributed_estimator(name, compressor=comp, **ec)
-    return make_estimator(name, **ec)
+    types = {k: tp for k, (tp, _, _) in _fields(group_class(group, cfg[group])).items()}
+    params = {k: (float(v) if types.get(k) is float else v) for k, v in _clean(cfg[group]).items()}
+    params.pop("name", None)
+    return params
+
+
+def _named(group, cfg, make):
+    """``make()``, with a component's refusal of one of its own keys (``'rank: ...'``)
+    named by its full field (``'method.rank: ...'``); the component validates, the
+    build only names the group."""
+    try:
+        return make()
+    except ValueError as exc:
+        key = str(exc).split(":", 1)[0]
+        if key in cfg[group] and key != "name":
+            raise ValueError(f"{group}.{exc}") from None
+        raise
+    except TypeError as exc:
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is not None \
+                and exc.__traceback__.tb_next.tb_next is None:
+            raise ValueError(f"{group} {cfg[group]['name']}: {exc}") from None
+        raise
+
+
+def _component(group, cfg, **context):
+    """Build the option of ``group`` that ``cfg`` names: its registered target called
+    with the group's keys (None values dropped) and ``context``."""
+    target = registry.spec(group, cfg[group]["name"]).target
+    params = _params(group, cfg)
+    return _named(group, cfg, lambda: target(**params, **context))
+
+
+def build_estimator(cfg, problem):
+    """The estimator, with the groups it uses (``uses``: a compressor, built for the
+    block size d = m n of one gradient)."""
+    m, n = problem.shape
+    spec = registry.spec("estimator", cfg["estimator"]["name"])
+    context = {g: _component(g, cfg, d=m * n) for g in spec.uses}
+    return _component("estimator", cfg, **context)
+
+
+def _check_needs(cfg, problem, estimator):
+    """Refuse, before any work, a component whose needs the problem does not provide."""
+    provides = problem.provides() if hasattr(problem, "provides") else ()
+    for group, obj in (("method", None), ("estimator", estimator)):
+        spec = registry.spec(group, cfg[group]["name"])
+        needs = set(spec.needs) | set(getattr(obj, "needs", ()) or ())
+        lacking = registry.missing(needs, provides)
+        if lacking:
+            need = lacking[0]
+            raise ValueError(f"problem.{registry.NEEDS[need]}: {group} {spec.name} needs a problem with "
+                             f"{need.replace('_', ' ')} ({registry.NEEDS[need]}); problem {cfg['problem']['name']} "
+                             "has none with these settings")
 
 
 @dataclass
@@ -92,6 +133,8 @@ class Job:
     lmin_p: float
     lmax_p: float
     device: torch.device
+    stepsize_rule: str = "constant"
+    stepsize_factor: float = 1.0  # gamma = factor / L, or the Polyak rule's factor
 
 
 _DEVICE_CACHE: dict = {}
@@ -106,55 +149,56 @@ def _on_device(problem, device):
     return _DEVICE_CACHE[key][1]
 
 
+def _lambdas(cfg, sketch, m, n):
+    """(lambda_min^p, lambda_max^p) of the method: fixed by its theorem
+    (:data:`theory.dispatch.METHODS`), else from its ``lambdas`` hook, else NaN."""
+    from theory.dispatch import method_lambdas
+
+    name = cfg["method"]["name"]
+    fixed = method_lambdas(name)
+    if fixed is not None:
+        return fixed
+    hook = registry.spec("method", name).extra.get("lambdas")
+    mc = _params("method", cfg)
+    return hook(mc, sketch, m, n) if hook is not None else (float("nan"), float("nan"))
+
+
 def build_job(cfg) -> Job:
     """Validate the whole configuration (before any work) and build the job."""
     check_config(cfg)
     device = resolve_device(cfg["device"])
-    mc = _clean(cfg["method"])
-    mname = mc.pop("name")
-    sketch = make_sketch(**_clean(cfg["sketch"]))  # the group's keys are the sketch's parameters
+    mc = _params("method", cfg)
+    mname = cfg["method"]["name"]
+    mspec = registry.spec("method", mname)
     rule, factor = cfg["stepsize"]["rule"], float(cfg["stepsize"]["factor"])
-    p, rank = mc.get("p"), mc.get("rank")
-    if rule == "polyak" and mname not in ("bernoulli_lora", "fpft"):
-        raise ValueError("stepsize.rule: polyak is implemented for bernoulli_lora and fpft only")
-    if cfg["estimator"].get("transmit") == "factor" and mname != "bernoulli_lora":
-        raise ValueError("estimator.transmit: 'factor' needs method=bernoulli_lora (clients project on its sketch)")
     problem = build_problem(cfg)
     m, n = problem.shape
-    if rank is not None and not rank <= min(m, n):
-        raise ValueError(f"method.rank: must be an integer in [1, min(m, n) = {min(m, n)}], got {rank!r}")
     problem = _on_device(problem, device)
     estimator = build_estimator(cfg, problem)
-    if mname == "bernoulli_lora":
-        lmin, lmax = lambda_p(sketch, float(p), m, n, rank)
-    elif mname == "fpft":
-        lmin = lmax = 1.0
-    else:
-        lmin = lmax = float("nan")
+    required = getattr(estimator, "method_required", None)  # (its field, the method) or None
+    if required is not None and required[1] != mname:
+        raise ValueError(f"estimator.{required[0]}: {cfg['estimator'][required[0]]!r} needs method={required[1]}")
+    _check_needs(cfg, problem, estimator)
+    context = {g: _component(g, cfg) for g in mspec.uses}  # the sketch
+    sketch = context.get("sketch")
+    lmin, lmax = _lambdas(cfg, sketch, m, n)
     L = getattr(problem, "L", float("nan"))
     if L is not None and math.isfinite(L):
         gamma = factor / L
     else:  # non-smooth: gamma = factor * ||W0 - W*|| / (L0 sqrt(T))
         dist0 = float(torch.linalg.norm(problem.W0 - problem.W_star))
         gamma = factor * dist0 / (problem.L0 * math.sqrt(cfg["steps"]))
-    if rule == "polyak":
-        step_value = factor * lmin / lmax
-    else:
-        step_value = gamma
-    if mname in ("bernoulli_lora", "fpft"):
-        kw = dict(estimator=estimator, stepsize=step_value, stepsize_rule=rule, f_star=getattr(problem, "f_star", None))
-        if mname == "bernoulli_lora":
-            kw.update(p=float(p), rank=rank, sketch=sketch)
-        if getattr(estimator, "transmit", "weights") == "factor":
-            from solvers.distributed import FactorQGDBernoulliLoRA
+    step_value = factor * lmin / lmax if rule == "polyak" else gamma
+    f_star = getattr(problem, "f_star", None)
 
-            method = FactorQGDBernoulliLoRA(**kw)
-        else:
-            method = make_method(mname, **kw)
-    elif mname in _FACTOR_METHODS:
-        method = make_method(mname, estimator=estimator, stepsize=gamma, **mc)
-    else:
-        method = make_method(mname)  # raises the clear unknown-name error
+    def make_method():
+        method = mspec.target(estimator=estimator, stepsize=step_value, stepsize_rule=rule, f_star=f_star,
+                              **context, **mc)
+        if hasattr(method, "validate"):
+            method.validate(m, n)  # its own checks (rank against the shape, rule), before any work
+        return method
+
+    method = _named("method", cfg, make_method)
     seeds = list(range(cfg["seed"], cfg["seed"] + cfg["seeds"]))
     return Job(problem=problem, method=method, estimator=estimator, seeds=seeds, gamma=gamma,
-               lmin_p=lmin, lmax_p=lmax, device=device)
+               lmin_p=lmin, lmax_p=lmax, device=device, stepsize_rule=rule, stepsize_factor=factor)

@@ -60,7 +60,7 @@ def _estimator_spec(est, problem):
     for key in ("batch", "noise", "momentum", "init_with", "q"):
         if getattr(est, key, None) is not None:
             spec[key] = getattr(est, key)
-    if est.name == "page":
+    if hasattr(est, "prob"):  # PAGE: the q it draws with (theory.stepsizes.page_q unless given)
         spec["q"] = est.prob(problem.n_samples) if problem.n_samples else est.q
     if getattr(est, "transmit", "weights") != "weights":
         raise ValueError("estimator.transmit: exact expectations cover weight transmission only")

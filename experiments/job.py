@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from experiments.build import build_job
 from experiments.exact import attach_exact
@@ -38,17 +37,11 @@ def _f(x):
     return x
 
 
-def sample_variance_at(problem, W, batch):
-    """Exact E||g_b(W) - grad f(W)||^2 for a minibatch of size b drawn without
-    replacement from N samples: (N - b) / (b (N - 1)) * mean_i ||grad f_i - grad f||^2."""
-    N = problem.n_samples
-    G = problem.minibatch_grad(W.expand(N, *W.shape).contiguous(), torch.arange(N, device=W.device)[:, None])
-    var = float(((G - G.mean(0, keepdim=True)) ** 2).sum((-2, -1)).mean())
-    return (N - batch) / (batch * max(N - 1, 1)) * var
-
-
-def theory_constants(job, cfg):
-    """The numbers the bounds need, NaN where unknown."""
+def theory_constants(job, cfg=None):
+    """The numbers the bounds need (:class:`theory.dispatch.Constants`), NaN where
+    unknown: the problem's constants, the method's lambda^p, and what the built
+    estimator (and method) report of themselves (``theory_constants(problem)``).
+    ``cfg`` is not needed (the built objects carry their configuration)."""
     from theory.dispatch import Constants
 
     prob, est = job.problem, job.estimator
@@ -61,52 +54,39 @@ def theory_constants(job, cfg):
         f_inf = f_star
     W_star = getattr(prob, "W_star", None)
     dist0 = float(((prob.W0 - W_star) ** 2).sum()) if W_star is not None else NAN
-    ec = cfg["estimator"]
-    name = ec["name"]
-    sigma2, g0_err = NAN, NAN
-    noise, batch = ec.get("noise"), ec.get("batch")
-    N = getattr(prob, "n_samples", None)
-    if noise is not None:
-        sigma2 = float(noise) ** 2
-    if name in ("gd", "page") or (name == "mvr" and ec.get("init_with") == "full"):
-        g0_err = 0.0
-    elif name in ("sgd", "mvr"):
-        g0_err = sigma2 if noise is not None else (sample_variance_at(prob, prob.W0, int(batch)) if N else NAN)
-    q = ec.get("q")
-    if name == "page" and q is None and N:
-        q = batch / (batch + N)
-    comp = getattr(est, "compressor", None)
-    return Constants(
-        L=_f(getattr(prob, "L", NAN)), mu=_f(getattr(prob, "mu", NAN)), L_avg=_f(getattr(prob, "L_avg", NAN)),
-        L_max=_f(getattr(prob, "L_max", NAN)), L0=_f(getattr(prob, "L0", NAN)),
-        f0_gap=f0 - f_star, grad0_sq=grad0_sq, delta0=f0 - f_inf, dist0_sq=dist0, sigma2=sigma2,
-        lmin_p=job.lmin_p, lmax_p=job.lmax_p, q=_f(q), batch=_f(batch), n_samples=_f(N),
-        momentum=_f(ec.get("momentum")),
-        omega=_f(job.method.theory_omega(*prob.shape) if hasattr(job.method, "theory_omega")
-                 else getattr(comp, "omega", NAN)),
-        alpha=_f(getattr(comp, "alpha", NAN)), n_clients=_f(getattr(prob, "n_clients", NAN)),
-        G0_err=_f(getattr(est, "initial_error", lambda p: g0_err)(prob) if comp is not None else g0_err),
-        delta_inf=_f(getattr(prob, "delta_inf", NAN)),
-    )
+    own = dict(est.theory_constants(prob)) if hasattr(est, "theory_constants") else {}
+    if hasattr(job.method, "theory_constants"):
+        own.update(job.method.theory_constants(prob))
+    own = {k: _f(v) for k, v in own.items()}
+    return Constants(**{
+        "L": _f(getattr(prob, "L", NAN)), "mu": _f(getattr(prob, "mu", NAN)), "L_avg": _f(getattr(prob, "L_avg", NAN)),
+        "L_max": _f(getattr(prob, "L_max", NAN)), "L0": _f(getattr(prob, "L0", NAN)),
+        "f0_gap": f0 - f_star, "grad0_sq": grad0_sq, "delta0": f0 - f_inf, "dist0_sq": dist0,
+        "lmin_p": job.lmin_p, "lmax_p": job.lmax_p, "n_samples": _f(getattr(prob, "n_samples", NAN)),
+        "n_clients": _f(getattr(prob, "n_clients", NAN)), "delta_inf": _f(getattr(prob, "delta_inf", NAN)),
+        **own})
 
 
 def attach_bounds(table: pd.DataFrame, job, cfg) -> pd.DataFrame:
+    """Columns ``bound``, ``bound_metric``, ``bound_status``: the bound of the theorem
+    the estimator names (its ``theorem`` in :mod:`solvers.registry`), for the method
+    (:data:`theory.dispatch.METHODS`), from :func:`theory_constants` of the built job
+    (``cfg`` gives only the components' names)."""
+    from solvers import registry
     from theory.dispatch import bound_for
 
-    mname = cfg["method"]["name"]
     why = getattr(job.problem, "no_theorem", None)
-    if mname not in ("bernoulli_lora", "fpft"):
-        why = f"no theorem for {mname} (factor space)"
+    variant = registry.spec("estimator", cfg["estimator"]["name"]).theorem
+    if variant is None and not why:
+        why = f"no theorem registered for estimator {cfg['estimator']['name']}"
     if why:
         table["bound"], table["bound_metric"] = NAN, "none"
         table["bound_status"] = f"not applicable: {why}"
         return table
-    c = theory_constants(job, cfg)
+    c = theory_constants(job)
     its = table["iteration"].to_numpy()
-    st = cfg.get("stepsize") or {}
-    res = bound_for(cfg["estimator"]["name"], iterations=its, gamma=job.gamma,
-                    stepsize_rule=st.get("rule", "constant"), c=c, method=mname,
-                    polyak_factor=float(st.get("factor", 1.0)))
+    res = bound_for(variant, iterations=its, gamma=job.gamma, stepsize_rule=job.stepsize_rule, c=c,
+                    method=cfg["method"]["name"], polyak_factor=job.stepsize_factor)
     table["bound"] = np.asarray(res.values, dtype=float) * np.ones(len(table))
     table["bound_metric"] = res.metric
     table["bound_status"] = res.status

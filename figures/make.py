@@ -24,7 +24,12 @@ from figures import plots, rates, style
 from figures.data import InconsistentHash, NotEnoughData, has_values
 from figures.files import UnreadableResults, load
 
-FINITE_SUM = {"sgd", "page", "mvr"}
+
+def _minibatch_estimators() -> set:
+    """Estimators that sample minibatches (a ``batch`` key): their cost is drawn in epochs."""
+    from solvers import registry
+
+    return {name for name, spec in registry.specs("estimator").items() if "batch" in spec.keys()}
 
 
 def _slug(s) -> str:
@@ -46,7 +51,7 @@ def figure_specs(df: pd.DataFrame, tag: str):
                 specs.append((f"convergence_{tag}_{_slug(m)}_iteration", plots.convergence,
                               dict(metric=m, x="iteration")))
                 drawn.add((m, "iteration"))
-    if "estimator" in df.columns and df["estimator"].isin(FINITE_SUM).any():
+    if "estimator" in df.columns and df["estimator"].isin(_minibatch_estimators()).any():
         specs.append((f"convergence_{tag}_grad_norm_sq_epochs", plots.convergence,
                       dict(metric="grad_norm_sq", x="epochs")))
     if has_values(df, "bits"):

@@ -11,6 +11,11 @@ that is SAMPLED (random). So
     0 < p < 1          ->  "Bernoulli-LoRA-GD (p=0.2)"
 
 The estimator suffix follows the paper (GD, SGD, PAGE, MVR, QGD, MARINA, EF21).
+Display names, line styles and method colours are those the components declare
+(:mod:`solvers.registry`: ``label``, ``style``, ``color``); a component that
+declares none gets its upper-cased name and a spare style. The registry is read
+when the first label or style is asked for, not at import: importing
+:mod:`figures` needs neither torch nor the solvers.
 
 How a line looks is decided here and nowhere else (:func:`line_style`): the
 method and p give the colour, the estimator the line style and marker, so that
@@ -63,18 +68,11 @@ RC = {
     "legend.frameon": False,
 }
 
-ESTIMATOR_NAMES = {
-    "gd": "GD", "sgd": "SGD", "page": "PAGE", "mvr": "MVR", "qgd": "QGD",
-    "marina": "MARINA", "ef21": "EF21", "subgradient": "SubGD",
-}
-
+#: the two RAC-LoRA sides (p = 1, p = 0); the other methods' colours are theirs
+#: (``color`` in :mod:`solvers.registry`)
 FIXED_COLORS = {
-    "fpft": "black",
     "rac_lora_b": "tab:red",      # p = 1: B sampled, A trained
     "rac_lora_a": "tab:orange",   # p = 0: A sampled, B trained
-    "lora": "tab:brown",
-    "cola": "tab:pink",
-    "asymm_lora": "tab:purple",
 }
 
 METRIC_LABELS = {
@@ -88,17 +86,26 @@ METRIC_LABELS = {
     "loss": r"$f(W_t)$",
 }
 
-#: line style and marker of each estimator (the colour is the method's and p's)
-ESTIMATOR_STYLES = {
-    "gd": {"linestyle": "-", "marker": None},
-    "sgd": {"linestyle": (0, (6, 2)), "marker": "o"},
-    "page": {"linestyle": "-.", "marker": "s"},
-    "mvr": {"linestyle": (0, (3, 1, 1, 1, 1, 1)), "marker": "^"},
-    "qgd": {"linestyle": (0, (8, 2, 2, 2)), "marker": "v"},
-    "marina": {"linestyle": (0, (4, 1)), "marker": "D"},
-    "ef21": {"linestyle": (0, (2, 1, 6, 1)), "marker": "P"},
-    "subgradient": {"linestyle": "-", "marker": "x"},
-}
+
+
+def _spec(kind: str, name):
+    """The registered component ``name`` of ``kind`` (:mod:`solvers.registry`), or None."""
+    from solvers import registry  # late: importing figures needs no torch
+
+    return registry.find(kind, str(name))
+
+
+def __getattr__(name):
+    # ESTIMATOR_NAMES / ESTIMATOR_STYLES: what the registered estimators declare
+    if name in ("ESTIMATOR_NAMES", "ESTIMATOR_STYLES"):
+        from solvers import registry
+
+        specs = registry.specs("estimator")
+        if name == "ESTIMATOR_NAMES":
+            return {k: s.display for k, s in specs.items()}
+        return {k: dict(s.style) for k, s in specs.items() if s.style}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 #: looks for estimators not listed above (picked by a hash of the name: stable across figures)
 SPARE_STYLES = ({"linestyle": (0, (1, 1, 4, 1)), "marker": "*"}, {"linestyle": (0, (10, 3)), "marker": "h"},
                 {"linestyle": (0, (5, 1, 1, 1, 1, 1, 1, 1)), "marker": "<"})
@@ -150,19 +157,20 @@ def _is_nan(x) -> bool:
 
 
 def estimator_name(estimator) -> str:
-    return ESTIMATOR_NAMES.get(str(estimator), str(estimator).upper())
+    spec = _spec("estimator", estimator)
+    return spec.label if spec is not None and spec.label else str(estimator).upper()
 
 
 #: the factor sampled (random, frozen) when the coin is 1 (probability p) and when it is 0
 SAMPLED = {1: "B", 0: "A"}
-FAMILY_NAMES = {"fpft": "FPFT", "lora": "LoRA", "cola": "COLA", "asymm_lora": "AsymmLoRA",
-                "rac_lora": "RAC-LoRA", "bernoulli_lora": "Bernoulli-LoRA"}
+#: display names of the real-model families that are no registered method of their own
+FAMILY_NAMES = {"rac_lora": "RAC-LoRA"}
 
 
 def split_side(method) -> tuple[str, str | None]:
     """``"rac_lora_b"`` -> ``("rac_lora", "B")`` (the sampled factor); other names -> ``(name, None)``."""
     method = str(method)
-    if method[-2:] in ("_a", "_b") and method[:-2] in FAMILY_NAMES:
+    if method[-2:] in ("_a", "_b") and (method[:-2] in FAMILY_NAMES or _spec("method", method[:-2]) is not None):
         return method[:-2], method[-1].upper()
     return method, None
 
@@ -189,10 +197,12 @@ def method_label(method, p=None, estimator="gd", *, rac_names: bool = True) -> s
         if rac_names and p in (0.0, 1.0):
             return f"RAC-LoRA{est} ({sides_label('rac_lora', SAMPLED[int(p)])})"
         return f"Bernoulli-LoRA{est} (p={p:g})"
-    if family == "fpft":
-        return f"FPFT{est}"
-    name = FAMILY_NAMES.get(family, str(method))
-    name = name if estimator in (None, "gd") else f"{name}{est}"
+    spec = _spec("method", family)
+    name = spec.display if spec is not None else FAMILY_NAMES.get(family, str(method))
+    if spec is not None and "label_format" in spec.extra and estimator is not None:
+        name = spec.extra["label_format"].format(label=name, estimator=estimator_name(estimator))
+    elif estimator not in (None, "gd"):
+        name = f"{name}{est}"
     return f"{name} ({sides_label(family, side)})" if side else name
 
 
@@ -204,9 +214,10 @@ def method_color(method, p=None):
         if p in (0.0, 1.0):
             return FIXED_COLORS["rac_lora_" + SAMPLED[int(p)].lower()]
         return colormaps["viridis"](0.15 + 0.75 * p)
-    if method == "bernoulli_lora":
-        return "tab:cyan"
-    return FIXED_COLORS.get(method, FIXED_COLORS.get(split_side(method)[0], "tab:gray"))
+    spec = _spec("method", split_side(method)[0])
+    if spec is not None and "color" in spec.extra:
+        return spec.extra["color"]
+    return FIXED_COLORS.get(method, "tab:gray")
 
 
 def metric_label(metric: str) -> str:
@@ -226,8 +237,9 @@ def palette(n: int):
 def estimator_style(estimator) -> dict:
     """Line style and marker of an estimator (:data:`ESTIMATOR_STYLES`)."""
     name = str(estimator)
-    if name in ESTIMATOR_STYLES:
-        return dict(ESTIMATOR_STYLES[name])
+    spec = _spec("estimator", name)
+    if spec is not None and spec.style:
+        return dict(spec.style)
     return dict(SPARE_STYLES[zlib.crc32(name.encode()) % len(SPARE_STYLES)])
 
 

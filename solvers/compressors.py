@@ -62,6 +62,7 @@ import torch
 
 from solvers import rng
 from solvers.linalg import row_sum
+from solvers.registry import param, register
 
 _EXPONENT_BITS = {16: 5, 32: 8, 64: 11}
 
@@ -363,6 +364,48 @@ class Natural:
 
 COMPRESSORS = {"identity": Identity, "randk": RandK, "randk_unscaled": RandKUnscaled, "topk": TopK,
                "dither": Dithering, "natural": Natural}
+
+
+# configuration schemas (the build passes d = m n, the block size of a gradient)
+
+
+@dataclass
+class IdentityConf:
+    name: str = "identity"
+
+
+@dataclass
+class RandKConf:
+    name: str = "randk"
+    k: int = param(4, ge=1)
+
+
+@dataclass
+class RandKUnscaledConf:
+    name: str = "randk_unscaled"
+    k: int = param(4, ge=1)
+
+
+@dataclass
+class TopKConf:
+    name: str = "topk"
+    k: int = param(4, ge=1)
+
+
+@dataclass
+class DitherConf:
+    name: str = "dither"
+    s: int = param(4, ge=1)
+
+
+@dataclass
+class NaturalConf:
+    name: str = "natural"
+
+
+for _cls, _conf in ((Identity, IdentityConf), (RandK, RandKConf), (RandKUnscaled, RandKUnscaledConf), (TopK, TopKConf),
+                    (Dithering, DitherConf), (Natural, NaturalConf)):
+    register("compressor", conf=_conf)(_cls)
 _PARAMS = {"identity": (), "randk": ("k",), "randk_unscaled": ("k",), "topk": ("k",), "dither": ("s",), "natural": ()}
 
 

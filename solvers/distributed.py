@@ -62,8 +62,10 @@ from solvers import rng
 from solvers.compressors import Identity
 from solvers.estimators import EstimatorState
 from solvers.linalg import bmm
-from solvers.methods import BernoulliLoRA, MethodState, _check_W0, _per_run, _seeds_tensor, _values
+from solvers.methods import (BernoulliLoRA, BernoulliLoRAConf, MethodState, _check_W0, _per_run, _seeds_tensor,
+                             _values, bernoulli_lora_lambdas)
 from solvers.projections import _gram_pinv
+from solvers.registry import param, register
 from solvers.sketches import make_sketch
 
 TRANSMIT = ("weights", "factor")
@@ -121,10 +123,45 @@ def _start(W, G, bits, extra=None):
     return EstimatorState(G=G, epochs=ones, bits=bits, extra=extra)
 
 
+# --------------------------------------------------------------------------- configuration schemas
+
+@dataclass
+class QGDConf:
+    name: str = "qgd"
+    # weights | factor (clients send compressed r x n / m x r factor gradients)
+    transmit: str = param("weights", choices=TRANSMIT)
+
+
+@dataclass
+class MARINAConf:
+    name: str = "marina"
+    q: float = 0.1
+
+
+@dataclass
+class EF21Conf:
+    name: str = "ef21"
+
+
+class _Compressed:
+    """What the distributed estimators report to their theorems: the compressor's
+    omega / alpha, and G0 = grad f(W0) (sent uncompressed or exactly: no initial error)."""
+
+    def initial_error(self, oracle):
+        return 0.0
+
+    def theory_constants(self, problem) -> dict:
+        comp = self.compressor
+        return {"omega": getattr(comp, "omega", None), "alpha": getattr(comp, "alpha", None),
+                "G0_err": self.initial_error(problem)}
+
+
 # --------------------------------------------------------------------------- estimators
 
+@register("estimator", conf=QGDConf, needs=("clients",), uses=("compressor",), theorem="qgd", label="QGD",
+          style={"linestyle": (0, (8, 2, 2, 2)), "marker": "v"})
 @dataclass(frozen=True)
-class QGD:
+class QGD(_Compressed):
     """Quantized GD: each client sends :math:`Q_i(\\nabla f_i(W_t))` (``transmit='weights'``),
     or, with :class:`FactorQGDBernoulliLoRA`, its compressed factor gradient
     (``transmit='factor'``). ``compressor``: unbiased (default identity)."""
@@ -165,8 +202,11 @@ class QGD:
         G, bits = self._round(W_new, oracle, seeds, step)
         return state._replace(G=G, epochs=state.epochs + 1.0, bits=state.bits + bits)
 
-    def initial_error(self, oracle):
-        return 0.0
+    @property
+    def method_required(self):
+        """(the setting, the only method it runs with), or None: any method.
+        Factor transmission projects on the sketch of Bernoulli-LoRA."""
+        return ("transmit", "bernoulli_lora") if self.transmit == "factor" else None
 
     # ---- factor transmission (called by FactorQGDBernoulliLoRA)
     def factor_round_left(self, B, grads, seeds, step):
@@ -189,8 +229,10 @@ class QGD:
         return bmm(bmm(Y.mean(1), _gram_pinv(At)), A), bits
 
 
+@register("estimator", conf=MARINAConf, needs=("clients",), uses=("compressor",), theorem="marina",
+          label="MARINA", style={"linestyle": (0, (4, 1)), "marker": "D"})
 @dataclass(frozen=True)
-class MARINA:
+class MARINA(_Compressed):
     """MARINA with probability ``q`` of a full (uncompressed) gradient round;
     ``compressor``: unbiased (default identity)."""
 
@@ -222,12 +264,14 @@ class MARINA:
             bits = torch.where(full, bits, cbits)
         return state._replace(G=G, epochs=state.epochs + 1.0, bits=state.bits + bits, extra=new)
 
-    def initial_error(self, oracle):
-        return 0.0
+    def theory_constants(self, problem) -> dict:
+        return dict(super().theory_constants(problem), q=self.q)
 
 
+@register("estimator", conf=EF21Conf, needs=("clients",), uses=("compressor",), theorem="ef21", label="EF21",
+          style={"linestyle": (0, (2, 1, 6, 1)), "marker": "P"})
 @dataclass(frozen=True)
-class EF21:
+class EF21(_Compressed):
     """EF21 with a contractive compressor (default identity); per-client states
     :math:`G^i` in ``state.extra``."""
 
@@ -253,9 +297,6 @@ class EF21:
         C, bits = _compress(self.compressor, grads - state.extra, seeds, step)
         Gi = state.extra + C
         return state._replace(G=Gi.mean(1), extra=Gi, epochs=state.epochs + 1.0, bits=state.bits + bits)
-
-    def initial_error(self, oracle):
-        return 0.0
 
 
 DISTRIBUTED = {"qgd": QGD, "marina": MARINA, "ef21": EF21}
@@ -300,6 +341,10 @@ class FactorQGDBernoulliLoRA(BernoulliLoRA):
     def _block_sizes(self, m, n):
         ps = _values(self.p)
         return ([self.rank * n] if any(p > 0 for p in ps) else []) + ([m * self.rank] if any(p < 1 for p in ps) else [])
+
+    def theory_constants(self, problem) -> dict:
+        """The omega of the theorem with factor transmission (:meth:`theory_omega`)."""
+        return {"omega": self.theory_omega(*problem.shape)}
 
     def theory_omega(self, m, n):
         """:math:`\\omega` for docs/theory.md#t5 with factor transmission: the compressor's
@@ -351,6 +396,8 @@ class FactorQGDBernoulliLoRA(BernoulliLoRA):
         return W_new, state._replace(step=t + 1, est=new_est, left=left)
 
 
+@register("method", "bernoulli_lora", conf=BernoulliLoRAConf, uses=("sketch",), lambdas=bernoulli_lora_lambdas,
+          label="Bernoulli-LoRA", color="tab:cyan")
 def bernoulli_lora_method(*, estimator, **params):
     """The Bernoulli-LoRA method for ``estimator``: :class:`FactorQGDBernoulliLoRA`
     when it is ``QGD(transmit='factor')``, else :class:`BernoulliLoRA`."""

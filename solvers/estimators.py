@@ -20,6 +20,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from solvers import rng
+from solvers.registry import param, register
+from theory.stepsizes import page_q
 
 
 class EstimatorState(NamedTuple):
@@ -63,12 +65,73 @@ def _check_batch(batch, oracle):
     return n
 
 
+def sample_variance_at(problem, W, batch):
+    """Exact E||g_b(W) - grad f(W)||^2 for a minibatch of size b drawn without
+    replacement from N samples: (N - b) / (b (N - 1)) * mean_i ||grad f_i - grad f||^2."""
+    N = problem.n_samples
+    G = problem.minibatch_grad(W.expand(N, *W.shape).contiguous(), torch.arange(N, device=W.device)[:, None])
+    var = float(((G - G.mean(0, keepdim=True)) ** 2).sum((-2, -1)).mean())
+    return (N - batch) / (batch * max(N - 1, 1)) * var
+
+
+def _sample_error(batch, noise, problem):
+    """(sigma^2, E||g(W0) - grad f(W0)||^2) of a minibatch (``batch``) or noisy (``noise``) oracle."""
+    nan = float("nan")
+    if noise is not None:
+        return float(noise) ** 2, float(noise) ** 2
+    N = getattr(problem, "n_samples", None)
+    return nan, (sample_variance_at(problem, problem.W0, int(batch)) if N and batch else nan)
+
+
+# configuration schemas (keys, types, defaults, valid values; experiments.conf.schema
+# derives the Hydra groups and the results columns from them). q, momentum, noise
+# and batch against N are checked by the estimators themselves.
+
+
+@dataclass
+class GDConf:
+    name: str = "gd"
+
+
+@dataclass
+class SGDConf:
+    name: str = "sgd"
+    batch: Optional[int] = param(10, ge=1)
+    noise: Optional[float] = param(None, ge=0)
+
+
+@dataclass
+class PAGEConf:
+    name: str = "page"
+    batch: int = param(10, ge=1)
+    q: Optional[float] = None  # None: q = b / (b + N) as in the paper's code (theory.stepsizes.page_q)
+
+
+@dataclass
+class MVRConf:
+    name: str = "mvr"
+    momentum: float = 0.1
+    batch: Optional[int] = param(10, ge=1)
+    noise: Optional[float] = param(None, ge=0)
+    init_with: str = param("sample", choices=("sample", "full"))
+
+
+@dataclass
+class SubgradientConf:
+    name: str = "subgradient"
+
+
+@register("estimator", conf=GDConf, theorem="gd", label="GD", style={"linestyle": "-", "marker": None})
 @dataclass(frozen=True)
 class GD:
     r"""Full gradient: :math:`G_t = \nabla f(W_t)`."""
 
     name = "gd"
     exact_gradient = True
+
+    def theory_constants(self, problem) -> dict:
+        """The constants of its theorem (:class:`theory.dispatch.Constants` fields)."""
+        return {"G0_err": 0.0}
 
     def init(self, W, oracle, seeds):
         loss, G = _value_and_grad(oracle, W)
@@ -79,6 +142,8 @@ class GD:
         return state._replace(G=G, epochs=state.epochs + 1.0, loss=loss)
 
 
+@register("estimator", conf=SGDConf, theorem="sgd", label="SGD",
+          style={"linestyle": (0, (6, 2)), "marker": "o"})
 @dataclass(frozen=True)
 class SGD:
     r"""Unbiased stochastic gradient.
@@ -109,6 +174,14 @@ class SGD:
         z = rng.normal(seeds, rng.Stream.NOISE, step, (m, n), device=W.device, dtype=W.dtype)
         return oracle.grad(W) + (self.noise / math.sqrt(m * n)) * z, 1.0
 
+    @property
+    def needs(self):
+        return ("finite_sum",) if self.batch is not None else ()
+
+    def theory_constants(self, problem) -> dict:
+        sigma2, g0_err = _sample_error(self.batch, self.noise, problem)
+        return {"sigma2": sigma2, "G0_err": g0_err, "batch": self.batch}
+
     def init(self, W, oracle, seeds):
         G, cost = self._draw(W, oracle, seeds, 0)
         return _start(G, _zeros(W) + cost, W)
@@ -118,6 +191,8 @@ class SGD:
         return state._replace(G=G, epochs=state.epochs + cost)
 
 
+@register("estimator", conf=PAGEConf, needs=("finite_sum",), theorem="page", label="PAGE",
+          style={"linestyle": "-.", "marker": "s"})
 @dataclass(frozen=True)
 class PAGE:
     r"""PAGE (Li et al., 2021): with probability q a full gradient, otherwise a
@@ -128,7 +203,8 @@ class PAGE:
         G_{t+1} = \begin{cases} \nabla f(W_{t+1}) & \text{w.p. } q\\
         G_t + \frac1b\sum_{i\in I}(\nabla f_i(W_{t+1}) - \nabla f_i(W_t)) & \text{otherwise.}\end{cases}
 
-    :math:`G_0 = \nabla f(W_0)`. ``q=None`` uses the paper code's q = b/(b+N).
+    :math:`G_0 = \nabla f(W_0)`. ``q=None`` uses the paper code's q = b/(b+N)
+    (:func:`theory.stepsizes.page_q`).
     With q = 1 it is GD exactly.
     """
 
@@ -142,7 +218,11 @@ class PAGE:
             raise ValueError(f"q: must lie in (0, 1], got {self.q}")
 
     def prob(self, n_samples):
-        return self.q if self.q is not None else self.batch / (self.batch + n_samples)
+        """q: the given one, else b / (b + N) (NaN without a finite sum)."""
+        return self.q if self.q is not None else page_q(self.batch, n_samples)
+
+    def theory_constants(self, problem) -> dict:
+        return {"q": self.prob(getattr(problem, "n_samples", None)), "batch": self.batch, "G0_err": 0.0}
 
     def init(self, W, oracle, seeds):
         if self.q is None or self.q < 1:
@@ -166,6 +246,8 @@ class PAGE:
         return state._replace(G=G, epochs=state.epochs + cost)
 
 
+@register("estimator", conf=MVRConf, theorem="mvr", label="MVR",
+          style={"linestyle": (0, (3, 1, 1, 1, 1, 1)), "marker": "^"})
 @dataclass(frozen=True)
 class MVR:
     r"""MVR / STORM momentum variance reduction with momentum ``b`` in (0, 1]:
@@ -196,6 +278,16 @@ class MVR:
     def _sgd(self):
         return SGD(batch=self.batch, noise=self.noise)
 
+    @property
+    def needs(self):
+        return self._sgd().needs
+
+    def theory_constants(self, problem) -> dict:
+        out = dict(self._sgd().theory_constants(problem), momentum=self.momentum)
+        if self.init_with == "full":
+            out["G0_err"] = 0.0
+        return out
+
     def init(self, W, oracle, seeds):
         if self.init_with == "full":
             return _start(oracle.grad(W), _zeros(W) + 1.0, W)
@@ -211,7 +303,29 @@ class MVR:
         return state._replace(G=G, epochs=state.epochs + 2.0 * cost)
 
 
-ESTIMATORS = {"gd": GD, "sgd": SGD, "page": PAGE, "mvr": MVR}
+@register("estimator", conf=SubgradientConf, theorem="subgradient", label="SubGD",
+          style={"linestyle": "-", "marker": "x"})
+@dataclass(frozen=True)
+class Subgradient:
+    r"""Subgradient oracle for non-smooth convex problems: :math:`G_t \in \partial f(W_t)`."""
+
+    name = "subgradient"
+    exact_gradient = False
+
+    def _sub(self, oracle, W):
+        return oracle.subgradient(W) if hasattr(oracle, "subgradient") else oracle.grad(W)
+
+    def theory_constants(self, problem) -> dict:
+        return {}
+
+    def init(self, W, oracle, seeds):
+        return _start(self._sub(oracle, W), _zeros(W) + 1.0, W)
+
+    def update(self, W_new, W_old, state, oracle, seeds, step):
+        return state._replace(G=self._sub(oracle, W_new), epochs=state.epochs + 1.0)
+
+
+ESTIMATORS = {"gd": GD, "sgd": SGD, "page": PAGE, "mvr": MVR, "subgradient": Subgradient}
 
 
 def make_estimator(name: str, **params):
@@ -224,23 +338,3 @@ def make_estimator(name: str, **params):
         return ESTIMATORS[name](**params)
     except TypeError as exc:
         raise ValueError(f"estimator {name}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Subgradient:
-    r"""Subgradient oracle for non-smooth convex problems: :math:`G_t \in \partial f(W_t)`."""
-
-    name = "subgradient"
-    exact_gradient = False
-
-    def _sub(self, oracle, W):
-        return oracle.subgradient(W) if hasattr(oracle, "subgradient") else oracle.grad(W)
-
-    def init(self, W, oracle, seeds):
-        return _start(self._sub(oracle, W), _zeros(W) + 1.0, W)
-
-    def update(self, W_new, W_old, state, oracle, seeds, step):
-        return state._replace(G=self._sub(oracle, W_new), epochs=state.epochs + 1.0)
-
-
-ESTIMATORS["subgradient"] = Subgradient

@@ -27,7 +27,50 @@ import torch
 from solvers import rng
 from solvers.linalg import bmm, run_sum
 from solvers.projections import project_left, project_right
-from solvers.sketches import GaussianSketch, Sketch, make_sketch
+from solvers.registry import param, register
+from solvers.sketches import GaussianSketch, Sketch, lambda_p, make_sketch
+
+# ----------------------------------------------------------------------------- configuration schemas
+
+
+@dataclass
+class BernoulliLoRAConf:
+    # no alpha: the step is taken in weight space, W - gamma H_B G (or G H_A), where
+    # the LoRA scaling alpha / r of the trained factor cancels (it multiplies the
+    # factor's gradient and divides its contribution to W)
+    name: str = "bernoulli_lora"
+    p: float = param(0.5, ge=0, le=1)
+    rank: int = param(2, ge=1)  # <= min(m, n): checked against the problem
+
+
+@dataclass
+class FPFTConf:
+    name: str = "fpft"
+
+
+@dataclass
+class LoRAConf:
+    name: str = "lora"
+    rank: int = param(2, ge=1)
+    alpha: float = param(1.0, gt=0)
+    random_A: bool = True
+    init_scale: float = 1.0
+
+
+@dataclass
+class AsymmLoRAConf(LoRAConf):
+    name: str = "asymm_lora"
+
+
+@dataclass
+class COLAConf(LoRAConf):
+    name: str = "cola"
+    merge_every: int = param(10, ge=1)
+
+
+def bernoulli_lora_lambdas(params, sketch, m, n):
+    r""":math:`(\lambda_{\min}^p, \lambda_{\max}^p)` of Bernoulli-LoRA from the sketch's exact E[H]."""
+    return lambda_p(sketch, float(params["p"]), m, n, params["rank"])
 
 
 class MethodState(NamedTuple):
@@ -106,6 +149,11 @@ class _WeightSpace:
         if self.stepsize_rule == "polyak" and (self.f_star is None or not math.isfinite(self.f_star)):
             raise ValueError("stepsize.rule: 'polyak' needs the optimal value f_star of the problem")
 
+    def validate(self, m, n):
+        """Refuse parameters that do not fit an (m, n) problem (one line naming the field);
+        :meth:`init` calls it, and :mod:`experiments.build` before any work."""
+        self._validate(m, n)
+
     def init(self, W0, oracle, seeds):
         _check_W0(W0)
         m, n = W0.shape[-2:]
@@ -140,6 +188,7 @@ class _WeightSpace:
         return W_new, state._replace(step=state.step + 1, est=est, left=left)
 
 
+@register("method", conf=FPFTConf, label="FPFT", label_format="{label}-{estimator}", color="black")
 @dataclass(frozen=True)
 class FPFT(_WeightSpace):
     """Full-parameter fine-tuning: :math:`W_{t+1} = W_t - \\gamma G_t`."""
@@ -238,6 +287,8 @@ class _FactorSpace:
     train_B: bool = True
     random_A: bool = True  # which factor starts random (the other starts at zero)
     merge_every: int = 0  # COLA: merge and re-initialise every k steps (0: never)
+    stepsize_rule: str = "constant"  # the only rule of the factor-space methods
+    f_star: Optional[float] = None  # unused (the Polyak rule is not implemented here)
 
     def _random(self, seeds, step, shape, device, dtype):
         dim = shape[0] if shape[1] == self.rank else shape[1]
@@ -254,12 +305,19 @@ class _FactorSpace:
             A = torch.zeros(R, self.rank, n, device=device, dtype=dtype)
         return B, A
 
-    def init(self, W0, oracle, seeds):
-        _check_W0(W0)
-        m, n = W0.shape[-2:]
+    def validate(self, m, n):
+        """Refuse parameters that do not fit an (m, n) problem (one line naming the field)."""
+        if self.stepsize_rule != "constant":
+            raise ValueError(f"stepsize.rule: {self.stepsize_rule} is not implemented for {self.name} "
+                             "(the factor-space methods take the constant rule only)")
         _check_positive("stepsize", self.stepsize)
         _check_rank(self.rank, m, n)
         _check_positive("alpha", self.alpha)
+
+    def init(self, W0, oracle, seeds):
+        _check_W0(W0)
+        m, n = W0.shape[-2:]
+        self.validate(m, n)
         seeds = _seeds_tensor(seeds, W0.device)
         B, A = self._fresh_factors(seeds, 0, m, n, W0.device, W0.dtype)
         ones = torch.ones(W0.shape[0], dtype=torch.bool, device=W0.device)
@@ -286,6 +344,7 @@ class _FactorSpace:
         return W_new, state._replace(step=t, est=est, factors=(base, B, A))
 
 
+@register("method", conf=LoRAConf, label="LoRA", color="tab:brown")
 @dataclass(frozen=True)
 class LoRA(_FactorSpace):
     """LoRA: A and B trained jointly, no merging. ``random_A=True``: A Gaussian and
@@ -294,6 +353,7 @@ class LoRA(_FactorSpace):
     name = "lora"
 
 
+@register("method", conf=AsymmLoRAConf, label="AsymmLoRA", color="tab:purple")
 @dataclass(frozen=True)
 class AsymmLoRA(_FactorSpace):
     """AsymmLoRA: one factor random and fixed, the other trained from zero."""
@@ -305,6 +365,7 @@ class AsymmLoRA(_FactorSpace):
         object.__setattr__(self, "train_B", self.random_A)
 
 
+@register("method", conf=COLAConf, label="COLA", color="tab:pink")
 @dataclass(frozen=True)
 class COLA(_FactorSpace):
     """COLA (chain of LoRA): both factors trained, merged into the base and

@@ -54,6 +54,7 @@ from solvers.inclusion import (capped_inclusion_probabilities, joint_inclusion_p
                                quantized_inclusion_probabilities, systematic_sample)
 from solvers.linalg import per_matrix
 from solvers.projections import dense_projector_left
+from solvers.registry import param, register
 
 LEFT, RIGHT = 0, 1
 
@@ -284,6 +285,26 @@ class WeightedColumnSketch(Sketch):
 
 SKETCHES = {cls.name: cls for cls in (GaussianSketch, OrthonormalSketch, RademacherSketch, ColumnSketch,
                                        WeightedColumnSketch)}
+
+
+@dataclass
+class SketchConf:
+    """The configuration of a sketch without parameters (its name only)."""
+
+    name: str = "gaussian"
+
+
+@dataclass
+class WeightedColumnConf:
+    # r distinct coordinates with inclusion probabilities ~ decay**i, capped at 1
+    # (WeightedColumnSketch): E[H_B], E[H_A] are not multiples of I
+    name: str = "weighted_column"
+    left_decay: float = param(1.0, gt=0, le=1)  # rows of W (the m side, H_B)
+    right_decay: float = param(1.0, gt=0, le=1)  # columns of W (the n side, H_A)
+
+
+for _cls in SKETCHES.values():
+    register("sketch", conf=WeightedColumnConf if _cls is WeightedColumnSketch else SketchConf)(_cls)
 
 
 def make_sketch(name, **params) -> Sketch:

@@ -50,19 +50,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from theory import bounds as bd
-from theory import stepsizes as ss
 from theory.bound_helpers import vacuous_after
+from theory.theorems import (ALIASES, METHODS, RULES, THEOREMS, MethodTheory, Theorem, _fin, method_lambdas,  # noqa: F401
+                             register_theorem)
 
-__all__ = ["Constants", "BoundResult", "bound_for", "vacuous_after", "VARIANTS", "METRICS"]
+__all__ = ["Constants", "BoundResult", "Theorem", "MethodTheory", "THEOREMS", "METHODS", "bound_for",
+           "register_theorem", "method_lambdas", "vacuous_after", "METRICS"]
 
 NAN = float("nan")
-VARIANTS = ("gd", "sgd", "page", "mvr", "qgd", "marina", "ef21", "subgradient")
 METRICS = ("f_gap", "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap")
-THEORY_METHODS = ("bernoulli_lora", "fpft")
-FACTOR_METHODS = ("lora", "asymm_lora", "cola")
-RULES = ("constant", "polyak")
-#: estimators whose PL theorem is chosen by :func:`_pl_plan` (GD and SGD: by :func:`_plan`)
-PL_VARIANTS = ("page", "mvr", "qgd", "marina", "ef21")
 
 
 @dataclass(frozen=True)
@@ -151,126 +147,6 @@ class BoundResult:
         return self.status == "ok"
 
 
-def _fin(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-def _first_known(*pairs):
-    for name, v in pairs:
-        if _fin(v):
-            return name, v
-    return pairs[0][0], NAN
-
-
-def _plan(variant, rule, c: Constants, polyak_factor):
-    """(bound function, kwargs, admissible stepsize callable or None, note) or a reason string."""
-    common = dict(lmin_p=c.lmin_p, lmax_p=c.lmax_p)
-    if variant != "subgradient" and rule == "polyak":
-        return f"no theorem for the Polyak rule with {variant} (docs/theory.md#t9 is for the subgradient method)"
-    if variant == "gd":
-        if _fin(c.mu) and c.mu > 0 and _fin(c.f0_gap):
-            return bd.gd_pl, dict(L=c.L, mu=c.mu, f0_gap=c.f0_gap, lmin_p=c.lmin_p), lambda: ss.gd_stepsize(L=c.L)
-        return bd.gd_nonconvex, dict(L=c.L, delta0=c.delta0, lmin_p=c.lmin_p), lambda: ss.gd_stepsize(L=c.L)
-    if variant == "sgd":
-        if _fin(c.sigma2):
-            if _fin(c.mu) and c.mu > 0 and _fin(c.f0_gap):
-                return bd.sgd_pl, dict(L=c.L, mu=c.mu, f0_gap=c.f0_gap, sigma2=c.sigma2, **common), \
-                    lambda: ss.sgd_stepsize(L=c.L)
-            return bd.sgd_nonconvex, dict(L=c.L, delta0=c.delta0, sigma2=c.sigma2, **common), \
-                lambda: ss.sgd_stepsize(L=c.L)
-        if all(_fin(v) for v in (c.A, c.B, c.C)):
-            A, B, C = c.A, c.B, c.C
-        elif all(_fin(v) for v in (c.L_max, c.batch, c.n_samples, c.delta_inf)):
-            A, B, C = ss.minibatch_abc_constants(L_max=c.L_max, batch=c.batch, n_samples=c.n_samples,
-                                                 delta_inf=c.delta_inf)
-        else:
-            return "constant unknown (NaN): sigma2, or A, B, C, or L_max, batch, n_samples, delta_inf"
-        return bd.sgd_abc_nonconvex, dict(L=c.L, delta0=c.delta0, A=A, B=B, C=C, **common), \
-            lambda: ss.sgd_abc_stepsize(L=c.L, B=B, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
-    if variant == "page":
-        q = _page_q(c)
-        _, Lt = _first_known(("L_avg", c.L_avg), ("L_max", c.L_max))
-        kw = dict(L=c.L, L_avg=Lt, delta0=c.delta0, G0_err=c.G0_err, q=q, batch=c.batch, **common)
-        return bd.page_nonconvex, kw, lambda: ss.page_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, q=q, batch=c.batch)
-    if variant == "mvr":
-        Lt = _mvr_L(c)
-        kw = dict(L=c.L, L_avg=Lt, delta0=c.delta0, G0_err=c.G0_err, sigma2=c.sigma2, momentum=c.momentum, **common)
-        return bd.mvr_nonconvex, kw, lambda: ss.mvr_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, momentum=c.momentum)
-    if variant == "qgd":
-        exact = c.omega == 0  # identity compressor: A = C = 0, the other constants do not matter
-        if exact or all(_fin(v) for v in (c.omega, c.L_max, c.n_clients, c.delta_inf)):
-            kw = dict(L=c.L, delta0=c.delta0, omega=c.omega, L_max=0.0 if exact else c.L_max,
-                      n_clients=1.0 if exact else c.n_clients, delta_inf=0.0 if exact else c.delta_inf, **common)
-            return bd.qgd_nonconvex, kw, lambda: ss.qgd_stepsize(L=c.L, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
-        if all(_fin(v) for v in (c.A, c.B, c.C)):
-            A, B, C = c.A, c.B, c.C
-        else:
-            return "constant unknown (NaN): omega, L_max, n_clients, delta_inf (or A, B, C)"
-        return bd.sgd_abc_nonconvex, dict(L=c.L, delta0=c.delta0, A=A, B=B, C=C, **common), \
-            lambda: ss.sgd_abc_stepsize(L=c.L, B=B, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
-    if variant == "marina":
-        _, Lt = _first_known(("L_avg", c.L_avg), ("L_max", c.L_max))
-        kw = dict(L=c.L, L_avg=Lt, delta0=c.delta0, G0_err=c.G0_err, q=c.q, omega=c.omega,
-                  n_clients=c.n_clients, **common)
-        return bd.marina_nonconvex, kw, lambda: ss.marina_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, q=c.q,
-                                                                   omega=c.omega, n_clients=c.n_clients)
-    if variant == "ef21":
-        _, Lt = _first_known(("L_avg", c.L_avg), ("L_max", c.L_max))
-        kw = dict(L=c.L, L_avg=Lt, delta0=c.delta0, G0_err=c.G0_err, alpha=c.alpha, **common)
-        return bd.ef21_nonconvex, kw, lambda: ss.ef21_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, alpha=c.alpha)
-    # subgradient
-    if rule == "polyak":
-        return bd.nonsmooth_polyak, dict(L0=c.L0, dist0_sq=c.dist0_sq, factor=polyak_factor, **common), None
-    return bd.nonsmooth_constant, dict(L0=c.L0, dist0_sq=c.dist0_sq, **common), ss.subgradient_stepsize
-
-
-def _pl_plan(variant, c: Constants):
-    """(PL bound function, kwargs, admissible stepsize callable) of docs/theory.md#t3-pl ...
-    #t7-pl for a problem that declares mu > 0 and f(W0) - f*, else None (GD and SGD
-    choose their PL theorem in :func:`_plan`)."""
-    if variant not in PL_VARIANTS or not (_fin(c.mu) and c.mu > 0 and _fin(c.f0_gap)):
-        return None
-    common = dict(L=c.L, mu=c.mu, f0_gap=c.f0_gap, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
-    _, Lt = _first_known(("L_avg", c.L_avg), ("L_max", c.L_max))
-    if variant == "page":
-        q = _page_q(c)
-        return bd.page_pl, dict(L_avg=Lt, G0_err=c.G0_err, q=q, batch=c.batch, **common), \
-            lambda: ss.page_pl_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, q=q, batch=c.batch)
-    if variant == "mvr":
-        Lt = _mvr_L(c)
-        return bd.mvr_pl, dict(L_avg=Lt, G0_err=c.G0_err, sigma2=c.sigma2, momentum=c.momentum, **common), \
-            lambda: ss.mvr_pl_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, momentum=c.momentum)
-    if variant == "qgd":
-        exact = c.omega == 0
-        kw = dict(omega=c.omega, L_max=0.0 if exact else c.L_max, n_clients=1.0 if exact else c.n_clients,
-                  delta_inf=0.0 if exact else c.delta_inf, **common)
-
-        def admissible():
-            A, _, _ = ss.qgd_abc_constants(omega=kw["omega"], L_max=kw["L_max"], n_clients=kw["n_clients"],
-                                           delta_inf=kw["delta_inf"])
-            return ss.qgd_pl_stepsize(L=c.L, mu=c.mu, A=A, lmin_p=c.lmin_p, lmax_p=c.lmax_p)
-        return bd.qgd_pl, kw, admissible
-    if variant == "marina":
-        return bd.marina_pl, dict(L_avg=Lt, G0_err=c.G0_err, q=c.q, omega=c.omega, n_clients=c.n_clients,
-                                  **common), \
-            lambda: ss.marina_pl_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, q=c.q, omega=c.omega,
-                                          n_clients=c.n_clients)
-    return bd.ef21_pl, dict(L_avg=Lt, G0_err=c.G0_err, alpha=c.alpha, **common), \
-        lambda: ss.ef21_pl_stepsize(L=c.L, L_avg=Lt, lmax_p=c.lmax_p, alpha=c.alpha)
-
-
-def _page_q(c: Constants):
-    return c.q if _fin(c.q) else (c.batch / (c.batch + c.n_samples) if _fin(c.batch) and _fin(c.n_samples) else NAN)
-
-
-def _mvr_L(c: Constants):
-    pairs = [("L_avg", c.L_avg), ("L_max", c.L_max)] + ([] if _fin(c.n_samples) else [("L", c.L)])
-    return _first_known(*pairs)[1]
-
-
 _NAMES = {"L_avg": "L_avg (or L_max)", "A": "A", "C": "C"}
 
 
@@ -308,14 +184,13 @@ def bound_for(variant: str, *, iterations, gamma: float, stepsize_rule: str = "c
     ValueError
         Unknown variant, method or rule, or iterations that are not integers >= 0.
     """
-    if variant == "fpft":
-        variant, method = "gd", "fpft"
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+    variant, method = ALIASES.get(variant, (variant, method))
+    if variant not in THEOREMS:
+        raise ValueError(f"variant: expected one of {', '.join(THEOREMS)}, got {variant!r}")
     if stepsize_rule not in RULES:
         raise ValueError(f"stepsize_rule: expected constant or polyak, got {stepsize_rule!r}")
-    if method not in THEORY_METHODS + FACTOR_METHODS:
-        raise ValueError(f"method: expected one of {', '.join(THEORY_METHODS + FACTOR_METHODS)}, got {method!r}")
+    if not isinstance(method, str):
+        raise ValueError(f"method: expected a method name, got {method!r}")
     T = np.asarray(iterations, dtype=float)
     if np.any(~(T >= 0)) or np.any(T != np.floor(T)):
         raise ValueError("iterations: must be integers >= 0")
@@ -324,15 +199,21 @@ def bound_for(variant: str, *, iterations, gamma: float, stepsize_rule: str = "c
     def na(reason, metric="none", theorem="", gamma_max=NAN):
         return BoundResult(nan_values, metric, f"not applicable: {reason}", theorem, gamma_max)
 
-    if method in FACTOR_METHODS:
-        return na(f"no theorem for {method} (trained in factor space)")
-    if method == "fpft":
-        c = c.replace(lmin_p=1.0, lmax_p=1.0)
-    plan = _plan(variant, stepsize_rule, c, float(polyak_factor))
+    if method not in METHODS:
+        return na(f"no theorem for {method} (the theorems cover {', '.join(METHODS)}; "
+                  "the factor-space baselines are trained in factor space)")
+    lambdas = METHODS[method].lambdas
+    if lambdas is not None:
+        c = c.replace(lmin_p=lambdas[0], lmax_p=lambdas[1])
+    theorem = THEOREMS[variant]
+    if stepsize_rule not in theorem.rules:
+        return na(f"no theorem for the Polyak rule with {variant} (docs/theory.md#t9 is for the subgradient method)")
+    plan = theorem.plan(stepsize_rule, c, float(polyak_factor))
     if isinstance(plan, str):
         return na(plan)
     fallback = None
-    pl_plan = _pl_plan(variant, c) if stepsize_rule == "constant" else None
+    has_pl = theorem.pl is not None and _fin(c.mu) and c.mu > 0 and _fin(c.f0_gap)
+    pl_plan = theorem.pl(c) if has_pl and stepsize_rule == "constant" else None
     if pl_plan is not None:
         res = _evaluate(pl_plan, T, gamma, c, na)
         if res.ok:
@@ -367,3 +248,9 @@ def _evaluate(plan, T, gamma, c, na) -> BoundResult:
         return na(str(err), fn.metric, theorem, gamma_max)
     initial = c.grad0_sq if fn.metric.endswith("grad_norm_sq") else c.f0_gap
     return BoundResult(values, fn.metric, "ok", theorem, gamma_max, vacuous_after(T, values, initial))
+
+
+def __getattr__(name):
+    if name == "VARIANTS":  # the registered theorem families (live: register_theorem adds one)
+        return tuple(THEOREMS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

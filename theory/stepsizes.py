@@ -88,6 +88,18 @@ def sgd_abc_stepsize(*, L, B, lmin_p, lmax_p):
     return float(min(1.0 / L, second)) if not math.isnan(second) else NAN
 
 
+def page_q(batch, n_samples) -> float:
+    r"""PAGE's default probability of a full gradient, :math:`q = b/(b+N)` (the paper's
+    code); NaN when ``batch`` or ``n_samples`` is unknown (None or NaN). The one place
+    this choice is written: the solver (:meth:`solvers.estimators.PAGE.prob`) and the
+    theorem's dispatch (:mod:`theory.dispatch`) both call it."""
+    try:
+        b, N = float(batch), float(n_samples)
+    except (TypeError, ValueError):
+        return NAN
+    return b / (b + N) if math.isfinite(b) and math.isfinite(N) and N > 0 else NAN
+
+
 def page_stepsize(*, L, L_avg, lmax_p, q, batch):
     r"""PAGE (docs/theory.md#t3):
     :math:`\gamma \le 1/\big(L + \tilde L\sqrt{\lambda_{\max}^p (1-q)/(q b)}\big)`."""

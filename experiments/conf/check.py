@@ -20,7 +20,7 @@ import numbers
 import typing
 from collections.abc import Mapping
 
-from experiments.conf.schema import DEFAULTS, FIXED_GROUPS, GROUPS, SEED_MAX, USED_BY, RunConf, group_config
+from experiments.conf.schema import DEFAULTS, FIXED_GROUPS, GROUPS, SEED_MAX, RunConf, group_config, used_by
 
 NAN = float("nan")
 
@@ -133,7 +133,7 @@ def check_config(cfg) -> None:
     if last > SEED_MAX:
         raise ValueError(f"seed: the runs' seeds {cfg['seed']}..{last} must be <= {SEED_MAX} "
                          f"(the random streams are keyed by 32-bit seeds)")
-    for group, (user, options) in USED_BY.items():
+    for group, (user, options) in used_by().items():
         uname = cfg[user]["name"]
         default = group_config(group, DEFAULTS[group])
         given = {k: v for k, v in cfg[group].items() if v is not None}

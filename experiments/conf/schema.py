@@ -1,11 +1,14 @@
-"""Structured configs (dataclasses in Hydra's ConfigStore): the one declaration
-of every configuration key, its type, default and valid values.
+"""Structured configs (dataclasses in Hydra's ConfigStore), derived from the
+components' own declarations.
 
-Each group option (``problem=quadratic``, ``method=bernoulli_lora``, ...) is one
-dataclass; its fields are exactly the keys that option takes. A field's
-``metadata`` declares its valid values (:func:`param`: ``ge``, ``gt``, ``le``,
-``choices``); ranges that only the component can know (a rank against the
-problem's shape, ``k <= m n``) are checked by the component itself.
+Each group option (``problem=quadratic``, ``method=bernoulli_lora``, ...) is the
+configuration dataclass its component registered (:mod:`solvers.registry`, next
+to the class or factory it builds); its fields are exactly the keys that option
+takes. A field's ``metadata`` declares its valid values (:func:`param`: ``ge``,
+``gt``, ``le``, ``choices``); ranges that only the component can know (a rank
+against the problem's shape, ``k <= m n``) are checked by the component itself.
+This module declares only the top level (:class:`RunConf`, :class:`StepsizeConf`)
+and reads the groups from the registry (:data:`GROUPS`, :data:`USED_BY`).
 :func:`experiments.conf.check.check_config` enforces all of it on the plain
 mapping, before any work, for the Hydra app and the Hydra-free sweep alike, and
 refuses an unknown key (``+method.foo=1``) with one line naming the field.
@@ -17,13 +20,17 @@ table (:func:`experiments.conf.check.config_columns`), named ``<group>_<key>``
 (``method``, ``problem``, ``estimator``, ``sketch``, ``compressor``), and
 ``method.p`` / ``method.rank`` are the core columns ``p`` / ``rank``. Top-level
 keys that change the numbers keep their name (``steps``, ``eval_every``, ...).
-Hence a key added here is a column without further work.
+Hence a key added to a component's configuration dataclass (or here, at the top
+level) is a column without further work.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
+from solvers import registry
+from solvers.registry import param
 from solvers.rng import _MASK32
 
 MISSING = "???"  # omegaconf.MISSING; spelled out so this module imports without Hydra
@@ -33,228 +40,8 @@ MISSING = "???"  # omegaconf.MISSING; spelled out so this module imports without
 SEED_MAX = _MASK32
 
 
-def param(default=None, *, ge=None, gt=None, le=None, choices=None):
-    """A dataclass field with its valid values in ``metadata`` (bounds inclusive for
-    ``ge`` / ``le``, strict for ``gt``; ``choices`` a tuple of allowed values)."""
-    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, choices=choices).items() if v is not None}
-    return field(default=default, metadata=meta)
-
-
 def _seed(default=0):
     return param(default, ge=0, le=SEED_MAX)
-
-
-# ----------------------------------------------------------------------------- problems
-# (value ranges of problem parameters are checked by the problem factories)
-
-
-@dataclass
-class QuadraticConf:
-    name: str = "quadratic"
-    m: int = 8
-    n: int = 6
-    mu: float = 1.0
-    L: float = 10.0
-    seed: int = _seed()
-    # a finite sum of n_samples least-squares terms (None: the plain quadratic),
-    # residual std ``noise`` at W*, split over n_clients with ``heterogeneity``;
-    # None leaves the factory's value (noise 1.0, heterogeneity 0.0) and keeps the
-    # plain quadratic's config hash unchanged
-    n_samples: Optional[int] = None
-    noise: Optional[float] = None
-    n_clients: Optional[int] = None
-    heterogeneity: Optional[float] = None
-
-
-@dataclass
-class CounterexampleConf:
-    name: str = "counterexample"
-
-
-@dataclass
-class LogisticConf:
-    name: str = "logistic"
-    m: int = 4  # classes
-    n: int = 10  # features
-    n_samples: int = 200
-    lam: float = 0.01
-    n_clients: Optional[int] = None
-    heterogeneity: float = 0.0
-    shift: float = 1.0
-    seed: int = _seed()
-
-
-@dataclass
-class LinregConf:
-    name: str = "linreg"
-    size: str = param("${size}", choices=("ci", "paper"))
-    # null: the paper's stated f; authors: the authors' code (full gradient grad f - A^T b/N,
-    # its own W0). "stated" is no value here: null alone names the stated f, so it has one
-    # config hash (null is left out of the hash: the same hashes as before the option existed)
-    variant: Optional[str] = param(None, choices=("authors",))
-
-
-@dataclass
-class L1Conf:
-    name: str = "l1"
-    m: int = 6
-    n: int = 5
-    n_samples: int = 120
-    seed: int = _seed()
-
-
-@dataclass
-class MaxAffineConf:
-    name: str = "maxaffine"
-    m: int = 6
-    n: int = 5
-    n_pieces: Optional[int] = None  # None: 2 m n
-    seed: int = _seed()
-
-
-# ----------------------------------------------------------------------------- methods
-
-
-@dataclass
-class BernoulliLoRAConf:
-    # no alpha: the step is taken in weight space, W - gamma H_B G (or G H_A), where
-    # the LoRA scaling alpha / r of the trained factor cancels (it multiplies the
-    # factor's gradient and divides its contribution to W)
-    name: str = "bernoulli_lora"
-    p: float = param(0.5, ge=0, le=1)
-    rank: int = param(2, ge=1)  # <= min(m, n): checked against the problem
-
-
-@dataclass
-class FPFTConf:
-    name: str = "fpft"
-
-
-@dataclass
-class LoRAConf:
-    name: str = "lora"
-    rank: int = param(2, ge=1)
-    alpha: float = param(1.0, gt=0)
-    random_A: bool = True
-    init_scale: float = 1.0
-
-
-@dataclass
-class AsymmLoRAConf(LoRAConf):
-    name: str = "asymm_lora"
-
-
-@dataclass
-class COLAConf(LoRAConf):
-    name: str = "cola"
-    merge_every: int = param(10, ge=1)
-
-
-# ----------------------------------------------------------------------------- estimators
-# (q, momentum, noise and batch against N are checked by the estimators)
-
-
-@dataclass
-class GDConf:
-    name: str = "gd"
-
-
-@dataclass
-class SGDConf:
-    name: str = "sgd"
-    batch: Optional[int] = param(10, ge=1)
-    noise: Optional[float] = param(None, ge=0)
-
-
-@dataclass
-class PAGEConf:
-    name: str = "page"
-    batch: int = param(10, ge=1)
-    q: Optional[float] = None  # None: q = b / (b + N) as in the paper's code
-
-
-@dataclass
-class MVRConf:
-    name: str = "mvr"
-    momentum: float = 0.1
-    batch: Optional[int] = param(10, ge=1)
-    noise: Optional[float] = param(None, ge=0)
-    init_with: str = param("sample", choices=("sample", "full"))
-
-
-@dataclass
-class QGDConf:
-    name: str = "qgd"
-    # weights | factor (clients send compressed r x n / m x r factor gradients)
-    transmit: str = param("weights", choices=("weights", "factor"))
-
-
-@dataclass
-class MARINAConf:
-    name: str = "marina"
-    q: float = 0.1
-
-
-@dataclass
-class EF21Conf:
-    name: str = "ef21"
-
-
-@dataclass
-class SubgradientConf:
-    name: str = "subgradient"
-
-
-# ----------------------------------------------------------------------------- sketch, compressor
-
-
-@dataclass
-class SketchConf:
-    name: str = "gaussian"
-
-
-@dataclass
-class WeightedColumnConf:
-    # r distinct coordinates with inclusion probabilities ~ decay**i, capped at 1
-    # (solvers.sketches.WeightedColumnSketch): E[H_B], E[H_A] are not multiples of I
-    name: str = "weighted_column"
-    left_decay: float = param(1.0, gt=0, le=1)  # rows of W (the m side, H_B)
-    right_decay: float = param(1.0, gt=0, le=1)  # columns of W (the n side, H_A)
-
-
-@dataclass
-class IdentityConf:
-    name: str = "identity"
-
-
-@dataclass
-class RandKConf:
-    name: str = "randk"
-    k: int = param(4, ge=1)
-
-
-@dataclass
-class RandKUnscaledConf:
-    # Rand-k without the d/k scaling: contractive, alpha = k/d (for ef21)
-    name: str = "randk_unscaled"
-    k: int = param(4, ge=1)
-
-
-@dataclass
-class TopKConf:
-    name: str = "topk"
-    k: int = param(4, ge=1)
-
-
-@dataclass
-class DitherConf:
-    name: str = "dither"
-    s: int = param(4, ge=1)
-
-
-@dataclass
-class NaturalConf:
-    name: str = "natural"
 
 
 @dataclass
@@ -282,42 +69,54 @@ class RunConf:
     progress: bool = True
 
 
-GROUPS = {
-    "problem": {"quadratic": QuadraticConf, "counterexample": CounterexampleConf, "logistic": LogisticConf,
-                "linreg": LinregConf, "l1": L1Conf, "maxaffine": MaxAffineConf},
-    "method": {"bernoulli_lora": BernoulliLoRAConf, "fpft": FPFTConf, "lora": LoRAConf,
-               "asymm_lora": AsymmLoRAConf, "cola": COLAConf},
-    "estimator": {"gd": GDConf, "sgd": SGDConf, "page": PAGEConf, "mvr": MVRConf, "qgd": QGDConf,
-                  "marina": MARINAConf, "ef21": EF21Conf, "subgradient": SubgradientConf},
-    "sketch": {**{n: SketchConf for n in ("gaussian", "orthonormal", "rademacher", "column")},
-               "weighted_column": WeightedColumnConf},
-    "compressor": {"identity": IdentityConf, "randk": RandKConf, "randk_unscaled": RandKUnscaledConf,
-                   "topk": TopKConf, "dither": DitherConf, "natural": NaturalConf},
-}
+class _Groups(Mapping):
+    """{group: {option: configuration dataclass}}, read from the registry at every
+    access (a component registered later, e.g. by a test or a plug-in, is an option)."""
+
+    def __getitem__(self, group):
+        if group not in _GROUP_ORDER:
+            raise KeyError(group)
+        return {name: spec.conf for name, spec in registry.specs(group).items()}
+
+    def __iter__(self):
+        return iter(_GROUP_ORDER)
+
+    def __len__(self):
+        return len(_GROUP_ORDER)
+
+
+#: the option groups, in the order of their results columns
+_GROUP_ORDER = ("problem", "method", "estimator", "sketch", "compressor")
+#: {group: {option: dataclass}} (live view of :mod:`solvers.registry`)
+GROUPS = _Groups()
 #: the option of each group when none is chosen (config.yaml's defaults list says the same)
 DEFAULTS = {"problem": "quadratic", "method": "bernoulli_lora", "estimator": "gd", "sketch": "gaussian",
             "compressor": "identity"}
 #: groups without options (one dataclass, no ``name``)
 FIXED_GROUPS = {"stepsize": StepsizeConf}
 
-#: a group that only some options of another group use: (user group, its options
-#: that use it). Any other choice must leave the group at its default option
-#: (:data:`DEFAULTS`), since the value would be stored (and hashed) but never used.
-USED_BY = {
-    "sketch": ("method", ("bernoulli_lora",)),
-    "compressor": ("estimator", ("qgd", "marina", "ef21")),
-}
+def used_by() -> dict:
+    """{group: (user group, its options that use it)} from the components' ``uses``
+    (a method uses a sketch, a distributed estimator a compressor). Any other choice
+    must leave the group at its default option (:data:`DEFAULTS`), since the value
+    would be stored (and hashed) but never used."""
+    out = {}
+    for user in _GROUP_ORDER:
+        for name, spec in registry.specs(user).items():
+            for group in spec.uses:
+                out.setdefault(group, (user, []))[1].append(name)
+    return {g: (user, tuple(names)) for g, (user, names) in out.items()}
+
+
+def __getattr__(name):
+    if name == "USED_BY":  # a live view, like GROUPS
+        return used_by()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def group_config(group: str, name: str) -> dict:
     """The default mapping of one group option, as the Hydra app composes it."""
-    import dataclasses
-
-    if name not in GROUPS[group]:
-        raise ValueError(f"{group}: unknown name {name!r}; choose one of {sorted(GROUPS[group])}")
-    cls = GROUPS[group][name]
-    kw = {"name": name} if "name" in cls.__dataclass_fields__ else {}
-    return dataclasses.asdict(cls(**kw))
+    return registry.spec(group, name).default_config()
 
 
 def set_key(cfg: dict, key: str, value) -> None:
@@ -357,7 +156,7 @@ def register() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConf)
-    for group, options in GROUPS.items():
-        for name, cls in options.items():
-            kw = {"name": name} if "name" in cls.__dataclass_fields__ else {}
-            cs.store(group=group, name=name, node=cls(**kw))
+    for group in GROUPS:
+        for name, spec in registry.specs(group).items():
+            kw = {"name": name} if "name" in spec.conf.__dataclass_fields__ else {}
+            cs.store(group=group, name=name, node=spec.conf(**kw))

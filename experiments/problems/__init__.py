@@ -1,6 +1,9 @@
-"""Problems: oracles with their constants (see ARCHITECTURE.md).
+"""Problems: oracles with their constants (:class:`experiments.problems.base.Problem`,
+the oracle protocol :class:`solvers.oracle.Oracle`; see ARCHITECTURE.md).
 
-``make_problem(name, **params)`` builds one by name:
+``make_problem(name, **params)`` builds one by name from the registry
+(:mod:`solvers.registry`, kind ``'problem'``); each module registers its factories
+with their configuration dataclass:
 
 ========================  ===============================================================
 ``quadratic``             :func:`experiments.problems.quadratic.make_quadratic`
@@ -8,28 +11,18 @@
 ``counterexample``        :func:`experiments.problems.quadratic.make_counterexample`
 ``logistic``              :func:`experiments.problems.logistic.make_logistic`
 ``linreg``                :func:`experiments.problems.linreg.make_linreg`
-``l1``, ``maxaffine``     :func:`experiments.problems.nonsmooth.make_nonsmooth_problem`
+``l1``, ``maxaffine``     :func:`experiments.problems.nonsmooth.make_l1`, ``make_maxaffine``
 ========================  ===============================================================
 
-Modules are imported lazily (a name's module is imported when that name is built), so
-e.g. the non-smooth module may be absent without breaking the others. An unknown name,
-an unknown parameter or a bad value fails with one ``ValueError`` line naming the field.
+An unknown name, an unknown parameter or a bad value fails with one ``ValueError``
+line naming the field.
 """
 from __future__ import annotations
 
-import importlib
+from experiments.problems import linreg, logistic, nonsmooth, quadratic  # noqa: F401  (they register)
+from solvers import registry
 
-_REGISTRY = {
-    "quadratic": ("experiments.problems.quadratic", "make_quadratic"),
-    "isotropic": ("experiments.problems.quadratic", "make_isotropic"),
-    "counterexample": ("experiments.problems.quadratic", "make_counterexample"),
-    "logistic": ("experiments.problems.logistic", "make_logistic"),
-    "linreg": ("experiments.problems.linreg", "make_linreg"),
-    "l1": ("experiments.problems.nonsmooth", "make_nonsmooth_problem"),
-    "maxaffine": ("experiments.problems.nonsmooth", "make_nonsmooth_problem"),
-}
-PROBLEMS = tuple(_REGISTRY)
-_NEEDS_NAME = {"make_nonsmooth_problem"}  # factories serving several names
+PROBLEMS = tuple(registry.specs("problem"))
 
 
 def make_problem(name: str, **params):
@@ -38,16 +31,11 @@ def make_problem(name: str, **params):
     Raises
     ------
     ValueError
-        ``problem: unknown name ...`` for a name not in :data:`PROBLEMS`;
+        ``problem: unknown name ...`` for a name not registered;
         ``problem.<name>: ...`` for a parameter the factory does not take;
         ``problem.<field>: ...`` from the factory for a bad value.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"problem: unknown name {name!r}; choose one of {sorted(_REGISTRY)}")
-    module, factory = _REGISTRY[name]
-    fn = getattr(importlib.import_module(module), factory)
-    if factory in _NEEDS_NAME:
-        params = dict(params, name=name)
+    fn = registry.spec("problem", name).target
     try:
         return fn(**params)
     except TypeError as exc:

@@ -103,22 +103,26 @@ same alone or in a batch.
 from __future__ import annotations
 
 import argparse
-import copy
 import time
+
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from experiments.problems import datagen
+from experiments.problems.base import Problem
 from experiments.problems.linreg_build import (
     DTYPE, GRAD_LINEAR_FACTOR, SIZES, VARIANTS, build, cache_path, default_cache_dir, lambda_max, load_cached,
     reg, reg_grad, resolve_config, save_cached,
 )
 from solvers.linalg import bmm, row_sum, shared_matmul
+from solvers.registry import param, register
 
 
 # ----------------------------------------------------------------------------- problem
 
-class LinReg:
+class LinReg(Problem):
     """The fine-tuning problem: oracle and constants (see the module docstring).
 
     ``variant``: ``'stated'`` (the paper's f) or ``'authors'`` (the full gradient of the
@@ -204,19 +208,22 @@ class LinReg:
         G = bmm(res[:, None, :], rows)[:, 0, :] / idx.shape[1]
         return (G + self.lam * reg_grad(X)).reshape(W.shape)
 
-    def to(self, device, dtype=DTYPE):
-        """A copy with every tensor on ``device`` in ``dtype`` (constants stay floats)."""
-        new = copy.copy(self)
-        for key, value in vars(self).items():
-            if isinstance(value, torch.Tensor):
-                setattr(new, key, value.to(device=device, dtype=dtype))
-        return new
-
     def __repr__(self):
         return (f"LinReg(variant={self.variant!r}, shape={self.shape}, n_samples={self.n_samples}, "
                 f"lam={self.lam:.6g}, L={self.L:.6g}, L_avg={self.L_avg:.6g}, L_max={self.L_max:.6g})")
 
 
+@dataclass
+class LinregConf:
+    name: str = "linreg"
+    size: str = param("${size}", choices=("ci", "paper"))
+    # null: the paper's stated f; authors: the authors' code (full gradient grad f - A^T b/N,
+    # its own W0). "stated" is no value here: null alone names the stated f, so it has one
+    # config hash (null is left out of the hash: the same hashes as before the option existed)
+    variant: Optional[str] = param(None, choices=("authors",))
+
+
+@register("problem", "linreg", conf=LinregConf, label="linreg fine-tuning")
 def make_linreg(size="ci", device=None, cache_dir=None, variant="stated", **overrides):
     """The paper's linreg fine-tuning problem (see the module docstring).
 

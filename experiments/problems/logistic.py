@@ -68,14 +68,18 @@ bitwise the same alone or in a batch (CPU).
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
+from experiments.problems.base import Problem, seed_param
 from solvers import rng
 from solvers.linalg import bmm, row_sum, run_sum, shared_matmul
+from solvers.registry import register
 
 _DTYPE = torch.float64
 _STEP = 21  # step of the DATA stream for this problem
@@ -242,7 +246,7 @@ def _shard_order(y, n_clients, heterogeneity, seed):
 
 # --------------------------------------------------------------------------- the oracle
 
-class Logistic:
+class Logistic(Problem):
     """Multinomial logistic regression oracle batched over runs; see the module docstring."""
 
     name = "logistic"
@@ -346,20 +350,25 @@ class Logistic:
         if self.n_clients is None:
             raise ValueError("problem.n_clients: this logistic problem has no clients (set problem.n_clients)")
 
-    def to(self, device, dtype=_DTYPE):
-        """A copy with the float tensors on ``device`` in ``dtype`` (labels stay int64)."""
-        new = copy.copy(self)
-        for key, value in vars(self).items():
-            if isinstance(value, torch.Tensor):
-                kw = dict(device=device, dtype=dtype) if value.is_floating_point() else dict(device=device)
-                setattr(new, key, value.to(**kw))
-        return new
-
     def __repr__(self):
         return (f"Logistic(shape={self.shape}, n_samples={self.n_samples}, lam={self.lam:g}, "
                 f"n_clients={self.n_clients}, L={self.L:.4g}, f_star={self.f_star:.10g})")
 
 
+@dataclass
+class LogisticConf:
+    name: str = "logistic"
+    m: int = 4  # classes
+    n: int = 10  # features
+    n_samples: int = 200
+    lam: float = 0.01
+    n_clients: Optional[int] = None
+    heterogeneity: float = 0.0
+    shift: float = 1.0
+    seed: int = seed_param()
+
+
+@register("problem", "logistic", conf=LogisticConf, label="logistic regression")
 def make_logistic(m=4, n=10, n_samples=200, lam=0.01, n_clients=None, heterogeneity=0.0, shift=1.0, seed=0):
     """Logistic fine-tuning problem with ``m`` classes and ``n`` features (module docstring)."""
     _check_int("m", m, 2)

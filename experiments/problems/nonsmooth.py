@@ -23,13 +23,17 @@ Build them with :func:`make_nonsmooth_problem` (names ``l1``, ``maxaffine``).
 """
 from __future__ import annotations
 
-import copy
 import math
+
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
+from experiments.problems.base import Problem, seed_param
 from solvers import rng
 from solvers.linalg import row_sum, shared_matmul
+from solvers.registry import register
 
 _DTYPE = torch.float64
 # (step of the DATA stream, sub-streams) used for each problem's draws
@@ -61,7 +65,7 @@ def _initial_point(W0, shape, seed, step):
     return W0
 
 
-class _NonSmoothProblem:
+class _NonSmoothProblem(Problem):
     """Shared constants and plumbing of the non-smooth problems."""
 
     L = float("nan")  # not smooth
@@ -78,14 +82,6 @@ class _NonSmoothProblem:
     def _delta(self, W):
         """vec(W - W*) per run: (R, d)."""
         return (W - self.W_star).reshape(W.shape[0], -1)
-
-    def to(self, device, dtype=_DTYPE):
-        """A copy with every tensor on ``device`` in ``dtype`` (constants stay floats)."""
-        new = copy.copy(self)
-        for key, value in vars(self).items():
-            if isinstance(value, torch.Tensor):
-                setattr(new, key, value.to(device=device, dtype=dtype))
-        return new
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r}, shape={self.shape}, f_star={self.f_star}, L0={self.L0:.4g})"
@@ -250,3 +246,33 @@ def make_nonsmooth_problem(name: str, **params):
             raise ValueError(f"problem.{key}: not a parameter of {name} (it takes {sorted(_PARAMS[name])})")
     m, n = params.pop("m", 6), params.pop("n", 5)
     return NONSMOOTH[name](m, n, **params)
+
+
+@dataclass
+class L1Conf:
+    name: str = "l1"
+    m: int = 6
+    n: int = 5
+    n_samples: int = 120
+    seed: int = seed_param()
+
+
+@dataclass
+class MaxAffineConf:
+    name: str = "maxaffine"
+    m: int = 6
+    n: int = 5
+    n_pieces: Optional[int] = None  # None: 2 m n
+    seed: int = seed_param()
+
+
+@register("problem", "l1", conf=L1Conf, label="l1 regression")
+def make_l1(**params):
+    """:class:`L1Regression` (:func:`make_nonsmooth_problem` ``('l1', ...)``)."""
+    return make_nonsmooth_problem("l1", **params)
+
+
+@register("problem", "maxaffine", conf=MaxAffineConf, label="max-affine")
+def make_maxaffine(**params):
+    """:class:`MaxAffine` (:func:`make_nonsmooth_problem` ``('maxaffine', ...)``)."""
+    return make_nonsmooth_problem("maxaffine", **params)

@@ -59,14 +59,18 @@ bitwise the same alone or in a batch (CPU).
 """
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
+from experiments.problems.base import Problem, seed_param
 from solvers import rng
 from solvers.linalg import run_sum, shared_matmul
+from solvers.registry import register
 
 _DTYPE = torch.float64
 # sub-streams of the DATA stream (step 0) used by the quadratic
@@ -86,7 +90,7 @@ def _check_pos(field, value):
         raise ValueError(f"problem.{field}: must be a finite number > 0, got {value!r}")
 
 
-class Quadratic:
+class Quadratic(Problem):
     r"""Quadratic oracle batched over runs: :math:`f(W) = \tfrac12 \mathrm{vec}(W-W^*)^\top Q
     \mathrm{vec}(W-W^*)`, ``Q=None`` meaning :math:`Q = L I` (see the module docstring).
 
@@ -197,14 +201,6 @@ class Quadratic:
         d = self.shape[0] * self.shape[1]
         return self.L * torch.eye(d, dtype=self.W_star.dtype, device=self.W_star.device)
 
-    def to(self, device=None, dtype=_DTYPE):
-        """A copy with the tensors on ``device`` in ``dtype``."""
-        new = copy.copy(self)
-        for key in ("W_star", "W0", "Q", "A", "eps"):
-            value = getattr(self, key)
-            setattr(new, key, None if value is None else value.to(device=device, dtype=dtype))
-        return new
-
     def __repr__(self):
         return (f"Quadratic(name={self.name!r}, shape={self.shape}, mu={self.mu:g}, L={self.L:g}, "
                 f"dense={self.Q is not None}, n_samples={self.n_samples}, n_clients={self.n_clients})")
@@ -219,6 +215,43 @@ def _spectrum(d, mu, L, law):
     return s
 
 
+# ----------------------------------------------------------------------------- configuration schemas
+# (value ranges of problem parameters are checked by the factories)
+
+
+@dataclass
+class QuadraticConf:
+    name: str = "quadratic"
+    m: int = 8
+    n: int = 6
+    mu: float = 1.0
+    L: float = 10.0
+    seed: int = seed_param()
+    # a finite sum of n_samples least-squares terms (None: the plain quadratic),
+    # residual std ``noise`` at W*, split over n_clients with ``heterogeneity``;
+    # None leaves the factory's value (noise 1.0, heterogeneity 0.0) and keeps the
+    # plain quadratic's config hash unchanged
+    n_samples: Optional[int] = None
+    noise: Optional[float] = None
+    n_clients: Optional[int] = None
+    heterogeneity: Optional[float] = None
+
+
+@dataclass
+class IsotropicConf:
+    name: str = "isotropic"
+    m: int = 8
+    n: int = 6
+    L: float = 1.0
+    seed: int = seed_param()
+
+
+@dataclass
+class CounterexampleConf:
+    name: str = "counterexample"
+
+
+@register("problem", "quadratic", conf=QuadraticConf, label="quadratic")
 def make_quadratic(m=8, n=6, mu=1.0, L=10.0, seed=0, *, spectrum="log", init="random", max_dense=4096,
                    n_samples=None, noise=1.0, n_clients=None, heterogeneity=0.0):
     """Quadratic with Hessian spectrum in [mu, L]; ``mu == L`` is the isotropic one.
@@ -343,6 +376,7 @@ def _finite_sum_constants(prob):
         prob.delta_inf = max(0.0, prob.f_star - float(fk.mean()))
 
 
+@register("problem", "isotropic", conf=IsotropicConf, label="isotropic quadratic")
 def make_isotropic(m=8, n=6, L=1.0, seed=0, *, init="random"):
     """:math:`f(W) = \\tfrac L2\\|W - W^*\\|_F^2` (mu = L), any size, Q never formed."""
     _check_pos("L", L)
@@ -351,6 +385,7 @@ def make_isotropic(m=8, n=6, L=1.0, seed=0, *, init="random"):
     return prob
 
 
+@register("problem", "counterexample", conf=CounterexampleConf, label="RAC-LoRA counterexample")
 def make_counterexample(scale=4.0):
     """RAC-LoRA's counterexample: M = Diag(10, 1, ..., 1) on 3x3, W0 = 0, W* = scale I
     (see the module docstring for why LoRA-type methods fail on it)."""
