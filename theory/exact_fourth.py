@@ -29,7 +29,8 @@ column sketches, and the estimators with a state or noise (SGD, PAGE, MVR, QGD, 
 EF21) are refused with one line (``ValueError``): the exact check then falls back to the
 confidence bound of :func:`theory.confidence.mean_bounds` (docs/verify.md).
 
-Cost: :math:`O(K d^5)` per step, K outcomes; refused above ``max_dim`` = mn.
+Cost: :math:`4Kd^5` multiplications per step, K outcomes; refused above ``max_dim`` = mn or
+:data:`MAX_WORK` multiplications in all (the sphere rule has :math:`9\cdot5^{dim-2}` nodes).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from scipy import special
 __all__ = ["sphere_rule", "projection_rule", "metric_second_moments", "MAX_DIM"]
 
 MAX_DIM = 12  # largest mn (the state's fourth moment has mn^4 entries)
+MAX_WORK = 2e9  # largest number of multiplications (steps * outcomes * 4 (mn)^5), a few seconds
 _METRICS = ("f_gap", "grad_norm_sq", "dist_sq")
 
 
@@ -139,6 +141,10 @@ def metric_second_moments(model, *, method: str, estimator: dict, gamma: float, 
         name = "weighted column"  # a random diagonal projection known only by its pair inclusions
     M, w = _step_maps(np.asarray(model.Q, float), tuple(model.shape), method=method, gamma=float(gamma),
                       p=float(p), rank=rank, sketch=name)
+    work = float(its[-1]) * len(w) * 4 * d ** 5
+    if work > MAX_WORK:
+        raise ValueError(f"steps: exact second moments would take {work:.2g} multiplications ({len(w)} outcomes "
+                         f"per step, mn = {d}); the limit is {MAX_WORK:.2g}")
     Q = np.asarray(model.Q, float)
     forms = {"f_gap": 0.5 * Q, "grad_norm_sq": Q @ Q, "dist_sq": np.eye(d)}
     e0 = np.asarray(model.e0, float)
