@@ -131,14 +131,16 @@ def _chi2_nodes(n):
     return _NODES[n]
 
 
-def mean_bounds(X, *, alpha):
+def mean_bounds(X, *, alpha, upper=True):
     """Column means of ``X`` (n, K) and their one-sided lower and upper confidence
-    bounds, each of error <= ``alpha`` (module docstring). Returns (mean, lcb, ucb)."""
+    bounds, each of error <= ``alpha`` (module docstring). Returns (mean, lcb, ucb);
+    ``upper=False`` skips the upper bound (ucb = +inf), the costly one."""
     X = np.asarray(X, float)
     n, mean, sd, npos, ym, ys = _moments(X)
     if n < 2:
         return mean, np.full_like(mean, -np.inf), np.full_like(mean, np.inf)
-    return (mean,) + _bounds(n, mean, sd, npos, ym, ys, alpha)
+    lcb, ucb = _bounds(n, mean, sd, npos, ym, ys, alpha, upper=upper)
+    return mean, lcb, (np.full_like(mean, np.inf) if ucb is None else ucb)
 
 
 def _bounds(n, mean, sd, npos, ym, ys, alpha, upper=True):

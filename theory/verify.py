@@ -166,12 +166,11 @@ def exact_verdict(X, exact, its, *, confidence, checkpoints=8, rtol=1e-9, atol=0
     Xc, e = X[:, cols], exact[cols]
     tol = rtol * np.abs(e) + atol
     alpha = (1 - confidence) / (2 * len(cols))
-    mean, lcb, ucb = ci.mean_bounds(Xc, alpha=alpha)
-    below = ucb < e - tol
     limit = np.full(len(cols), np.nan)
     if second_moment is not None:  # the exact variance known: Bennett's limit replaces the UCB
         limit = ci.bennett_lower_limit(e, np.asarray(second_moment, float)[cols], X.shape[0], alpha)
-        below = np.where(np.isfinite(limit), mean < limit - tol, below)
+    mean, lcb, ucb = ci.mean_bounds(Xc, alpha=alpha, upper=not np.isfinite(limit).all())
+    below = np.where(np.isfinite(limit), mean < limit - tol, ucb < e - tol)
     same = np.abs(mean - e) <= tol
     z = np.where(same, 0.0, ci.exact_z(Xc, e))
     off = ~same & ((lcb > e + tol) | below)
