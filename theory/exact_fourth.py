@@ -42,7 +42,7 @@ from scipy import special
 __all__ = ["sphere_rule", "projection_rule", "metric_second_moments", "MAX_DIM"]
 
 MAX_DIM = 12  # largest mn (the state's fourth moment has mn^4 entries)
-MAX_WORK = 2e9  # largest number of multiplications (steps * outcomes * 4 (mn)^5), a few seconds
+MAX_WORK = 5e8  # largest number of multiplications (steps * outcomes * 4 (mn)^5): under a second
 _METRICS = ("f_gap", "grad_norm_sq", "dist_sq")
 
 
