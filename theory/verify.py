@@ -54,10 +54,12 @@ ratio of measured mean to bound; 1 = attained), with the interval
 Exact expectations: where the table has a column ``exact`` (:math:`\mathbb E` of the
 column named by ``exact_metric`` if present, else by ``bound_metric``, known in closed
 form), the mean over seeds is also tested two-sidedly against it at up to
-``checkpoints`` points: 'disagrees' when the confidence interval [LCB, UCB] above
-(each side at alpha/(2K)) excludes the exact value somewhere, else 'agrees'; the largest
-z-score :math:`|\bar X-e|/(s/\sqrt n)` is reported with it (:func:`exact_verdict`).
-See ``docs/verify.md``.
+``checkpoints`` points, each side at alpha/(2K): 'disagrees' when the LCB above exceeds
+the exact value somewhere, or the mean falls below it by more than chance allows: below
+Bennett's limit where the column ``exact_second_moment`` (:math:`\mathbb E X^2`,
+:mod:`theory.exact_fourth`) is known, a bound valid for every distribution, else under
+the UCB above; 'agrees' otherwise. The largest z-score :math:`|\bar X-e|/(s/\sqrt n)` is
+reported with it (:func:`exact_verdict`). See ``docs/verify.md``.
 """
 from __future__ import annotations
 
