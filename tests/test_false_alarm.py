@@ -190,3 +190,19 @@ def test_verify_uses_the_second_moment_column():
     wrong = table.assign(exact=1.6 * table["exact"], exact_second_moment=1.6 ** 2 * table["exact_second_moment"])
     v = verify(wrong).iloc[0]
     assert v["exact_verdict"] == "disagrees" and "Bennett limit" in v["reason"], v["reason"]
+
+
+def test_which_measured_cases_have_the_second_moment():
+    """scripts/false_alarm_rate.py's cases: the GD ones carry E[X^2] (Bennett on the 'below'
+    side, a guarantee), SGD and PAGE do not (the confidence bound, measured only)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "false_alarm_rate.py"
+    spec = importlib.util.spec_from_file_location("false_alarm_rate", path)
+    fa = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fa)
+    for case, overrides in fa.CASES.items():
+        table, _ = execute(job_config(**{**overrides, "steps": 3, "seed": 0, "seeds": 2}))
+        known = np.isfinite(table.loc[table["iteration"] >= 1, "exact_second_moment"]).all()
+        assert known == (case in ("bl-gd", "bl-gd-bound-attained")), case
