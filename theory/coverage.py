@@ -140,7 +140,8 @@ def _main():
           f"{'with E f^2 (Bennett)':>20s}")
     for name, model in (("default", {}), ("p=0.2 m=3 n=2 rank=1 c=0.3", dict(p=0.2, m=3, n=2, rank=1, c=0.3))):
         for n in (5, 10, 20):
-            res = exact_false_alarms(n=n, reps=reps // 4, steps=30, checkpoints=8, confidence=conf, rng=rng, model=model)
+            res = exact_false_alarms(n=n, reps=reps // 4, steps=30, checkpoints=8, confidence=conf, rng=rng,
+                                     model=model)
             cells = [f"{a:.4f} ({b:.4f})" for a, b in res]
             print(f"{name:28s} {n:5d} {cells[0]:>17s} {cells[1]:>17s} {cells[2]:>20s}")
 
