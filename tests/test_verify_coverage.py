@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from theory.confidence import mean_bounds, t_quantile
+from theory.confidence import t_quantile
 from theory.coverage import DISTRIBUTIONS, error_rates, quadratic_moments, quadratic_trajectories
 from theory.verify import exact_verdict, verify
 
