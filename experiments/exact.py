@@ -20,6 +20,10 @@ the same for every seed):
   minima (``min_f_gap``, ``min_grad_norm_sq``: the theorems bound the minimum of the
   expectations). ``bound >= exact_bounded`` is then a check of the theorem with no
   sampling error at all;
+* ``exact_second_moment``: :math:`\mathbb E X^2` of the ``exact_metric`` column where
+  :mod:`theory.exact_fourth` computes it exactly (GD-type steps, f_gap, grad_norm_sq,
+  dist_sq), else NaN: the 'below' side of the exact check then has a bound valid for every
+  distribution (:func:`theory.verify.exact_verdict`);
 * ``exact_status``: ``computed`` or ``not applicable: <why>``.
 """
 from __future__ import annotations
@@ -28,11 +32,13 @@ import numpy as np
 
 from solvers.sketches import make_sketch
 from theory.exact import METRICS, check_size, exact_moments
+from theory.exact_fourth import metric_second_moments
+from theory.verify import SECOND
 
 EXACT_METRICS = METRICS + ("avg_f_gap", "avg_grad_norm_sq")
 MIN_METRICS = ("min_f_gap", "min_grad_norm_sq")
 EXACT_COLUMNS = tuple(f"exact_{m}" for m in EXACT_METRICS) + ("exact", "exact_metric", "exact_bounded",
-                                                              "exact_status")
+                                                              SECOND, "exact_status")
 
 
 def _compressor_spec(compressor, d):
@@ -122,6 +128,19 @@ def exact_columns(job, iterations):
     return out
 
 
+def second_moments(job, iterations):
+    """``{metric: E[X^2] at iterations}`` (:func:`theory.exact_fourth.metric_second_moments`
+    on the job's method object), or None where it refuses."""
+    method = job.method
+    kw = dict(p=float(method.p), rank=method.rank, sketch=make_sketch(method.sketch)) \
+        if method.name == "bernoulli_lora" else {}
+    try:
+        return metric_second_moments(job.problem.exact_model(), method=method.name, gamma=float(method.stepsize),
+                                     estimator={"name": method.estimator.name}, iterations=iterations, **kw)
+    except ValueError:
+        return None
+
+
 def attach_exact(table, job, cfg=None):
     """Add :data:`EXACT_COLUMNS` to a job's table (module docstring). Where the exact
     expectations do not apply, the refusal's one line is the reason in ``exact_status``."""
@@ -144,5 +163,10 @@ def attach_exact(table, job, cfg=None):
             exact[pick == m] = values[m][pick == m]
         bounded[metric == m] = values[m][metric == m]
     table["exact"], table["exact_bounded"] = exact, bounded
+    its = table["iteration"].to_numpy().astype(np.int64)
+    second, sq = np.full(len(table), np.nan), second_moments(job, range(int(its.max()) + 1))
+    for m in METRICS if sq is not None else ():
+        second[pick == m] = sq[m][its[pick == m]]
+    table[SECOND] = second
     table["exact_status"] = "computed"
     return table

@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 from experiments.conf.schema import job_config  # noqa: E402
 from experiments.job import execute  # noqa: E402
 from resultstore.files import atomic_write, text_writer  # noqa: E402
-from theory.verify import exact_verdict, verify  # noqa: E402
+from theory.verify import SECOND, exact_verdict, verify  # noqa: E402
 
 CONFIDENCE = 0.99
 NOMINAL = 1 - CONFIDENCE
@@ -99,11 +99,13 @@ def exact_disagreements(case, reps, seeds):
     its = np.sort(table["iteration"].unique())
     its = its[its >= 1]
     X = table.pivot(index="seed", columns="iteration", values=metric)[its].to_numpy(float)
-    e = table.groupby("iteration")["exact"].first()[its].to_numpy(float)
+    first = table.groupby("iteration").first()
+    e = first["exact"][its].to_numpy(float)
+    s2 = first[SECOND][its].to_numpy(float) if SECOND in table.columns else None
     out = {"below": 0, "above": 0}
     for k in range(reps):
         block = X[k * seeds:(k + 1) * seeds]
-        v = exact_verdict(block, e, its, confidence=CONFIDENCE)
+        v = exact_verdict(block, e, its, confidence=CONFIDENCE, second_moment=s2)
         if v["exact_verdict"] == "disagrees":
             j = int(np.flatnonzero(its == v["exact_worst_iteration"])[0])
             out["below" if block[:, j].mean() < e[j] else "above"] += 1

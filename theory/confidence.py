@@ -47,15 +47,24 @@ of both (false-alarm rate and false-'holds' rate) is measured by simulation in
 ``tests/test_verify_coverage.py`` on log-normal, chi-square, Pareto and exact
 quadratic-trajectory samples.
 
-Two-sided test of a known expectation (``exact``): :math:`z = (\bar X - e)/(s_X/\sqrt n)`
-against :math:`t_{n-1,1-\alpha/2}`, with the same Bonferroni level over points.
+Known expectation and second moment (the exact check's 'below' side,
+:func:`bennett_lower_limit`): for :math:`X\ge0` with :math:`\mathbb EX = e`,
+:math:`\operatorname{Var}X = v`, the variables :math:`Y = e - X` are :math:`\le e`, and
+Bennett's inequality (which needs only this one-sided bound) gives, for every such
+distribution,
+
+.. math:: P(\bar X \le e - \varepsilon) \le \exp\Big(-\frac{nv}{e^2}\,
+          h\Big(\frac{e\varepsilon}{v}\Big)\Big),\qquad h(u) = (1+u)\log(1+u) - u.
+
+No bound of the lower side can do without v: a nonnegative X with mean e may be 0 with
+probability close to 1, and then every seed's value is 0.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["mean_bounds", "lognormal_mean_ucb", "t_quantile", "seeds_needed", "exact_z"]
+__all__ = ["mean_bounds", "lognormal_mean_ucb", "t_quantile", "seeds_needed", "exact_z", "bennett_lower_limit"]
 
 # quadrature nodes over the chi-square quantile levels, denser in both tails (logit grid)
 _LEVEL_EDGES = special.expit(np.linspace(-16.0, 16.0, 161))
@@ -122,14 +131,16 @@ def _chi2_nodes(n):
     return _NODES[n]
 
 
-def mean_bounds(X, *, alpha):
+def mean_bounds(X, *, alpha, upper=True):
     """Column means of ``X`` (n, K) and their one-sided lower and upper confidence
-    bounds, each of error <= ``alpha`` (module docstring). Returns (mean, lcb, ucb)."""
+    bounds, each of error <= ``alpha`` (module docstring). Returns (mean, lcb, ucb);
+    ``upper=False`` skips the upper bound (ucb = +inf), the costly one."""
     X = np.asarray(X, float)
     n, mean, sd, npos, ym, ys = _moments(X)
     if n < 2:
         return mean, np.full_like(mean, -np.inf), np.full_like(mean, np.inf)
-    return (mean,) + _bounds(n, mean, sd, npos, ym, ys, alpha)
+    lcb, ucb = _bounds(n, mean, sd, npos, ym, ys, alpha, upper=upper)
+    return mean, lcb, (np.full_like(mean, np.inf) if ucb is None else ucb)
 
 
 def _bounds(n, mean, sd, npos, ym, ys, alpha, upper=True):
@@ -182,3 +193,28 @@ def exact_z(X, exact):
     se = X.std(axis=0, ddof=1) / np.sqrt(n)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(se > 0, diff / se, np.where(diff == 0, 0.0, np.sign(diff) * np.inf))
+
+
+def bennett_lower_limit(exact, second, n, alpha):
+    r"""Smallest sample mean of ``n`` draws of :math:`X\ge0` with :math:`\mathbb EX` =
+    ``exact`` and :math:`\mathbb EX^2` = ``second`` (arrays, broadcast) that Bennett's
+    inequality does not reject at one-sided level ``alpha``: :math:`e - \varepsilon^*` with
+    :math:`\frac{nv}{e^2}h(e\varepsilon^*/v) = \log\frac1\alpha`, :math:`v = \mathbb EX^2 - e^2`
+    (module docstring), so that :math:`P(\bar X < e - \varepsilon^*) \le \alpha` whatever the
+    distribution. ``v <= 0`` (a constant X, up to rounding): ``exact`` itself; NaN where
+    ``second`` is not finite. A limit <= 0 means no sample mean is rejected."""
+    e, s2 = np.broadcast_arrays(np.asarray(exact, float), np.asarray(second, float))
+    v = np.maximum(s2 - e * e, 0.0)
+    ok = np.isfinite(e) & np.isfinite(s2)
+    live = ok & (v > 0) & (e > 0)
+    # h(u) = c with c = log(1/alpha) e^2 / (n v); h increasing on u >= 0, bisection on log u
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(live, np.log(1.0 / alpha) * e * e / (n * np.where(live, v, 1.0)), 1.0)
+    lo, hi = np.full(e.shape, -40.0), np.full(e.shape, 40.0)  # log u
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        u = np.exp(mid)
+        above = (1 + u) * np.log1p(u) - u > c
+        lo, hi = np.where(above, lo, mid), np.where(above, mid, hi)
+    eps = np.where(live, np.where(live, v, 0.0) * np.exp(hi) / np.where(live, e, 1.0), 0.0)
+    return np.where(ok, e - eps, np.nan)

@@ -54,10 +54,12 @@ ratio of measured mean to bound; 1 = attained), with the interval
 Exact expectations: where the table has a column ``exact`` (:math:`\mathbb E` of the
 column named by ``exact_metric`` if present, else by ``bound_metric``, known in closed
 form), the mean over seeds is also tested two-sidedly against it at up to
-``checkpoints`` points: 'disagrees' when the confidence interval [LCB, UCB] above
-(each side at alpha/(2K)) excludes the exact value somewhere, else 'agrees'; the largest
-z-score :math:`|\bar X-e|/(s/\sqrt n)` is reported with it (:func:`exact_verdict`).
-See ``docs/verify.md``.
+``checkpoints`` points, each side at alpha/(2K): 'disagrees' when the LCB above exceeds
+the exact value somewhere, or the mean falls below it by more than chance allows: below
+Bennett's limit where the column ``exact_second_moment`` (:math:`\mathbb E X^2`,
+:mod:`theory.exact_fourth`) is known, a bound valid for every distribution, else under
+the UCB above; 'agrees' otherwise. The largest z-score :math:`|\bar X-e|/(s/\sqrt n)` is
+reported with it (:func:`exact_verdict`). See ``docs/verify.md``.
 """
 from __future__ import annotations
 
@@ -77,6 +79,8 @@ EXACT_VERDICTS = ("agrees", "disagrees")
 #: columns that are measurements or bookkeeping, not configuration: the results
 #: schema's (:func:`resultstore.schema.is_measured`, which also counts ``exact_*`` and ``*_s``)
 MEASURED_COLUMNS = MEASUREMENTS | BOOKKEEPING
+#: the column of E[X^2] of the exact check's metric (theory.exact_fourth; NaN where unknown)
+SECOND = "exact_second_moment"
 
 
 def _is_measured(col: str) -> bool:
@@ -128,14 +132,20 @@ def _initial_value(g, metric):
     return float(v.mean()) if len(v) and np.isfinite(v).all() else np.nan
 
 
-def exact_verdict(X, exact, its, *, confidence, checkpoints=8, rtol=1e-9, atol=0.0) -> dict:
+def exact_verdict(X, exact, its, *, confidence, checkpoints=8, rtol=1e-9, atol=0.0, second_moment=None) -> dict:
     r"""Two-sided check of known expectations: ``X`` (n seeds, P points), ``exact`` (P,).
 
     Tests :math:`\mathbb E X_T = e_T` at up to ``checkpoints`` points (log-spaced, finite
     ``exact``, every seed measured) at the simultaneous level ``confidence``: 'disagrees'
     when at some point the lower confidence bound of the mean exceeds :math:`e_T` or the
     upper one falls below it (:func:`theory.confidence.mean_bounds`, each side at
-    :math:`\alpha/(2K)`); differences within ``rtol |e| + atol`` count as none. The
+    :math:`\alpha/(2K)`); differences within ``rtol |e| + atol`` count as none. Where the
+    exact second moment :math:`\mathbb E X_T^2` is given (``second_moment`` (P,), NaN where
+    unknown), the 'below' side is instead Bennett's bound
+    (:func:`theory.confidence.bennett_lower_limit`): 'disagrees' when
+    :math:`\bar X` falls under the limit, an error of at most :math:`\alpha/(2K)` for every
+    nonnegative X with these two moments (no distributional assumption; the confidence
+    bound's upper end under-covers on right-skewed samples, docs/verify.md). The
     z-scores :math:`z = (\bar X - e)/(s/\sqrt n)` are reported (largest :math:`|z|`) but not
     compared with a t quantile: for the right-skewed trajectories of randomised methods
     that plain test raises false alarms far above its level (measured in
@@ -155,13 +165,20 @@ def exact_verdict(X, exact, its, *, confidence, checkpoints=8, rtol=1e-9, atol=0
     cols = np.flatnonzero(ok)[log_spaced(its[ok], checkpoints)]
     Xc, e = X[:, cols], exact[cols]
     tol = rtol * np.abs(e) + atol
-    mean, lcb, ucb = ci.mean_bounds(Xc, alpha=(1 - confidence) / (2 * len(cols)))
+    alpha = (1 - confidence) / (2 * len(cols))
+    limit = np.full(len(cols), np.nan)
+    if second_moment is not None:  # the exact variance known: Bennett's limit replaces the UCB
+        limit = ci.bennett_lower_limit(e, np.asarray(second_moment, float)[cols], X.shape[0], alpha)
+    mean, lcb, ucb = ci.mean_bounds(Xc, alpha=alpha, upper=not np.isfinite(limit).all())
+    below = np.where(np.isfinite(limit), mean < limit - tol, ucb < e - tol)
     same = np.abs(mean - e) <= tol
     z = np.where(same, 0.0, ci.exact_z(Xc, e))
-    off = ~same & ((lcb > e + tol) | (ucb < e - tol))
+    off = ~same & ((lcb > e + tol) | below)
     j = int(np.argmax(np.where(off, np.abs(z), -1.0))) if off.any() else int(np.argmax(np.abs(z)))
     word = "disagrees" if off.any() else "agrees"
-    where = f"t={int(its[cols[j]])}: mean {mean[j]:.6g}, exact {e[j]:.6g}, interval [{lcb[j]:.6g}, {ucb[j]:.6g}]"
+    where = f"t={int(its[cols[j]])}: mean {mean[j]:.6g}, exact {e[j]:.6g}, " + (
+        f"interval [{lcb[j]:.6g}, {ucb[j]:.6g}]" if np.isnan(limit[j]) else
+        f"lower bound {lcb[j]:.6g}, Bennett limit {limit[j]:.6g}")
     return dict(exact_verdict=word, exact_max_abs_z=float(abs(z[j])), exact_worst_iteration=int(its[cols[j]]),
                 exact_reason=(f"exact {word} at {int(off.sum())} of {len(cols)} points" if off.any() else
                               f"exact agrees at {len(cols)} points") + f" (max |z| = {abs(z[j]):.3g} at {where}, "
@@ -176,10 +193,12 @@ def _exact(g, seeds, confidence, checkpoints, rtol, floor_abs):
         return dict(exact_verdict="not applicable", exact_reason=f"exact: column {col!r} not in the table")
     its = np.sort(g["iteration"].unique())
     P = g.pivot(index="seed", columns="iteration", values=col).reindex(index=seeds, columns=its)
-    e = g.groupby("iteration")["exact"].first().reindex(its).to_numpy(float)
+    first = g.groupby("iteration").first()
+    e = first["exact"].reindex(its).to_numpy(float)
     keep = its >= 1
+    s2 = first[SECOND].reindex(its).to_numpy(float)[keep] if SECOND in g.columns else None
     return exact_verdict(P.to_numpy(float)[:, keep], e[keep], its[keep], confidence=confidence,
-                         checkpoints=checkpoints, rtol=rtol, atol=floor_abs)
+                         checkpoints=checkpoints, rtol=rtol, atol=floor_abs, second_moment=s2)
 
 
 def _verdict(g: pd.DataFrame, confidence, rtol, floor, checkpoints) -> dict:
