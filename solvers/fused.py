@@ -37,6 +37,7 @@ import torch
 
 from solvers.iteration import Carry, RunningStats, advance
 from solvers.methods import FPFT, BernoulliLoRA
+from solvers.sketches import make_sketch
 
 GRAPH_MODES = ("auto", "off", "eager", "on")
 _BLOCK = 64
@@ -64,6 +65,15 @@ def eligible(method) -> bool:
     factor-space methods keep the engine's loop) whose estimator draws beforehand."""
     est = getattr(method, "estimator", None)
     return type(method) in (BernoulliLoRA, FPFT) and callable(getattr(est, "update_given", None))
+
+
+def capturable(method) -> bool:
+    """False where a step synchronises with the host on CUDA, so that it cannot be captured:
+    the pseudo-inverse's eigendecomposition of a sketch of rank > 1 that is not of full
+    rank almost surely (Rademacher). Such a run takes the fused path eagerly."""
+    if isinstance(method, BernoulliLoRA) and method.rank > 1:
+        return make_sketch(method.sketch).full_rank_almost_surely
+    return True
 
 
 def block_size(W, oracle, method, block=None) -> int:
@@ -185,7 +195,10 @@ def make_fused(method, oracle, carry, *, f_star, limit, track, graph="auto", blo
     m = mode(graph, carry.W.device)
     if m == "off" or not eligible(method):
         return None
+    if m == "graph" and not capturable(method):
+        m = "eager"
     return FusedRun(method, oracle, carry, f_star=f_star, limit=limit, track=track, block=block, mode=m)
 
 
-__all__ = ["FusedRun", "GRAPH_MODES", "RunningStats", "block_size", "check_graph", "eligible", "make_fused", "mode"]
+__all__ = ["FusedRun", "GRAPH_MODES", "RunningStats", "block_size", "capturable", "check_graph", "eligible",
+           "make_fused", "mode"]

@@ -226,23 +226,23 @@ class BernoulliLoRA(_WeightSpace):
     def direction_sync_free(self, G, seeds, step, left):
         """The projected direction without a host synchronisation (used on CUDA):
         :meth:`direction_given` with both sides drawn for every run."""
-        sketch = make_sketch(self.sketch)
-        m, n = G.shape[-2:]
-        B = sketch.sample_left(seeds, step, m, self.rank, device=G.device, dtype=G.dtype)
-        A = sketch.sample_right(seeds, step, self.rank, n, device=G.device, dtype=G.dtype)
+        _, B, A = self.direction_draws(seeds, step, G)
         return self.direction_given(G, (left, B, A))[0]
 
     def direction_draws(self, seeds, step, W):
-        """The coin (R, [K]) and both sketches, (R, [K,] m, r) and (R, [K,] r, n), of every run."""
+        """The coin (R, [K]) and both sketches, (R, [K,] m, r) and (R, [K,] r, n), of every
+        run (contiguous: the fused path's slices of a block have the same layout)."""
         sketch = make_sketch(self.sketch)
         m, n = W.shape[-2:]
         kw = dict(device=W.device, dtype=W.dtype)
         left = rng.bernoulli(seeds, rng.Stream.COIN, step, _per_run(self.p, W), device=W.device)
         if isinstance(step, int) or sketch.block_draws:
-            return left, sketch.sample_left(seeds, step, m, self.rank, **kw), \
-                sketch.sample_right(seeds, step, self.rank, n, **kw)
-        B = torch.stack([sketch.sample_left(seeds, t, m, self.rank, **kw) for t in step], 1)
-        return left, B, torch.stack([sketch.sample_right(seeds, t, self.rank, n, **kw) for t in step], 1)
+            B = sketch.sample_left(seeds, step, m, self.rank, **kw)
+            A = sketch.sample_right(seeds, step, self.rank, n, **kw)
+        else:
+            B = torch.stack([sketch.sample_left(seeds, t, m, self.rank, **kw) for t in step], 1)
+            A = torch.stack([sketch.sample_right(seeds, t, self.rank, n, **kw) for t in step], 1)
+        return left, B.contiguous(), A.contiguous()
 
     def direction_given(self, G, drawn):
         """The direction for the coin and sketches ``drawn`` (:meth:`direction_draws` of

@@ -53,7 +53,6 @@ def test_fused_marks_diverging_runs_and_freezes_them(monkeypatch, prob):
     loop, fusd = _both(monkeypatch, method, prob, [3, 4, 5], steps=80, eval_every=5)
     assert loop["diverged"][1, -1] and not loop["diverged"][0, -1]
     np.testing.assert_array_equal(fusd["diverged"], loop["diverged"])
-    ok = ~loop["diverged"][:, -1]
     _assert_same(loop, fusd)
 
 

@@ -184,6 +184,10 @@ def test_paths_and_modes(probs):
     assert fused.eligible(BernoulliLoRA(p=0.5, rank=1, estimator=MARINA(q=0.5), stepsize=1.0))
     assert fused.mode("auto", torch.device("cpu")) == "off" and fused.mode("auto", torch.device("cuda")) == "graph"
     assert fused.mode("on", torch.device("cpu")) == "eager"
+    # the pseudo-inverse (eigh) synchronises on CUDA: Rademacher at rank > 1 is not captured
+    assert not fused.capturable(BernoulliLoRA(p=0.5, rank=2, sketch="rademacher", estimator=GD(), stepsize=1.0))
+    assert fused.capturable(BernoulliLoRA(p=0.5, rank=1, sketch="rademacher", estimator=GD(), stepsize=1.0))
+    assert fused.capturable(BernoulliLoRA(p=0.5, rank=2, sketch="column", estimator=GD(), stepsize=1.0))
     with pytest.raises(ValueError, match="^graph: expected one of"):
         run(lora, prob, prob.W0, [0, 1], steps=2, graph="yes")
     # the block shrinks where one step's draws are large, never below one step
