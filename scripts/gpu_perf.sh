@@ -21,13 +21,13 @@ export BLORA_CACHE=$W/cache
     || $PY -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
   $PY -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0], 'threads', torch.get_num_threads())"
   echo "== (a) pytest tests/test_cuda.py"
-  timeout -k 5 180 $PY -m pytest -q -rfEs -p no:cacheprovider tests/test_cuda.py > "$OUT/cuda_tests.txt" 2>&1
+  timeout -k 5 200 $PY -m pytest -q -rfEs -p no:cacheprovider tests/test_cuda.py > "$OUT/cuda_tests.txt" 2>&1
   echo "pytest exit $?"; tail -25 "$OUT/cuda_tests.txt"
   echo "== (c) compile tax, fresh processes"
   timeout -k 5 75 $PY -m benchmarks.bench_compile_tax --device cuda --reps 3 --out "$OUT/bench_compile_tax_cuda.json"
   echo "compile tax exit $?"
   echo "== (b) finite-sum sweep (paper size) vs gather + minibatch GEMM floor"
-  timeout -k 5 210 $PY -m benchmarks.bench_finite_sum --size paper --device cuda --reps 3 --budget-s 120 \
+  timeout -k 5 190 $PY -m benchmarks.bench_finite_sum --size paper --device cuda --reps 3 --budget-s 110 \
     --out "$OUT/bench_finite_sum_cuda.json"
   echo "finite-sum exit $?"
   date -u
