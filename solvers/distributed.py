@@ -116,8 +116,9 @@ def _client_draws(comp, seeds, step, W, oracle):
 def _check_compressor(owner, comp, need):
     if comp is None:
         comp = Identity()
-    if not callable(getattr(comp, "compress", None)):
-        raise ValueError(f"compressor: {owner} needs a compressor object (solvers.compressors), got {comp!r}")
+    if not all(callable(getattr(comp, f, None)) for f in ("draw", "apply")):
+        raise ValueError(f"compressor: {owner} needs a compressor object with draw and apply "
+                         f"(solvers.compressors), got {comp!r}")
     name = getattr(comp, "name", type(comp).__name__)
     if need == "unbiased" and getattr(comp, "omega", None) is None:
         raise ValueError(f"compressor: {owner} needs an unbiased compressor (identity, randk, dither, natural), "
