@@ -144,7 +144,10 @@ class FusedRun:
         drawn = _map(lambda t: t.index_select(1, k).squeeze(1), self.drawn)
         new = advance(self.carry, lambda W, state: self.method.step_given(W, state, self.oracle, drawn),
                       evaluate=evaluate, **self.kw)
-        for buf, value in zip(_leaves(self.carry), _leaves(new)):
+        bufs, values = _leaves(self.carry), _leaves(new)
+        if len(bufs) != len(values) or any(b.shape != v.shape or b.dtype != v.dtype for b, v in zip(bufs, values)):
+            raise RuntimeError("solvers.fused: the method's step changed the structure of its state")
+        for buf, value in zip(bufs, values):
             if buf is not value:
                 buf.copy_(value)
         self.kidx.add_(1)
