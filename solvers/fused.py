@@ -35,6 +35,7 @@ import warnings
 
 import torch
 
+from solvers.estimators import _Drawn
 from solvers.iteration import Carry, RunningStats, advance
 from solvers.methods import FPFT, BernoulliLoRA
 from solvers.sketches import make_sketch
@@ -61,10 +62,13 @@ def mode(graph, device) -> str:
 
 
 def eligible(method) -> bool:
-    """A weight-space method (exactly Bernoulli-LoRA or FPFT; factor transmission and the
-    factor-space methods keep the engine's loop) whose estimator draws beforehand."""
+    """A weight-space method (exactly Bernoulli-LoRA or FPFT; factor transmission, the
+    factor-space methods and any subclass keep the engine's loop) whose estimator draws
+    beforehand and computes its ``update`` from ``draw`` and ``update_given`` (an estimator
+    that overrides ``update``, or has no ``update_given``, keeps the loop: the fused path
+    would not run its ``update``)."""
     est = getattr(method, "estimator", None)
-    return type(method) in (BernoulliLoRA, FPFT) and callable(getattr(est, "update_given", None))
+    return type(method) in (BernoulliLoRA, FPFT) and isinstance(est, _Drawn) and type(est).update is _Drawn.update
 
 
 def capturable(method) -> bool:

@@ -181,6 +181,14 @@ def test_paths_and_modes(probs):
     W = prob.W0.expand(2, *prob.W0.shape).clone()
     lora = LoRA(estimator=SGD(batch=4), rank=1, stepsize=0.1)
     assert not fused.eligible(lora)
+
+    @dataclasses.dataclass(frozen=True)
+    class OwnUpdate(SGD):  # overrides update: the fused path would not run it
+        def update(self, W_new, W_old, state, oracle, seeds, step):
+            return super().update(W_new, W_old, state, oracle, seeds, step)
+
+    assert not fused.eligible(BernoulliLoRA(p=0.5, rank=1, estimator=OwnUpdate(batch=4), stepsize=1.0))
+    assert fused.eligible(BernoulliLoRA(p=0.5, rank=1, estimator=SGD(batch=4), stepsize=1.0))
     assert fused.eligible(BernoulliLoRA(p=0.5, rank=1, estimator=MARINA(q=0.5), stepsize=1.0))
     assert fused.mode("auto", torch.device("cpu")) == "off" and fused.mode("auto", torch.device("cuda")) == "graph"
     assert fused.mode("on", torch.device("cpu")) == "eager"
