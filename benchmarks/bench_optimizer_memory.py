@@ -20,18 +20,16 @@ missing, only ``galore_torch/adamw.py`` (and the projector) is loaded.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import sys
-import types
 
 import torch
 from torch import nn
 
+from experiments.real_model.lm.methods import galore_adamw
+from experiments.real_model.lm.model import TARGETS
 from solvers.torch_optim import BernoulliLoRAOptimizer, state_bytes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def build(hidden: int, layers: int, seed: int = 0):
@@ -53,22 +51,6 @@ def only_train(model, params):
     ids = {id(p) for p in params}
     for p in model.parameters():
         p.requires_grad_(id(p) in ids)
-
-
-def galore_adamw():
-    """galore_torch.AdamW, or None when galore-torch is not installed."""
-    spec = importlib.util.find_spec("galore_torch")
-    if spec is None:
-        return None, "galore-torch not installed"
-    try:
-        from galore_torch import GaLoreAdamW
-        return GaLoreAdamW, "galore_torch.GaLoreAdamW"
-    except ImportError as err:  # bitsandbytes missing: load the AdamW module alone
-        pkg = types.ModuleType("galore_torch")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["galore_torch"] = pkg
-        from galore_torch.adamw import AdamW
-        return AdamW, f"galore_torch.adamw.AdamW (package __init__ not loaded: {err})"
 
 
 def one_step(model, opt, ids):

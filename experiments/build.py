@@ -23,6 +23,7 @@ import torch
 from experiments.conf.check import check_config
 from experiments.conf.schema import USED_BY
 from solvers.estimators import make_estimator
+from solvers.linalg import one_thread
 from solvers.methods import make_method
 from solvers.sketches import lambda_p, make_sketch
 
@@ -60,7 +61,8 @@ def build_problem(cfg):
     if key not in _PROBLEM_CACHE:
         if len(_PROBLEM_CACHE) >= 4:
             _PROBLEM_CACHE.pop(next(iter(_PROBLEM_CACHE)))
-        _PROBLEM_CACHE[key] = make_problem(name, **pc)
+        with one_thread():  # LAPACK's bits depend on the thread count (solvers.linalg)
+            _PROBLEM_CACHE[key] = make_problem(name, **pc)
     return _PROBLEM_CACHE[key]
 
 

@@ -38,12 +38,12 @@ EXACT_COLUMNS = tuple(f"exact_{m}" for m in EXACT_METRICS) + ("exact", "exact_me
 def _compressor_spec(compressor, d):
     """The compressor object as :func:`theory.exact.exact_moments` takes it: None (identity)
     or ``{'name': 'randk', 'k', 'scale'}``, ``scale`` d/k for the solvers' unbiased Rand-k,
-    1 for an unscaled one (an object with ``scaled = False``); others pass their name on
+    1 for an unscaled one (``randk_unscaled``, or any object with ``scaled = False``); others pass their name on
     (theory refuses them)."""
     name = getattr(compressor, "name", None)
     if compressor is None or name == "identity":
         return None
-    if name != "randk":
+    if name not in ("randk", "randk_unscaled"):
         return {"name": name}
     k = compressor.k
     return {"name": "randk", "k": k, "scale": d / k if getattr(compressor, "scaled", True) else 1.0}

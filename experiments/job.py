@@ -23,6 +23,7 @@ import torch
 from experiments.build import build_job
 from experiments.exact import attach_exact
 from solvers.engine import FIELDS, run
+from solvers.linalg import one_thread
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,9 @@ def tabulate(traj, job, cfg, config_hash) -> pd.DataFrame:
     columns, the bound of its theorem and, where computable, the exact expectation.
     The one place both the Hydra app and the batched sweep make a job's table."""
     table = trajectory_table(traj, job, cfg, config_hash)
-    table = attach_bounds(table, job, cfg)
-    return attach_exact(table, job, cfg)
+    with one_thread():  # the theorems' constants and exact expectations use LAPACK (solvers.linalg)
+        table = attach_bounds(table, job, cfg)
+        return attach_exact(table, job, cfg)
 
 
 @dataclass
@@ -203,7 +205,7 @@ def _complete_result(root, h, out_dir):
     return find_complete(root, h) or find_recorded(root, h)
 
 
-def run_job(cfg, out_dir, *, results_root=None, progress=None, dir_field="out_dir") -> Outcome:
+def run_job(cfg, out_dir, *, results_root=None, progress=None, dir_field="out_dir", overrides=None) -> Outcome:
     """Run one job into ``out_dir`` unless a complete result with the same config
     hash exists (in ``out_dir``, under ``results_root``, or recorded there).
 
@@ -211,7 +213,8 @@ def run_job(cfg, out_dir, *, results_root=None, progress=None, dir_field="out_di
     (:func:`experiments.storage.remove_stale_temps`), the job is claimed
     atomically before it runs (:mod:`experiments.claims`; a job claimed by a live
     process is not run twice), and a result written outside ``results_root`` is
-    recorded there so that later sweeps find it.
+    recorded there so that later sweeps find it. ``overrides`` (the job's override
+    list) is kept in its completion marker.
 
     Raises
     ------
@@ -252,7 +255,7 @@ def run_job(cfg, out_dir, *, results_root=None, progress=None, dir_field="out_di
             return Outcome("skipped", h, where=done)
         t0 = time.perf_counter()
         table, _ = execute(cfg, progress=progress, job=job)
-        write_job(out_dir, table, dict(cfg))
+        write_job(out_dir, table, dict(cfg), overrides=overrides)
         if root is not None:
             record_location(root, h, out_dir)
     log.info("results: %s/results.parquet (%d rows)", out_dir, len(table))

@@ -4,8 +4,9 @@ A *job* (one configuration, all its seeds) writes one directory::
 
     results.parquet   the long table, one row per (run, evaluation point)
     config.yaml       the job's configuration (plain YAML, sorted keys)
-    _COMPLETE         JSON {config_hash, rows, results_bytes, schema_version},
-                      written last: a job without it did not finish
+    _COMPLETE         JSON {config_hash, rows, results_bytes, schema_version, and
+                      overrides: the job's override list}, written last: a job
+                      without it did not finish
 
 Every file is written atomically (a temporary file in the same directory, then
 ``os.replace``), and a stale marker is removed before anything else is written,
@@ -188,14 +189,16 @@ def _dump_yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
 
 
-def write_job(directory: str | os.PathLike, df: pd.DataFrame, config: Mapping) -> Path:
+def write_job(directory: str | os.PathLike, df: pd.DataFrame, config: Mapping, *,
+              overrides: list[str] | None = None) -> Path:
     """Write one job's table and configuration into ``directory``, atomically.
 
     Order: remove a stale ``_COMPLETE``; write ``results.parquet``; write
     ``config.yaml``; write ``_COMPLETE`` (JSON with ``config_hash``, ``rows``,
     ``results_bytes``). The table is coerced to the schema dtypes and validated
     first; its ``config_hash`` column is filled from ``config`` when absent and
-    must agree with it when present.
+    must agree with it when present. ``overrides``: the job's override list
+    (Hydra's ``hydra.overrides.task``), kept in the marker as ``overrides``.
 
     Returns the path of ``results.parquet``.
     """
@@ -222,6 +225,8 @@ def write_job(directory: str | os.PathLike, df: pd.DataFrame, config: Mapping) -
     _atomic_write(d / CONFIG_FILE, text_writer(_dump_yaml(_plain(config))))
     info = {"config_hash": h, "rows": int(len(table)), "results_bytes": results.stat().st_size,
             "schema_version": SCHEMA_VERSION}
+    if overrides is not None:
+        info["overrides"] = [str(o) for o in overrides]
     _atomic_write(marker, text_writer(json.dumps(info, sort_keys=True) + "\n"))
     return results
 

@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from experiments.conf.schema import register
+from experiments.presets import RESOLVERS
 
 log = logging.getLogger("experiments.run")
 
@@ -34,10 +35,9 @@ if not OmegaConf.has_resolver("blora_unique"):
     # cached: the master's value is copied to every job of a sweep (Hydra copies
     # the resolver cache into each sweep config)
     OmegaConf.register_new_resolver("blora_unique", lambda: secrets.token_hex(3), use_cache=True)
-if not OmegaConf.has_resolver("ci_or_paper"):
-    # experiment presets pick their sizes with ${ci_or_paper:${size},CI_VALUE,PAPER_VALUE}
-    OmegaConf.register_new_resolver(
-        "ci_or_paper", lambda size, ci, paper: paper if str(size) == "paper" else ci)
+for _name, _fn in RESOLVERS.items():  # e.g. ${ci_or_paper:${size},CI_VALUE,PAPER_VALUE} in the presets
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 register()
 
 
@@ -75,7 +75,8 @@ def main(cfg) -> None:
         plain = job_config(cfg)
         label = job_label(plain, config_hash(plain))
         outcome = run_job(plain, out_dir, results_root=plain.get("results_root"), dir_field=dir_field,
-                          progress=make_progress(plain.get("progress", True), label=label))
+                          progress=make_progress(plain.get("progress", True), label=label),
+                          overrides=list(hc.overrides.task))
     except ValueError as exc:
         folder.clean()
         _fail(str(exc))

@@ -24,11 +24,9 @@ fi
 mkdir -p "$W" "$DEST"
 RUN="$PY -m experiments.run -m progress=false"
 $RUN experiment=linreg_gd_authors results_root="$W/gd"
-# FPFT has no p or rank, so it is not a point of the preset's sweep (same steps, seeds, eval_every at ci)
-$RUN problem=linreg problem.variant=authors method=fpft estimator=gd stepsize.factor=1.0,2.0 \
-     steps=200 seeds=3 eval_every=10 results_root="$W/gd"
-$RUN experiment=linreg_finite_sum_authors estimator=sgd stepsize.factor=0.0625 results_root="$W/finite_sum"
-$RUN experiment=linreg_finite_sum_authors estimator=page stepsize.factor=1 results_root="$W/finite_sum"
+$RUN experiment=linreg_gd_fpft problem.variant=authors results_root="$W/gd"
+$RUN experiment=linreg_finite_sum_authors results_root="$W/finite_sum"
+$RUN experiment=linreg_finite_sum_page problem.variant=authors results_root="$W/finite_sum"
 for s in gd finite_sum; do
   $PY -m experiments.collect "$W/$s" -o "$W/$s.parquet"
   $PY -m experiments.verify "$W/$s" --out "$W/${s}_verdicts.csv" > "$W/${s}_verdicts.txt" || true

@@ -2,10 +2,9 @@
 # The paper's two linreg sweeps in the units of the authors' code (problem.variant=authors:
 # full gradient grad f - A^T b/N, W0 from the doubled-gradient pretraining at seed 42;
 # docs/linreg_authors.md), on one GPU, Hydra-free (the GPU machine has no Hydra).
-# The jobs are those of `python -m experiments.sweep linreg_gd|linreg_finite_sum
-# --set problem.variant=authors`: the same methods, p, ranks, stepsizes, steps and seeds as
-# experiment=linreg_*_authors (whose eval_every differs, as it does between the stated
-# presets and experiments.sweeps). The sweeps run through scripts/gpu_sweeps.sh (TAG=_authors).
+# The jobs are those of the stated figures' presets with problem.variant=authors (for the SGD
+# and Bernoulli-LoRA grids, exactly experiment=linreg_*_authors), run through
+# scripts/gpu_sweeps.sh (SET=problem.variant=authors, TAG=_authors).
 # Run from the repository root:  OUT=/some/dir bash scripts/gpu_linreg_authors.sh
 # SWEEPS (default "linreg_gd linreg_finite_sum"), SIZE (paper), DEVICE (cuda), PY, WORK.
 # $OUT receives at most 5 files (refreshed after every stage, so a run cut short keeps

@@ -11,6 +11,8 @@
 #                              (our estimate: ~27k training images of digits 5-9 in the paper / batch 128),
 #                              cycling through our 6k-image split; merges and LR schedule still per epoch
 #   $OUT/mnist_step/           the merging methods with the theory's per-step switching
+#   $OUT/mnist_sgd/lr_<lr>/     every method with per-step switching and plain SGD (the theory's
+#                              algorithm), one table per learning rate of SGD_LRS
 #   $OUT/digits/               the same table (same protocol) on scikit-learn's digits (embedded data)
 # all of it under $WORK (default /tmp/blora_real_model); $OUT receives log.txt and
 # real_model_gpu.tar.gz, refreshed after every stage (a run cut short keeps what it finished;
@@ -29,7 +31,9 @@ MNIST_DIR=${MNIST_DIR:-../shared/data/mnist}
 SEEDS=${SEEDS:-20}
 EPOCHS=${EPOCHS:-50}
 DEVICE=${DEVICE:-cuda}
-ONLY=${ONLY:-"bench mnist mnist_step digits mnist_matched"}  # run in this order
+ONLY=${ONLY:-"bench mnist mnist_step digits mnist_matched"}  # run in this order (mnist_sgd on request)
+SGD_LRS=${SGD_LRS:-"0.01 0.03 0.1 0.3"}  # mnist_sgd: learning rates of plain SGD
+SGD_P=0,0.2,0.5,0.8,1
 P=0,0.01,0.2,0.4,0.6,0.8,0.99,1
 RM=("$PY" -m experiments.real_model)
 MNIST=(--data mnist --mnist-dir "$MNIST_DIR")
@@ -38,13 +42,13 @@ COMMON=(--rank 1 --alpha 1 --init-std 1 --seeds "$SEEDS" --seed 0 --epochs "$EPO
         --pretrain-patience 10 --pretrain-lr 2e-4 --optimizer adamw --lr 2e-4 --batch-size 128
         --opt-state keep --switch-every 1 --dtype float32 --device "$DEVICE")
 for stage in $ONLY; do
-  case $stage in bench|mnist|mnist_step|digits|mnist_matched) ;;
-    *) echo "error: ONLY: unknown stage '$stage' (choose from bench mnist mnist_step digits mnist_matched)" >&2; exit 2;;
+  case $stage in bench|mnist|mnist_step|digits|mnist_matched|mnist_sgd) ;;
+    *) echo "error: ONLY: unknown stage '$stage' (choose from bench mnist mnist_step digits mnist_matched mnist_sgd)" >&2; exit 2;;
   esac
 done
 mkdir -p "$OUT" "$FINAL"
 want() { [[ " $ONLY " == *" $1 "* ]]; }
-pack() { tar -C "$OUT" -czf "$FINAL/real_model_gpu.tar.gz.tmp" . && mv "$FINAL/real_model_gpu.tar.gz.tmp" "$FINAL/real_model_gpu.tar.gz"; }
+pack() { tar -C "$OUT" --exclude=weights.pt -czf "$FINAL/real_model_gpu.tar.gz.tmp" . && mv "$FINAL/real_model_gpu.tar.gz.tmp" "$FINAL/real_model_gpu.tar.gz"; }
 # stage NAME CMD...: run one stage, timed; a failure stops everything (non-zero exit)
 stage() {
   local name=$1 start=$SECONDS
@@ -79,6 +83,12 @@ sys.exit('error: DEVICE=cuda but torch.cuda.is_available() is False'
     stage mnist_step "${RM[@]}" "${MNIST[@]}" --method cola,rac_lora,bernoulli_lora --p "$P" --switch step \
         "${COMMON[@]}" --out "$OUT/mnist_step"
   fi
+  if want mnist_sgd; then  # the theory's algorithm: switch every step, plain SGD, its LR swept
+    for lr in $SGD_LRS; do
+      stage "mnist_sgd_lr_$lr" "${RM[@]}" "${MNIST[@]}" --method all --p "$SGD_P" --switch step \
+          "${COMMON[@]}" --optimizer sgd --lr "$lr" --out "$OUT/mnist_sgd/lr_$lr"
+    done
+  fi
   if want digits; then
     stage digits "${RM[@]}" --data digits --method all --p "$P" --switch epoch "${COMMON[@]}" --out "$OUT/digits"
   fi
@@ -86,7 +96,7 @@ sys.exit('error: DEVICE=cuda but torch.cuda.is_available() is False'
     stage mnist_matched "${RM[@]}" "${MNIST[@]}" --method all --p "$P" --switch epoch --steps-per-epoch 211 \
         "${COMMON[@]}" --out "$OUT/mnist_matched"
   fi
-  for d in mnist mnist_matched mnist_step digits; do
+  for d in mnist mnist_matched mnist_step digits mnist_sgd/lr_*; do
     if [ -f "$OUT/$d/summary.md" ]; then echo "== $d"; cat "$OUT/$d/summary.md"; fi
   done
 }

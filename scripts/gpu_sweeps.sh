@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The paper's matrix-level sweeps on one GPU, Hydra-free (the GPU machine has no Hydra).
 # Run from the repository root:  OUT=/some/dir bash scripts/gpu_sweeps.sh
-# SWEEPS (default "linreg_gd linreg_finite_sum"), BENCH=0 (skip the benchmarks), PREP=0 (skip the
-# stated linreg build and its spectrum), SET (space-separated KEY=VALUE given to every job with
-# `experiments.sweep --set`), TAG (suffix of each sweep's folder and files), SIZE, DEVICE, PY, WORK.
+# SWEEPS (default "linreg_gd linreg_finite_sum": the paper's two linreg figures, each the jobs of
+# its presets in experiments/conf/experiment, see FIGURE below; any other name is one preset),
+# BENCH=0 (skip the benchmarks), PREP=0 (skip the stated linreg build and its spectrum), SET
+# (space-separated Hydra overrides KEY=VALUE given to every job), TAG (suffix of each sweep's
+# folder and files), SIZE, DEVICE, PY, WORK.
+# Each sweep is `python -m experiments.sweep PRESET... size=$SIZE device=$DEVICE $SET`: the very
+# jobs (config hashes, tables) of `python -m experiments.run -m experiment=PRESET ...`.
 # $OUT receives (refreshed after every stage, so a run cut short still leaves its results):
 #   log.txt              everything printed (device, benchmarks, sweep timings, verdict tails)
 #   results.tar.gz       benchmark JSONs, per-sweep timing/summary/verdicts, figures
@@ -23,7 +27,7 @@ BENCH=${BENCH:-1}
 PREP=${PREP:-1}
 SET=${SET:-}
 TAG=${TAG:-}
-SETS=(); for kv in $SET; do SETS+=(--set "$kv"); done
+declare -A FIGURE=([linreg_gd]="linreg_gd linreg_gd_fpft" [linreg_finite_sum]="linreg_finite_sum linreg_finite_sum_page")
 mkdir -p "$OUT" "$W"
 export BLORA_CACHE=$W/cache
 pack() {  # small outputs -> $OUT/results.tar.gz (job folders, parquets and the cache stay behind)
@@ -49,7 +53,7 @@ pack() {  # small outputs -> $OUT/results.tar.gz (job folders, parquets and the 
   pack
   for s in $SWEEPS; do
     n=$s$TAG
-    echo "== sweep $n";        $PY -m experiments.sweep $s --size $SIZE --device $DEVICE "${SETS[@]}" --out "$W/$n"
+    echo "== sweep $n";        $PY -m experiments.sweep ${FIGURE[$s]:-$s} size=$SIZE device=$DEVICE $SET --out "$W/$n"
     $PY -m experiments.collect "$W/$n" -o "$W/$n.parquet"
     $PY scripts/derive_numbers.py curves "$W/$n.parquet" -o "$W/${n}_median_curves.csv"
     $PY -m experiments.verify "$W/$n" --out "$W/${n}_verdicts.csv" > "$W/${n}_verdicts.txt"; echo "verify exit $?"

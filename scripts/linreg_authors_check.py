@@ -4,8 +4,8 @@
 
 Prints, for both variants: ||W0||, the recorded ||grad||^2 at W0 (stated: ||grad f||^2;
 authors: ||grad f - A^T b/N||^2) and their ratios; ||A^T b/N||^2; then runs the p = 0.5
-Bernoulli-LoRA-SGD job of the finite-sum sweep (experiments.sweeps.linreg_finite_sum) on
-the authors' variant and prints, at its last iterate, the recorded ||grad f - A^T b/N||^2
+Bernoulli-LoRA-SGD job of experiment=linreg_finite_sum_authors (the finite-sum figure on
+the authors' variant) and prints, at its last iterate, the recorded ||grad f - A^T b/N||^2
 next to the true ||grad f||^2 (median and range over its seeds).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 def main(argv=None):
     from experiments.build import build_job
     from experiments.problems.linreg import make_linreg
-    from experiments.sweeps import linreg_finite_sum
+    from experiments.presets import expand
     from solvers.engine import run
 
     ap = argparse.ArgumentParser(prog="python scripts/linreg_authors_check.py", description=__doc__.split("\n\n")[0])
@@ -35,9 +35,8 @@ def main(argv=None):
           f"{float((a.W0 - 2 * s.W0).norm() / (2 * s.W0).norm()):.3e}; max |W0_s| = {float(s.W0.abs().max()):.4g}")
     print(f"recorded ||grad||^2 at W0: stated {gs:.6g}, authors {ga:.6g}, ratio {ga / gs:.6f}")
     print(f"||A^T b/N||^2 = {c2:.6g}")
-    cfg = next(c for c in linreg_finite_sum(size=args.size, device=args.device)
-               if c["estimator"]["name"] == "sgd" and c["method"]["p"] == 0.5)
-    cfg["problem"]["variant"] = "authors"
+    (cfg, _), = expand(["experiment=linreg_finite_sum_authors", f"size={args.size}", f"device={args.device}",
+                        "method.p=0.5"])
     job = build_job(cfg)
     traj = run(job.method, job.problem, job.problem.W0, job.seeds, steps=cfg["steps"], eval_every=cfg["steps"])
     G = job.problem.grad(traj.W)  # the authors' grad f - c

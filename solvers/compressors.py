@@ -228,6 +228,34 @@ class RandK(_KCompressor):
 
 
 @dataclass(frozen=True)
+class RandKUnscaled(RandK):
+    r"""Random-k sparsification without the d/k scaling: the same draws as :class:`RandK`,
+    times k/d. Biased (:math:`\mathbb{E} C(x) = \frac kd x`) and contractive in
+    expectation, :math:`\mathbb{E}\|C(x)-x\|^2 = (1 - k/d)\|x\|^2` (EF21's class,
+    :math:`\alpha = k/d`), and linear given its draw (so :mod:`theory.exact` knows it)."""
+
+    name = "randk_unscaled"
+    unbiased = False
+    omega = None
+    scaled = False
+
+    def omega_at(self, d):
+        return None
+
+    def alpha_at(self, d):
+        self._check_k(d)
+        return self.k / d
+
+    @property
+    def alpha(self):
+        return self.alpha_at(self.d) if self.d is not None else float("nan")
+
+    def compress(self, X, seeds, step, *, sub=0):
+        Y, bits = super().compress(X, seeds, step, sub=sub)
+        return Y * (self.k / (X.shape[-1] * X.shape[-2])), bits
+
+
+@dataclass(frozen=True)
 class TopK(_KCompressor):
     r"""Top-k (largest magnitudes) sparsification, deterministic and biased:
     :math:`\|C(x)-x\|^2 \le (1 - k/d)\|x\|^2` for every x (the d - k dropped
@@ -370,12 +398,13 @@ class Natural:
         return Y.reshape(X.shape), _bits(X, self.bits_per_block(d))
 
 
-COMPRESSORS = {"identity": Identity, "randk": RandK, "topk": TopK, "dither": Dithering, "natural": Natural}
-_PARAMS = {"identity": (), "randk": ("k",), "topk": ("k",), "dither": ("s",), "natural": ()}
+COMPRESSORS = {"identity": Identity, "randk": RandK, "randk_unscaled": RandKUnscaled, "topk": TopK,
+               "dither": Dithering, "natural": Natural}
+_PARAMS = {"identity": (), "randk": ("k",), "randk_unscaled": ("k",), "topk": ("k",), "dither": ("s",), "natural": ()}
 
 
 def make_compressor(name: str, **params):
-    """Compressor by name: identity, randk (k), topk (k), dither (s), natural.
+    """Compressor by name: identity, randk (k), randk_unscaled (k), topk (k), dither (s), natural.
 
     Every compressor also takes ``float_bits`` (32) and ``d`` (None: the block
     size, needed only for the attributes omega / alpha of randk, topk, dither).

@@ -124,8 +124,8 @@ def _check_compressor(owner, comp, need):
         raise ValueError(f"compressor: {owner} needs an unbiased compressor (identity, randk, dither, natural), "
                          f"got {name} (biased; use it with ef21)")
     if need == "contractive" and getattr(comp, "alpha", None) is None:
-        raise ValueError(f"compressor: {owner} needs a contractive compressor (identity, topk), got {name} "
-                         f"(unbiased but not contractive; use it with qgd or marina)")
+        raise ValueError(f"compressor: {owner} needs a contractive compressor (identity, topk, randk_unscaled), "
+                         f"got {name} (unbiased but not contractive; use it with qgd or marina)")
     return comp
 
 

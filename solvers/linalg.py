@@ -27,12 +27,20 @@ So the solvers and the oracles contract and reduce through these functions:
   path;
 * fast mode (default on CUDA, or ``invariant=False``): one BLAS call, plain ``sum``.
 
+A fourth thing makes them depend on the machine's thread count: MKL's LAPACK
+(``qr``, ``eigh``, ``eigvalsh``, ``lstsq``) gives other bits with another number of
+threads (a Ray worker runs with one, a local process with all cores). So LAPACK
+runs on one thread: :func:`per_matrix` in invariant mode, and the building of a
+problem and of a job's theory columns (:func:`one_thread`, used by
+:mod:`experiments.build` and :mod:`experiments.job`).
+
 Set the process-wide default with :func:`set_invariant` (e.g. the paper-size CPU
 sweep turns it off for GEMM speed; results then differ in the last bits between
 batch sizes, never in distribution).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -47,6 +55,22 @@ def set_invariant(flag):
     """Force invariant mode on (True), off (False), or back to by-device (None)."""
     global _INVARIANT
     _INVARIANT = flag
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the body with one intra-op thread (torch's and MKL's), then restore the
+    count: what runs inside gives the same bits whatever the process's thread count
+    (MKL's LAPACK does not otherwise). Process-wide while it lasts."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _invariant(t: torch.Tensor, flag):
@@ -100,13 +124,14 @@ def per_matrix(fn, *xs, invariant=None):
     Invariant mode: one call per matrix, on a fresh copy. MKL's result depends on the
     memory alignment of its operands, and a batched call stores matrix i at offset
     ``i * a * b`` elements, so the same matrix gives other bits in another position of a
-    batch; a fresh copy is aligned as the matrix of a one-run batch is. Fast mode: one
-    batched call."""
+    batch; a fresh copy is aligned as the matrix of a one-run batch is; and on one
+    thread (:func:`one_thread`). Fast mode: one batched call."""
     if not _invariant(xs[0], invariant) or xs[0].shape[:-2].numel() == 0:
         return fn(*xs)
     lead = xs[0].shape[:-2]
     flat = [x.reshape(-1, *x.shape[-2:]) for x in xs]
-    outs = [fn(*(f[i].clone() for f in flat)) for i in range(flat[0].shape[0])]
+    with one_thread():
+        outs = [fn(*(f[i].clone() for f in flat)) for i in range(flat[0].shape[0])]
     if isinstance(outs[0], torch.Tensor):
         return torch.stack(outs).reshape(*lead, *outs[0].shape)
     return tuple(torch.stack(parts).reshape(*lead, *parts[0].shape) for parts in zip(*outs))

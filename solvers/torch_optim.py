@@ -304,7 +304,9 @@ class BernoulliLoRAOptimizer(torch.optim.Optimizer):
                 loss = closure()
         t = self._t + 1
         k = self.round_of(t)
-        side = self.side_of_round(k)
+        if getattr(self, "_side_cache", (None, None))[0] != k:  # one coin per round, not per step
+            self._side_cache = (k, self.side_of_round(k))
+        side = self._side_cache[1]
         delta_fn = _adamw_delta if self.config["inner"] == "adamw" else _sgd_delta
         proj_ids = {id(w): l for l, _, w in self.projected()}
         for group in self.param_groups:

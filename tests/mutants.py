@@ -1,4 +1,5 @@
-r"""Deliberately broken solvers (issue 11, item 6), applied in tests only.
+r"""Deliberately broken solvers (issue 11, item 6), applied in tests only, and the shipped
+configurations they are applied to.
 
 A *break* is a function ``job -> method``: given the honest job of a configuration
 (:func:`experiments.build.build_job`) it returns the method object that actually runs.
@@ -10,10 +11,19 @@ instead changes the job's constants and runs the honest method.
 
 The repository's solvers are never edited: every break subclasses a solver class (or
 wraps a compressor) and is built from the honest object's own fields.
+
+Configurations: :func:`preset_config` composes one job of a shipped Hydra preset exactly as
+``python -m experiments.run -m experiment=NAME`` composes it, and :func:`preset_jobs` lists
+the preset's sweep (:data:`PRESETS`: ``exact_pairs``, every method/estimator pair of
+issue 11 item 2 on an exactly solvable quadratic, and ``exact_isotropic``, where the PL
+bound is within a constant factor of the exact mean).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import itertools
 
 import torch
 
@@ -21,11 +31,14 @@ from experiments.build import build_job
 from experiments.job import tabulate
 from experiments.results import config_hash
 from solvers import rng
+from solvers.compressors import RandK
 from solvers.distributed import EF21, _compress, n_clients_of
 from solvers.engine import run
-from solvers.estimators import PAGE
+from solvers.estimators import MVR, PAGE
 from solvers.methods import BernoulliLoRA
-from tests.test_exact import UnscaledRandK
+
+#: the shipped presets the breaks are applied to (experiments/conf/experiment/)
+PRESETS = ("exact_pairs", "exact_isotropic")
 
 
 # --------------------------------------------------------------------------- broken pieces
@@ -77,6 +90,28 @@ class PAGEWithoutCorrection(PAGE):
 
 
 @dataclasses.dataclass(frozen=True)
+class MVRWithoutCorrection(MVR):
+    r"""MVR whose STORM correction :math:`-(1-b)\,g(W_t;\xi_{t+1})` is dropped: plain momentum
+    :math:`G_{t+1} = b\,g(W_{t+1};\xi_{t+1}) + (1-b)\,G_t` instead of
+    :math:`g(W_{t+1};\xi_{t+1}) + (1-b)(G_t - g(W_t;\xi_{t+1}))`."""
+
+    def update(self, W_new, W_old, state, oracle, seeds, step):
+        g_new, cost = self._sgd()._draw(W_new, oracle, seeds, step)
+        G = self.momentum * g_new + (1.0 - self.momentum) * state.G
+        return state._replace(G=G, epochs=state.epochs + cost)
+
+
+@dataclasses.dataclass(frozen=True)
+class BiasedRandK(RandK):
+    r"""Rand-k that drops its d/k scaling but still declares itself unbiased (``omega`` =
+    d/k - 1, so QGD and MARINA accept it): :math:`\mathbb E\,C(x) = \frac kd x`."""
+
+    def compress(self, X, seeds, step, *, sub=0):
+        Y, bits = super().compress(X, seeds, step, sub=sub)
+        return Y * (self.k / (X.shape[-1] * X.shape[-2])), bits
+
+
+@dataclasses.dataclass(frozen=True)
 class EF21WithoutFeedback(EF21):
     r"""EF21 without error feedback: :math:`G^i_{t+1} = C_i(\nabla f_i(W_{t+1}))` (plain
     compressed gradients) instead of :math:`G^i_t + C_i(\nabla f_i(W_{t+1}) - G^i_t)`."""
@@ -113,16 +148,19 @@ def page_without_correction(job):
     return _with_estimator(job, PAGEWithoutCorrection(**_fields(job.method.estimator)))
 
 
+def mvr_without_correction(job):
+    return _with_estimator(job, MVRWithoutCorrection(**_fields(job.method.estimator)))
+
+
 def ef21_without_feedback(job):
     return _with_estimator(job, EF21WithoutFeedback(**_fields(job.method.estimator)))
 
 
 def biased_compressor(job):
-    r"""The unbiased Rand-k of QGD / MARINA replaced by Rand-k without its d/k scaling
-    (:math:`\mathbb E\,C(x) = \frac kd x`; the exact expectation stays that of the
-    configuration's unbiased Rand-k)."""
+    r"""The unbiased Rand-k of QGD / MARINA replaced by :class:`BiasedRandK` (the exact
+    expectation stays that of the configuration's unbiased Rand-k)."""
     est = job.method.estimator
-    comp = UnscaledRandK(**_fields(est.compressor))
+    comp = BiasedRandK(**_fields(est.compressor))
     return _with_estimator(job, dataclasses.replace(est, compressor=comp))
 
 
@@ -132,21 +170,20 @@ def _fields(obj):
 
 BREAKS = {"scaled_projection": scaled_projection, "swapped_coin": swapped_coin,
           "tripled_stepsize": tripled_stepsize, "page_without_correction": page_without_correction,
-          "ef21_without_feedback": ef21_without_feedback, "biased_compressor": biased_compressor}
+          "mvr_without_correction": mvr_without_correction, "ef21_without_feedback": ef21_without_feedback,
+          "biased_compressor": biased_compressor}
 
 
-# --------------------------------------------------------------------------- running
-
-def ef21_unscaled_randk(job, k):
-    """The job with EF21's compressor replaced by the contractive unscaled Rand-k (k of
-    d = m n coordinates), whose exact expectations :mod:`theory.exact` knows. The
-    configuration's own EF21 compressors (identity, top-k) have none: identity makes
-    EF21 plain GD (no feedback to remove) and top-k is not affine."""
-    m, n = job.problem.shape
-    est = dataclasses.replace(job.method.estimator, compressor=UnscaledRandK(k=k, d=m * n))
-    job.method = dataclasses.replace(job.method, estimator=est)
-    job.estimator = est
-    return job
+def applies(name, cfg):
+    """Whether break ``name`` changes the run of the job configuration ``cfg``: a projection,
+    a coin and lambda only in Bernoulli-LoRA (FPFT has none), a correction, feedback or
+    compressor only in its estimator."""
+    method, est, comp = cfg["method"]["name"], cfg["estimator"]["name"], cfg["compressor"]["name"]
+    if name in ("scaled_projection", "swapped_coin", "wrong_lambda_bound"):
+        return method == "bernoulli_lora"
+    return {"page_without_correction": est == "page", "mvr_without_correction": est == "mvr",
+            "ef21_without_feedback": est == "ef21",
+            "biased_compressor": est in ("qgd", "marina") and comp == "randk"}.get(name, True)
 
 
 def wrong_lambda_bound(job):
@@ -155,10 +192,56 @@ def wrong_lambda_bound(job):
     return job
 
 
+# --------------------------------------------------------------------------- shipped configurations
+
+@functools.lru_cache(maxsize=None)
+def _composed(overrides):
+    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
+
+    import experiments.run  # registers the schema and the ci_or_paper resolver
+
+    with initialize_config_module(config_module="experiments.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    sweep = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
+    with open_dict(cfg):
+        del cfg["hydra"]  # its run-time fields (hydra.job.num) exist only inside the app
+    return experiments.run.job_config(cfg), sweep
+
+
+def preset_jobs(preset):
+    """The jobs of the shipped preset's sweep, as its yaml lists them: one tuple of Hydra
+    overrides (``key=value``) per job, in the order of the sweep."""
+    _, sweep = _composed((f"experiment={preset}",))
+    return [tuple(f"{k}={v}" for k, v in zip(sweep, values)) for values in itertools.product(*sweep.values())]
+
+
+def preset_config(preset, job=(), **overrides):
+    """One job of the shipped preset (``job``: its sweep overrides, from :func:`preset_jobs`),
+    composed by Hydra as the app composes it (``size=ci``), on the CPU; ``overrides``
+    (top-level keys) replace its values."""
+    cfg, _ = _composed((f"experiment={preset}", *job, "size=ci"))
+    return {**copy.deepcopy(cfg), "device": "cpu", "progress": False, **overrides}
+
+
+def label(cfg):
+    """A short name of a job: method (RAC-LoRA for p in {0, 1}), p, estimator, compressor."""
+    m = cfg["method"]
+    name = m["name"] if m["name"] != "bernoulli_lora" else \
+        (f"rac_lora(p={m['p']:g})" if m["p"] in (0, 1) else f"bernoulli_lora(p={m['p']:g})")
+    est = cfg["estimator"]
+    extra = "+noise" if est.get("noise") is not None else (f"+batch{est['batch']}" if est.get("batch") else "")
+    comp = "" if cfg["compressor"]["name"] == "identity" else f"/{cfg['compressor']['name']}"
+    return f"{name}/{est['name']}{extra}{comp}"
+
+
+# --------------------------------------------------------------------------- running
+
 def run_with(cfg, brk=honest, *, adjust=None):
     """The results table of ``cfg`` when the solver is broken by ``brk`` (a job -> method
-    function) and the job first changed by ``adjust`` (job -> job; e.g. the EF21 compressor
-    or a wrong bound). Bound and exact expectation are those of the (adjusted) honest job."""
+    function) and the job first changed by ``adjust`` (job -> job; e.g. a wrong bound,
+    :func:`wrong_lambda_bound`). Bound and exact expectation are those of the (adjusted)
+    honest job."""
     job = build_job(cfg)
     if adjust is not None:
         job = adjust(job)

@@ -106,7 +106,7 @@ def test_wrong_override_fails_clearly_and_writes_nothing(tmp_path, override, nee
 @pytest.mark.slow
 def test_submitit_launcher_in_local_mode(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    r = _app("-m", "launcher=submitit_local", "method.p=0.3,0.7", *SMALL, f"results_root={tmp_path}", cwd=tmp_path,
+    r = _app("-m", "hydra/launcher=submitit_local", "method.p=0.3,0.7", *SMALL, f"results_root={tmp_path}", cwd=tmp_path,
              timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     from experiments.results import complete_jobs
@@ -116,7 +116,7 @@ def test_submitit_launcher_in_local_mode(tmp_path):
 
 @pytest.mark.slow
 def test_joblib_launcher_and_experiment_preset(tmp_path):
-    r = _app("-m", "launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=sketch_comparison", "steps=10",
+    r = _app("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=sketch_comparison", "steps=10",
              "seeds=2", "eval_every=5", "progress=false", f"results_root={tmp_path}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     from experiments.results import load_results

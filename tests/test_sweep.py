@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_module
 
 import experiments.run  # noqa: F401  (registers the structured configs and resolvers)
 from experiments.conf.schema import job_config
+from experiments.presets import expand
 from experiments.results import config_hash, load_results
 
 
@@ -30,10 +31,10 @@ def test_job_config_hash_equals_hydra_composition(overrides, kwargs):
 def test_sweep_batches_configs_exactly_and_resumes(tmp_path):
     from experiments.job import execute
     from experiments.sweep import run_sweep
-    from experiments.sweeps import linreg_gd
 
-    cfgs = linreg_gd(size="ci", device="cpu", seeds=2, steps=15, factors=(1.0,))
-    cfgs = [c for c in cfgs if c["method"]["name"] == "fpft" or c["method"]["rank"] == 2][:5]
+    small = ["device=cpu", "seeds=2", "steps=15", "stepsize.factor=1.0"]
+    cfgs = [c for c, _ in expand(["experiment=linreg_gd_fpft", *small])
+            + expand(["experiment=linreg_gd", "method.rank=2", *small])[:4]]
     run_sweep(cfgs, str(tmp_path), log=lambda *a: None)
     table = load_results(tmp_path)
     assert table["config_hash"].nunique() == len(cfgs)
@@ -83,38 +84,26 @@ def test_sweep_batches_each_job_with_its_own_stepsize_rule(tmp_path):
                                       alone.sort_values(["seed", "iteration"])["grad_norm_sq"].to_numpy())
 
 
-def test_sweeps_pass_zero_seeds_and_steps_through():
-    # `seeds or default` turned an explicit 0 into the default
-    from experiments.sweeps import SWEEPS
-
-    for fn in SWEEPS.values():
-        cfgs = fn(size="ci", device="cpu", seeds=0, steps=0)
-        assert {c["seeds"] for c in cfgs} == {0} and {c["steps"] for c in cfgs} == {0}
-
-
-@pytest.mark.parametrize("flag", ["--seeds", "--steps"])
-def test_sweep_cli_refuses_zero_before_any_work(tmp_path, capsys, flag):
+@pytest.mark.parametrize("key", ["seeds", "steps"])
+def test_sweep_cli_refuses_zero_before_any_work(tmp_path, capsys, key):
     from experiments.sweep import main
 
     out = tmp_path / "out"
-    assert main(["linreg_gd", flag, "0", "--device", "cpu", "--out", str(out)]) == 2
-    assert capsys.readouterr().err == f"error: {flag[2:]}: must be an integer >= 1, got 0\n"
+    assert main(["linreg_gd", f"{key}=0", "device=cpu", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {key}: must be an integer >= 1, got 0\n"
     assert not out.exists()
 
 
 def test_sweep_help_gives_every_option_and_its_default():
-    from experiments.conf.schema import RunConf
+    from experiments.presets import preset_names
     from experiments.sweep import parser
-    from experiments.sweeps import SEEDS, SWEEPS
-
-    assert tuple(SEEDS) == RunConf.__dataclass_fields__["size"].metadata["choices"]
 
     ap = parser()
     for action in ap._actions:
         if action.option_strings and action.dest != "help":
             assert "(default: " in action.help, action.dest
     text = ap.format_help()
-    assert all(f"  {name}: " in text for name in SWEEPS)
+    assert all(f"  {name}: " in text for name in preset_names())
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (
@@ -130,10 +119,9 @@ def test_sweep_leaves_a_job_claimed_by_another_process_alone(tmp_path):
     twice: the batched sweep skips it and runs the rest."""
     from experiments.claims import try_claim
     from experiments.sweep import run_sweep
-    from experiments.sweeps import linreg_gd
 
-    cfgs = [c for c in linreg_gd(size="ci", device="cpu", seeds=2, steps=5, factors=(1.0,))
-            if c["method"]["name"] == "bernoulli_lora" and c["method"]["rank"] == 1][:3]
+    cfgs = [c for c, _ in expand(["experiment=linreg_gd", "device=cpu", "seeds=2", "steps=5", "method.rank=1",
+                                  "stepsize.factor=1.0"])][:3]
     held = config_hash(cfgs[0])
     lines = []
     with try_claim(tmp_path, held, out_dir=tmp_path / "elsewhere"):
@@ -145,24 +133,21 @@ def test_sweep_leaves_a_job_claimed_by_another_process_alone(tmp_path):
     assert set(load_results(tmp_path)["config_hash"]) == {config_hash(c) for c in cfgs}
 
 
-def test_sweep_set_overrides_every_job_and_refuses_what_the_schema_does_not_declare(tmp_path, capsys):
-    """--set KEY=VALUE reaches every job exactly as a Hydra override would (same hash as
-    job_config with that key), and a bad item is refused with one line before any work."""
-    from experiments.sweep import main, parse_sets
-    from experiments.sweeps import linreg_finite_sum
+def test_sweep_overrides_reach_every_job_and_refuse_what_the_schema_does_not_declare(tmp_path, capsys):
+    """KEY=VALUE reaches every job exactly as a Hydra override would (the finite-sum
+    sweep with problem.variant=authors is experiment=linreg_finite_sum_authors, hash for
+    hash), and a bad item is refused with one line before any work."""
+    from experiments.sweep import main
 
-    assert parse_sets(["problem.variant=authors", "estimator.batch=5", "x=0.5"]) == {
-        "problem.variant": "authors", "estimator.batch": 5, "x": 0.5}
-    for bad, field in ((["--set", "problem.variant"], "--set:"), (["--set", "problem.foo=1"], "problem.foo:")):
+    for bad, field in ((["problem.variant"], "experiment:"), (["problem.foo=1"], "problem.foo:")):
         out = tmp_path / "refused"
-        assert main(["linreg_finite_sum", "--size", "ci", "--device", "cpu", *bad, "--out", str(out)]) == 2
+        assert main(["linreg_finite_sum", "device=cpu", *bad, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {field}") and not out.exists()
-    cfg = linreg_finite_sum(size="ci", device="cpu", seeds=1, steps=2)[0]
-    expected = dict(cfg, problem=dict(cfg["problem"], variant="authors"))
     out = tmp_path / "authors"
-    assert main(["linreg_finite_sum", "--size", "ci", "--device", "cpu", "--steps", "2", "--seeds", "1",
-                 "--set", "problem.variant=authors", "--out", str(out)]) == 0
+    small = ["device=cpu", "steps=2", "seeds=1", "method.p=0.5"]
+    assert main(["linreg_finite_sum", *small, "problem.variant=authors", "--out", str(out)]) == 0
     table = load_results(out)
     assert set(table["problem_variant"]) == {"authors"}
-    assert config_hash(expected) in set(table["config_hash"])
+    (cfg, _), = expand(["experiment=linreg_finite_sum_authors", *small])
+    assert set(table["config_hash"]) == {config_hash(cfg)}

@@ -234,6 +234,13 @@ class RandKConf:
 
 
 @dataclass
+class RandKUnscaledConf:
+    # Rand-k without the d/k scaling: contractive, alpha = k/d (for ef21)
+    name: str = "randk_unscaled"
+    k: int = param(4, ge=1)
+
+
+@dataclass
 class TopKConf:
     name: str = "topk"
     k: int = param(4, ge=1)
@@ -288,8 +295,8 @@ GROUPS = {
                   "marina": MARINAConf, "ef21": EF21Conf, "subgradient": SubgradientConf},
     "sketch": {**{n: SketchConf for n in ("gaussian", "orthonormal", "rademacher", "column")},
                "weighted_column": WeightedColumnConf},
-    "compressor": {"identity": IdentityConf, "randk": RandKConf, "topk": TopKConf,
-                   "dither": DitherConf, "natural": NaturalConf},
+    "compressor": {"identity": IdentityConf, "randk": RandKConf, "randk_unscaled": RandKUnscaledConf,
+                   "topk": TopKConf, "dither": DitherConf, "natural": NaturalConf},
 }
 #: the option of each group when none is chosen (config.yaml's defaults list says the same)
 DEFAULTS = {"problem": "quadratic", "method": "bernoulli_lora", "estimator": "gd", "sketch": "gaussian",

@@ -69,8 +69,14 @@ def lora_layers(model: nn.Module, adapter_name: str = "default") -> list[tuple[s
 
 
 def factors(module, adapter_name):
-    """(A (r x n), B (m x r)) weight tensors of one layer."""
-    return module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight
+    """(A (r x n), B (m x r)) weight tensors of one layer.
+
+    Read from the registries (``_modules`` / ``_parameters``), the same objects as
+    ``module.lora_A[adapter_name].weight``: the switcher calls this for every layer at
+    every step, and ``nn.Module.__getattr__`` made it most of the step's overhead."""
+    mods = module._modules
+    return (mods["lora_A"]._modules[adapter_name]._parameters["weight"],
+            mods["lora_B"]._modules[adapter_name]._parameters["weight"])
 
 
 def layer_delta(module, adapter_name) -> torch.Tensor:
