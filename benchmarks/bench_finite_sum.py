@@ -3,11 +3,13 @@
     python -m benchmarks.bench_finite_sum [--size paper|ci] [--device auto|cpu|cuda]
                                           [--reps 2] [--graph auto] [--budget-s 300] [--out FILE.json]
 
-The jobs are those of ``python -m experiments.sweep linreg_finite_sum`` (built by
-:func:`experiments.sweeps.linreg_finite_sum` and :func:`experiments.build.build_job`,
-grouped into engine calls as :func:`experiments.sweep.run_sweep` groups them: at paper
-size Bernoulli-LoRA-SGD, 100 runs x 20,000 steps, and -PAGE, 60 runs x 6,733 steps,
-batch 100 of N = 10,000, d = 4096); nothing is written. Each repetition times every
+The jobs are those of ``python -m experiments.sweep linreg_finite_sum
+linreg_finite_sum_page size=paper`` (what scripts/gpu_sweeps.sh runs for the figure; the
+Hydra presets expanded by :func:`experiments.sweep.expand_command`, built by
+:func:`experiments.build.build_job`, grouped into engine calls and batched as
+:func:`experiments.sweep.run_sweep` does: at paper size Bernoulli-LoRA-SGD, 100 runs x
+20,000 steps, and -PAGE, 60 runs x 6,733 steps, batch 100 of N = 10,000, d = 4096);
+nothing is written. Each repetition times every
 group's engine call (GPU-synchronised), after one short warm-up call per group.
 
 The floor is the operation no implementation of these steps can avoid: gathering each
@@ -30,6 +32,10 @@ import time
 import torch
 
 
+#: the presets of the finite-sum figure (scripts/gpu_sweeps.sh, FIGURE[linreg_finite_sum])
+PRESETS = ("linreg_finite_sum", "linreg_finite_sum_page")
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -46,18 +52,19 @@ def machine(device) -> dict:
 def groups(size, device):
     """``[(name, method, problem, seeds, cfg)]``: the sweep's engine calls."""
     from experiments.build import build_job
-    from experiments.sweep import _batched, _group_key
-    from experiments.sweeps import linreg_finite_sum
+    from experiments.sweep import _batched, _group_key, expand_command
 
-    cfgs = linreg_finite_sum(size=size, device=str(device))
+    cfgs = [c for c, _ in expand_command([*PRESETS, f"size={size}", f"device={device.type}"])]
     by_key = {}
     for cfg in cfgs:
-        by_key.setdefault(_group_key(cfg), []).append(cfg)
+        job = build_job(cfg)
+        by_key.setdefault(_group_key(cfg, job), []).append((cfg, job))
     out = []
     for members in by_key.values():
-        jobs = [build_job(c) for c in members]
+        jobs = [job for _, job in members]
         seeds = [s for job in jobs for s in job.seeds]
-        out.append((members[0]["estimator"]["name"], _batched(jobs), jobs[0].problem, seeds, members[0]))
+        method = _batched(jobs) if len(jobs) > 1 else jobs[0].method
+        out.append((members[0][0]["estimator"]["name"], method, jobs[0].problem, seeds, members[0][0]))
     return out
 
 

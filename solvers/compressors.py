@@ -250,8 +250,8 @@ class RandKUnscaled(RandK):
     def alpha(self):
         return self.alpha_at(self.d) if self.d is not None else float("nan")
 
-    def compress(self, X, seeds, step, *, sub=0):
-        Y, bits = super().compress(X, seeds, step, sub=sub)
+    def apply(self, X, idx):
+        Y, bits = super().apply(X, idx)
         return Y * (self.k / (X.shape[-1] * X.shape[-2])), bits
 
 

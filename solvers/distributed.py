@@ -113,12 +113,21 @@ def _client_draws(comp, seeds, step, W, oracle):
     return comp.draw(seeds, step, n_clients_of(oracle), m * n, device=W.device, dtype=W.dtype)
 
 
+def _defined_in(cls, name):
+    """The class of ``cls``'s MRO whose body defines ``name``."""
+    return next((k for k in cls.__mro__ if name in vars(k)), object)
+
+
 def _check_compressor(owner, comp, need):
     if comp is None:
         comp = Identity()
     if not all(callable(getattr(comp, f, None)) for f in ("draw", "apply")):
         raise ValueError(f"compressor: {owner} needs a compressor object with draw and apply "
                          f"(solvers.compressors), got {comp!r}")
+    if _defined_in(type(comp), "compress") is not _defined_in(type(comp), "apply") and \
+            issubclass(_defined_in(type(comp), "compress"), _defined_in(type(comp), "apply")):
+        raise ValueError(f"compressor: {type(comp).__name__} overrides compress but not apply; the estimators "
+                         f"call draw and apply (compress is derived from them): override apply instead")
     name = getattr(comp, "name", type(comp).__name__)
     if need == "unbiased" and getattr(comp, "omega", None) is None:
         raise ValueError(f"compressor: {owner} needs an unbiased compressor (identity, randk, dither, natural), "

@@ -106,8 +106,8 @@ class BiasedRandK(RandK):
     r"""Rand-k that drops its d/k scaling but still declares itself unbiased (``omega`` =
     d/k - 1, so QGD and MARINA accept it): :math:`\mathbb E\,C(x) = \frac kd x`."""
 
-    def compress(self, X, seeds, step, *, sub=0):
-        Y, bits = super().compress(X, seeds, step, sub=sub)
+    def apply(self, X, idx):
+        Y, bits = super().apply(X, idx)
         return Y * (self.k / (X.shape[-1] * X.shape[-2])), bits
 
 

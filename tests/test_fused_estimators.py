@@ -176,6 +176,30 @@ def test_the_comparison_catches_a_shifted_draw(monkeypatch, probs):
     assert np.array_equal(bad["loss"][:, 0], loop["loss"][:, 0])
 
 
+def test_a_compressor_overriding_only_compress_is_refused():
+    """The estimators call draw and apply; an override of compress alone would be skipped
+    silently, so it is refused (one line); overriding apply is the way."""
+    from solvers.compressors import RandK
+
+    @dataclasses.dataclass(frozen=True)
+    class OwnCompress(RandK):
+        def compress(self, X, seeds, step, *, sub=0):
+            Y, bits = super().compress(X, seeds, step, sub=sub)
+            return 0.5 * Y, bits
+
+    @dataclasses.dataclass(frozen=True)
+    class OwnApply(RandK):
+        def apply(self, X, idx):
+            Y, bits = super().apply(X, idx)
+            return 0.5 * Y, bits
+
+    with pytest.raises(ValueError, match=r"^compressor: OwnCompress overrides compress but not apply") as info:
+        QGD(compressor=OwnCompress(k=2))
+    assert "\n" not in str(info.value)
+    QGD(compressor=OwnApply(k=2))
+    MARINA(compressor=RandK(k=2))
+
+
 def test_paths_and_modes(probs):
     prob = probs["linreg"]
     W = prob.W0.expand(2, *prob.W0.shape).clone()
