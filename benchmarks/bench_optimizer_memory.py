@@ -27,6 +27,7 @@ from torch import nn
 
 from experiments.real_model.lm.methods import galore_adamw
 from experiments.real_model.lm.model import TARGETS
+from resultstore.files import atomic_write, text_writer
 from solvers.torch_optim import BernoulliLoRAOptimizer, state_bytes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -142,10 +143,7 @@ def main(argv=None) -> int:
         table(rows), ""])
     print(text, end="")
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, args.out)
+        atomic_write(args.out, text_writer(text))
     return 0
 
 

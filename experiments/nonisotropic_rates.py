@@ -87,7 +87,9 @@ def main(argv=None):
     ap.add_argument("table")
     ap.add_argument("-o", "--out", default=None)
     args = ap.parse_args(argv)
-    out = rates(pd.read_parquet(args.table))
+    from experiments.results import load_results
+
+    out = rates(load_results(args.table))  # the store's reader: old column names read as current
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(out.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if args.out:

@@ -15,6 +15,8 @@ naming it, never guessed):
   strings); ``group=option`` chooses a config group option; ``hydra.*`` and
   ``hydra/...`` overrides change no job and are dropped, as Hydra drops them from
   a job's task overrides;
+* ``+experiment/SUB=OPTION``: a preset part appended after the preset (Hydra appends
+  it to the defaults list), e.g. ``experiment=exact_pairs`` sweeps two such groups;
 * presets (``@package _global_``) whose defaults list holds ``override /GROUP: OPTION``,
   another preset's name and ``_self_``, whose body sets configuration keys, and
   whose ``hydra.sweeper.params`` lists the swept values;
@@ -117,11 +119,26 @@ def _split_top(text: str, where: str) -> list[str]:
     return parts + [cur]
 
 
+def appended_group(key: str):
+    """``'+experiment/SUB'`` -> ``'SUB'`` when ``experiment/SUB/`` is a folder of preset
+    parts (``+experiment/SUB=OPTION`` appends ``experiment/SUB/OPTION.yaml``, a
+    ``@package _global_`` part, after the preset), else None."""
+    head = f"+{PRESET_GROUP}/"
+    if key.startswith(head) and (CONF_DIR / PRESET_GROUP / key[len(head):]).is_dir():
+        return key[len(head):]
+    return None
+
+
 def parse_override(text: str) -> tuple[str, list]:
     """``'key=a,b'`` -> ``('key', [a, b])``; one element means no sweep. Refuses
-    ``+key``, ``++key``, ``~key`` and ``key@package`` with one line."""
+    ``+key`` (except ``+experiment/SUB``: :func:`appended_group`), ``++key``, ``~key``
+    and ``key@package`` with one line."""
     key, eq, value = str(text).partition("=")
     key = key.strip()
+    if appended_group(key) is not None:
+        if not eq:
+            raise ValueError(f"{text}: expected {key}=OPTION")
+        return key, [parse_value(v, key) for v in _split_top(value, key)]
     if key[:1] in ("+", "~") or "@" in key:
         raise ValueError(f"{key}: only KEY=VALUE overrides are read here (no +, ++, ~ or @package); "
                          f"run it through Hydra: python -m experiments.run -m ...")
@@ -339,6 +356,10 @@ def compose(overrides: list[str]) -> tuple[dict, dict]:
     if preset:
         if preset[-1] is not None:
             chain = _preset_chain(_plain(preset[-1]), groups)
+    for key, (value,) in parsed:  # appended preset parts merge after the preset, in order
+        sub = appended_group(key)
+        if sub is not None:
+            chain.extend(_preset_chain(f"{sub}/{_plain(value)}", groups))
     leaves, params = {}, {}
     for body in chain:
         body = dict(body)
@@ -346,7 +367,7 @@ def compose(overrides: list[str]) -> tuple[dict, dict]:
         params.update(((hydra.get("sweeper") or {}).get("params")) or {})
         leaves.update(_flatten(body))
     for key, (value,) in parsed:
-        if _is_hydra(key) or key == PRESET_GROUP:
+        if _is_hydra(key) or key == PRESET_GROUP or appended_group(key) is not None:
             continue
         if key in GROUPS:
             groups[key] = _plain(value)

@@ -1,5 +1,6 @@
-"""Low-level file safety for the results store: atomic writes, the suite's own
-temporary files, the ``results_root`` check, and storage-error recognition.
+"""File safety around the results store: the suite's own temporary files, the
+``results_root`` check, and storage-error recognition. The atomic writer itself
+(:func:`atomic_write`, :data:`TEMP_RE`) is :mod:`resultstore.files`, re-exported here.
 
 Temporary files are named ``.<target>.~<host>~<pid>~<random>.tmp`` beside their
 target (:data:`TEMP_RE` is the one definition of that pattern), so a later run
@@ -12,58 +13,14 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import secrets
-import socket
 import time
 from pathlib import Path
-from typing import Callable
 
-#: The suite's temporary files: ``.<target>.~<host>~<pid>~<random>.tmp``.
-TEMP_RE = re.compile(r"^\.(?P<target>.+)\.~(?P<host>[^~/]*)~(?P<pid>\d+)~(?P<token>[0-9a-f]+)\.tmp$")
+from resultstore.files import HOST, TEMP_RE, atomic_write, temp_path, text_writer  # noqa: F401 (one definition)
 
 #: errno values that mean "this folder cannot take our files" (disk full, quota,
 #: read-only file system, no permission): every further job would fail alike.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
-
-HOST = socket.gethostname().replace("~", "_").replace("/", "_")
-
-
-def temp_path(path: Path) -> Path:
-    """A fresh temporary name beside ``path`` following :data:`TEMP_RE`."""
-    return path.parent / f".{path.name}.~{HOST}~{os.getpid()}~{secrets.token_hex(4)}.tmp"
-
-
-def _fsync(path: os.PathLike | str) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it
-    over ``path``. On any exception (KeyboardInterrupt included) the temporary
-    file is removed and ``path`` is untouched."""
-    tmp = temp_path(Path(path))
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.close(fd)
-        write(str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def text_writer(text: str) -> Callable[[str], None]:
-    """A ``write(tmp)`` for :func:`atomic_write` that writes ``text`` (UTF-8)."""
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    return write
 
 
 def pid_alive(pid: int) -> bool:

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.results import rename_old_columns
+from resultstore.files import RESULTS_FILE, complete_dirs, read_tables
+from resultstore.schema import JOB
 from theory.verify import format_table, verify
-
-RESULTS_FILE = "results.parquet"
 
 
 class NoResults(Exception):
@@ -33,35 +32,31 @@ class NoResults(Exception):
 
 
 def load_tables(path: str | Path) -> pd.DataFrame:
-    """One table from a parquet file or from every results.parquet under a directory."""
+    """One table from a parquet file or from every complete job under a directory
+    (the store's reader, :func:`resultstore.files.read_tables`, schema not enforced:
+    verify needs only the columns it uses). Incomplete jobs and unreadable files are
+    skipped with a warning on stderr; a single unreadable file is :class:`NoResults`."""
     path = Path(path)
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        # complete jobs only: a job killed mid-write has no completion marker
-        from experiments.results import complete_jobs, incomplete_jobs
+    if not path.exists():
+        raise NoResults(f"{path}: no such file or directory")
+    if path.is_dir():
+        from experiments.results import incomplete_jobs
 
-        files = [Path(d) / RESULTS_FILE for d in complete_jobs(path)]
         for d in incomplete_jobs(path):  # a killed job, or a results file changed since it was marked
             print(f"verify: warning: skipping {d}: not a complete job (no marker, or a results file "
                   f"whose size differs from its marker's)", file=sys.stderr)
-    else:
-        raise NoResults(f"{path}: no such file or directory")
-    if not files:
-        raise NoResults(f"{path}: no {RESULTS_FILE} found (nothing to verify)")
-    tables = []
-    for f in files:
-        try:
-            tables.append(rename_old_columns(pd.read_parquet(f)))
-        except Exception as err:  # pyarrow raises several types for a bad file
-            if len(files) == 1:
-                raise NoResults(f"{f}: cannot read parquet ({type(err).__name__}: {err})") from None
-            print(f"verify: warning: skipping {f}: cannot read parquet ({type(err).__name__}: {err})",
-                  file=sys.stderr)
-    tables = [t for t in tables if len(t)]
-    if not tables:
-        raise NoResults(f"{path}: the results tables are empty")
-    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+
+    def unreadable(f, message):
+        if path.is_file():
+            raise NoResults(message)
+        print(f"verify: warning: skipping {message}", file=sys.stderr)
+
+    table = read_tables(path, kind=JOB, check=False, on_error=unreadable)
+    if table.empty:
+        found = path.is_file() or complete_dirs(path, kind=JOB)
+        raise NoResults(f"{path}: the results tables are empty" if found
+                        else f"{path}: no {RESULTS_FILE} found (nothing to verify)")
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,12 +12,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-MEASUREMENTS = frozenset({
-    "iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
-    "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap", "bound", "diverged",
-})
-BOOKKEEPING = frozenset({"seed", "config_hash", "device", "bound_status", "bound_metric", "wall_s"})
-DERIVED = frozenset({"gamma", "lambda_min_p", "lambda_max_p"})
+from resultstore.schema import DERIVED, configuration_columns
+
 #: the stepsize factor's column (gamma = factor / L), newest name first
 STEPSIZE_COLUMNS = ("stepsize_factor", "stepsize")
 #: pseudo-column naming a configuration by its hash when no column tells it apart
@@ -43,12 +39,8 @@ def stepsize_column(df) -> str | None:
 
 def config_columns(df: pd.DataFrame) -> list[str]:
     """Columns that describe a configuration (neither a measurement, nor
-    bookkeeping, nor derived from the others). Timings (any column ending in
-    ``_s``, e.g. a sweep's ``group_wall_s``) and the exact expectations
-    (``exact``, ``exact_*``, experiments.exact) are not configuration."""
-    skip = MEASUREMENTS | BOOKKEEPING | DERIVED
-    return [c for c in df.columns if c not in skip and not str(c).endswith("_s")
-            and c != "exact" and not str(c).startswith("exact_")]
+    bookkeeping, nor derived from the others: :mod:`resultstore.schema`)."""
+    return configuration_columns(df.columns)
 
 
 def _text(s: pd.Series) -> pd.Series:

@@ -101,6 +101,7 @@ def _said_once():
 
 
 def main(argv: list[str] | None = None) -> int:
+    style.use_file_backend()
     ap = argparse.ArgumentParser(prog="python -m figures.make", description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", help="results parquet, or a directory of job results")
     ap.add_argument("--out", default=None, help="figure directory (default DIR/figures)")

@@ -1,12 +1,14 @@
 """One look for every figure: rcParams, the paper's method names, colours.
 
-Naming convention (documented once, used everywhere): RAC-LoRA variants are
-named by the factor that is TRAINED. In this suite p is the probability of the
-left sketch (B sampled and frozen, A trained), so
+Naming convention (docs/design.md#factors, the one statement): p is the
+probability of the left sketch, B sampled and frozen, A trained; a display
+label always says both factors, and a side suffix in an identifier
+(``rac_lora_b``, ``lora_a``, the keys of :data:`FIXED_COLORS`) names the factor
+that is SAMPLED (random). So
 
-    p = 1  ->  "RAC-LoRA-GD (A)"     (B sampled, A trained every step)
-    p = 0  ->  "RAC-LoRA-GD (B)"     (A sampled, B trained every step)
-    0 < p < 1 -> "Bernoulli-LoRA-GD (p=0.2)"
+    p = 1, rac_lora_b  ->  "RAC-LoRA-GD (B sampled, A trained)"
+    p = 0, rac_lora_a  ->  "RAC-LoRA-GD (A sampled, B trained)"
+    0 < p < 1          ->  "Bernoulli-LoRA-GD (p=0.2)"
 
 The estimator suffix follows the paper (GD, SGD, PAGE, MVR, QGD, MARINA, EF21).
 
@@ -24,12 +26,22 @@ import functools
 import math
 import zlib
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import colormaps
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
+def use_file_backend() -> None:
+    """Select matplotlib's Agg backend unless ``MPLBACKEND`` names one: for commands
+    that only write files (``figures.make``, the real-model CLI). Called by their
+    entry points, never at import, so that importing :mod:`figures` from a notebook
+    or another program leaves its backend alone."""
+    import os
+
+    import matplotlib
+
+    if not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+
 
 RC = {
     "figure.dpi": 110,
@@ -58,8 +70,8 @@ ESTIMATOR_NAMES = {
 
 FIXED_COLORS = {
     "fpft": "black",
-    "rac_A": "tab:red",
-    "rac_B": "tab:orange",
+    "rac_lora_b": "tab:red",      # p = 1: B sampled, A trained
+    "rac_lora_a": "tab:orange",   # p = 0: A sampled, B trained
     "lora": "tab:brown",
     "cola": "tab:pink",
     "asymm_lora": "tab:purple",
@@ -141,23 +153,47 @@ def estimator_name(estimator) -> str:
     return ESTIMATOR_NAMES.get(str(estimator), str(estimator).upper())
 
 
-def method_label(method, p=None, estimator="gd") -> str:
-    """The paper's name of a method: see the module docstring for RAC-LoRA."""
+#: the factor sampled (random, frozen) when the coin is 1 (probability p) and when it is 0
+SAMPLED = {1: "B", 0: "A"}
+FAMILY_NAMES = {"fpft": "FPFT", "lora": "LoRA", "cola": "COLA", "asymm_lora": "AsymmLoRA",
+                "rac_lora": "RAC-LoRA", "bernoulli_lora": "Bernoulli-LoRA"}
+
+
+def split_side(method) -> tuple[str, str | None]:
+    """``"rac_lora_b"`` -> ``("rac_lora", "B")`` (the sampled factor); other names -> ``(name, None)``."""
     method = str(method)
-    est = estimator_name(estimator)
-    if method == "bernoulli_lora":
+    if method[-2:] in ("_a", "_b") and method[:-2] in FAMILY_NAMES:
+        return method[:-2], method[-1].upper()
+    return method, None
+
+
+def sides_label(family: str, sampled: str) -> str:
+    """What the two factors do, e.g. ``"B sampled, A trained"``; LoRA and COLA train
+    both factors from a sampled and a zero one: ``"A sampled, B zero"``."""
+    other = "A" if sampled == "B" else "B"
+    return f"{sampled} sampled, {other} zero" if family in ("lora", "cola") else f"{sampled} sampled, {other} trained"
+
+
+def method_label(method, p=None, estimator="gd", *, rac_names: bool = True) -> str:
+    """The paper's name of a method, with both factors' roles (module docstring).
+
+    ``estimator=None`` (the real-model section, trained by an optimiser) gives no
+    estimator suffix; ``rac_names=False`` keeps Bernoulli-LoRA's name at p = 0 and 1
+    (a table that also lists ``rac_lora_a`` / ``rac_lora_b`` themselves)."""
+    family, side = split_side(method)
+    est = "" if estimator is None else "-" + estimator_name(estimator)
+    if family == "bernoulli_lora":
         if _is_nan(p):
-            return f"Bernoulli-LoRA-{est}"
+            return f"Bernoulli-LoRA{est}"
         p = float(p)
-        if p == 1.0:
-            return f"RAC-LoRA-{est} (A)"
-        if p == 0.0:
-            return f"RAC-LoRA-{est} (B)"
-        return f"Bernoulli-LoRA-{est} (p={p:g})"
-    if method == "fpft":
-        return f"FPFT-{est}"
-    name = {"lora": "LoRA", "cola": "COLA", "asymm_lora": "AsymmLoRA"}.get(method, method)
-    return name if str(estimator) == "gd" else f"{name}-{est}"
+        if rac_names and p in (0.0, 1.0):
+            return f"RAC-LoRA{est} ({sides_label('rac_lora', SAMPLED[int(p)])})"
+        return f"Bernoulli-LoRA{est} (p={p:g})"
+    if family == "fpft":
+        return f"FPFT{est}"
+    name = FAMILY_NAMES.get(family, str(method))
+    name = name if estimator in (None, "gd") else f"{name}{est}"
+    return f"{name} ({sides_label(family, side)})" if side else name
 
 
 def method_color(method, p=None):
@@ -165,14 +201,12 @@ def method_color(method, p=None):
     method = str(method)
     if method == "bernoulli_lora" and not _is_nan(p):
         p = float(p)
-        if p == 1.0:
-            return FIXED_COLORS["rac_A"]
-        if p == 0.0:
-            return FIXED_COLORS["rac_B"]
+        if p in (0.0, 1.0):
+            return FIXED_COLORS["rac_lora_" + SAMPLED[int(p)].lower()]
         return colormaps["viridis"](0.15 + 0.75 * p)
     if method == "bernoulli_lora":
         return "tab:cyan"
-    return FIXED_COLORS.get(method, "tab:gray")
+    return FIXED_COLORS.get(method, FIXED_COLORS.get(split_side(method)[0], "tab:gray"))
 
 
 def metric_label(metric: str) -> str:

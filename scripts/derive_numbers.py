@@ -372,9 +372,9 @@ def main(argv=None):
         out = derive(Path(a.root))
         a.out = a.out or str(Path(a.root) / "derived_numbers.csv")
     if a.out:
-        tmp = Path(a.out).with_suffix(".tmp")
-        out.to_csv(tmp, index=False, float_format="%.6g")
-        tmp.replace(a.out)
+        from resultstore.files import atomic_write
+
+        atomic_write(Path(a.out), lambda tmp: out.to_csv(tmp, index=False, float_format="%.6g"))
         print(f"{len(out)} rows -> {a.out}")
     else:
         print(out.to_string(index=False))

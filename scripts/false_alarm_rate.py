@@ -20,7 +20,6 @@ interval, and the binomial tail P(X >= count) at the nominal level.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 from experiments.conf.schema import job_config  # noqa: E402
 from experiments.job import execute  # noqa: E402
+from resultstore.files import atomic_write, text_writer  # noqa: E402
 from theory.verify import exact_verdict, verify  # noqa: E402
 
 CONFIDENCE = 0.99
@@ -165,9 +165,7 @@ def main(argv=None):
     sides = {case: exact_disagreements(case, args.reps, args.seeds) for case in CASES}
     text = report(results, sides, args.reps, args.seeds, time.perf_counter() - t0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, args.out)
+    atomic_write(args.out, text_writer(text))
     print(text, end="")
 
 

@@ -179,8 +179,8 @@ class FPFT(_WeightSpace):
 class BernoulliLoRA(_WeightSpace):
     r"""Bernoulli-LoRA: each step a Bernoulli(p) coin per run picks the left
     sketch (B sampled and frozen, A trained: :math:`H_B G`) or the right sketch
-    (A sampled and frozen, B trained: :math:`G H_A`). p = 1: RAC-LoRA training A;
-    p = 0: RAC-LoRA training B.
+    (A sampled and frozen, B trained: :math:`G H_A`). p = 1: RAC-LoRA (B sampled, A trained);
+    p = 0: RAC-LoRA (A sampled, B trained) (names: docs/design.md#factors).
 
     Parameters (keyword-only)
     ----------

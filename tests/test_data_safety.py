@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from experiments import claims, collect, results, storage
+from resultstore import files as store_files
 from experiments.conf.schema import job_config
 from experiments.progress import make_progress
 from experiments.results import RESULTS_FILE, config_hash, write_job
@@ -61,9 +62,9 @@ def test_failed_job_removes_its_partial_results_and_nothing_else(tmp_path):
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("mine")
-    crash = ("import runpy, sys\nfrom experiments import results\n"
+    crash = ("import runpy, sys\nfrom resultstore import files\n"
              "def boom(data):\n    raise RuntimeError('crash after results.parquet')\n"
-             "results._dump_yaml = boom\nsys.argv = ['experiments.run'] + sys.argv[1:]\n"
+             "files.dump_yaml = boom\nsys.argv = ['experiments.run'] + sys.argv[1:]\n"
              "runpy.run_module('experiments.run', run_name='__main__')\n")
     r = subprocess.run([sys.executable, "-c", crash, f"hydra.run.dir={user}", *TINY,
                         f"results_root={tmp_path / 'r'}"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
@@ -150,6 +151,7 @@ def test_a_job_claimed_by_a_live_process_is_not_run_again(tmp_path):
     assert r.returncode == 0 and len(results.complete_jobs(root)) == 1
 
 
+@pytest.mark.slow  # two concurrent Hydra multiruns (about a minute): scripts/test.sh -m slow
 def test_two_sweeps_into_one_root_run_every_job_once(tmp_path):
     args = ["-m", "method.p=0.1,0.4,0.7", "steps=200", "seeds=2", "eval_every=100", "progress=false",
             f"results_root={tmp_path}"]
@@ -157,7 +159,7 @@ def test_two_sweeps_into_one_root_run_every_job_once(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    per_hash = pd.Series([results._marker(d)["config_hash"] for d in results.complete_jobs(tmp_path)])
+    per_hash = pd.Series([results.read_marker(d)["config_hash"] for d in results.complete_jobs(tmp_path)])
     assert len(per_hash) == 3 and per_hash.is_unique, outs
     assert sum(o.count("skipped: config") for o in outs) == 3
 
@@ -217,10 +219,10 @@ def test_collect_cli_skips_a_corrupt_file(tmp_path):
 
 _FAULT = """
 import errno, os, runpy, sys
-from experiments import results
+from resultstore import files
 def full(df, tmp):
     raise OSError(errno.{code}, os.strerror(errno.{code}), tmp)
-results._write_parquet = full
+files._write_parquet = full
 sys.argv = ["experiments.run"] + sys.argv[1:]
 runpy.run_module("experiments.run", run_name="__main__")
 """
@@ -284,7 +286,7 @@ def test_atomic_write_temp_names_match_the_cleanup_pattern(tmp_path, monkeypatch
         names.append(Path(tmp).name)
         df.to_parquet(tmp, index=False)
 
-    monkeypatch.setattr(results, "_write_parquet", spy)
+    monkeypatch.setattr(store_files, "_write_parquet", spy)
     write_job(tmp_path, table(), CFG)
     m = storage.TEMP_RE.match(names[0])
     assert m and m["target"] == RESULTS_FILE and int(m["pid"]) == os.getpid() and m["host"] == storage.HOST

@@ -61,9 +61,18 @@ def synthetic(seeds=(0, 1, 2), iterations=tuple(range(0, 61, 5))):
 
 # --------------------------------------------------------------------------- style
 
-def test_method_labels_follow_trained_factor_convention():
-    assert style.method_label("bernoulli_lora", 1.0, "gd") == "RAC-LoRA-GD (A)"
-    assert style.method_label("bernoulli_lora", 0.0, "sgd") == "RAC-LoRA-SGD (B)"
+def test_method_labels_say_both_factors():
+    """docs/design.md#factors: p = 1 samples B and trains A (solvers.methods: the coin
+    picks the left sketch), and real_model's rac_lora_b is that method."""
+    assert style.method_label("bernoulli_lora", 1.0, "gd") == "RAC-LoRA-GD (B sampled, A trained)"
+    assert style.method_label("bernoulli_lora", 0.0, "sgd") == "RAC-LoRA-SGD (A sampled, B trained)"
+    assert style.method_label("rac_lora_b", None, None) == "RAC-LoRA (B sampled, A trained)"
+    assert style.method_label("rac_lora_a", None, None) == "RAC-LoRA (A sampled, B trained)"
+    assert style.method_label("asymm_lora_b", None, None) == "AsymmLoRA (B sampled, A trained)"
+    assert style.method_label("lora_a", None, None) == "LoRA (A sampled, B zero)"
+    assert style.method_label("bernoulli_lora", 1.0, None, rac_names=False) == "Bernoulli-LoRA (p=1)"
+    assert style.method_color("rac_lora_b") == style.method_color("bernoulli_lora", 1.0)
+    assert style.method_color("rac_lora_a") == style.method_color("bernoulli_lora", 0.0)
     assert style.method_label("bernoulli_lora", 0.2, "gd") == "Bernoulli-LoRA-GD (p=0.2)"
     assert style.method_label("bernoulli_lora", 0.5, "page") == "Bernoulli-LoRA-PAGE (p=0.5)"
     assert style.method_label("fpft", np.nan, "gd") == "FPFT-GD"

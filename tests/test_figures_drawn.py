@@ -223,7 +223,7 @@ def test_rate_vs_rank_draws_rank_and_lambda_its_own_figure(drawn):
     fig = drawn("rate_vs_rank", _quadratic((1, 2, 4), (0.0, 0.5)))
     (ax,) = fig.axes
     assert ax.get_xlabel() == "rank r"
-    assert sorted(c.get_label() for c in ax.containers) == ["Bernoulli-LoRA-GD (p=0.5)", "RAC-LoRA-GD (B)"]
+    assert sorted(c.get_label() for c in ax.containers) == ["Bernoulli-LoRA-GD (p=0.5)", "RAC-LoRA-GD (A sampled, B trained)"]
     assert all(list(c.lines[0].get_xdata()) == [1, 2, 4] for c in ax.containers)
 
 

@@ -296,7 +296,8 @@ def test_cli_end_to_end_writes_results(tmp_path, capsys):
     assert sorted(df["seed"].unique()) == [0, 1]
     assert df.loc[df.method == "rac_lora_b", "trainable_params"].iloc[0] == 192
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary["label"]) == {"fpft", "rac_lora_b", "bernoulli_lora(p=0.2)", "bernoulli_lora(p=0.9)"}
+    assert set(summary["label"]) == {"FPFT", "RAC-LoRA (B sampled, A trained)", "Bernoulli-LoRA (p=0.2)",
+                                     "Bernoulli-LoRA (p=0.9)"}
     assert (out / "summary.md").read_text().count("|") > 10
     assert (out / "accuracy_vs_p.pdf").stat().st_size > 0 and (out / "accuracy_vs_p.png").stat().st_size > 0
 

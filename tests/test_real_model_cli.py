@@ -4,10 +4,8 @@ Runs use digits with 1-2 seeds and 1-2 epochs: what is checked (files, markers, 
 configurations run again, exact equality of resumed and uninterrupted numbers) does
 not depend on the size.
 """
-import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -19,6 +17,7 @@ import torch
 
 from experiments import results
 from experiments.real_model import cli, data, methods as mt, model as md, store, table, train as tr
+from resultstore import files as store_files
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data", "digits", "--seeds", "2", "--epochs", "1", "--pretrain-epochs", "2", "--device", "cpu"]
@@ -166,18 +165,21 @@ def test_killed_run_leaves_no_table_and_a_rerun_finishes_only_what_is_missing(tm
 
 def test_kill_before_the_final_marker_is_finished_by_a_rerun(tmp_path, monkeypatch, capsys):
     out = tmp_path / "o"
-    real_write = store.atomic_write
+    real_write = store_files.atomic_write
 
     def no_final_marker(path, write):
         if Path(path) == out / results.COMPLETE_MARKER:
             raise KeyboardInterrupt
         real_write(path, write)
 
-    monkeypatch.setattr(store, "atomic_write", no_final_marker)
+    monkeypatch.setattr(store_files, "atomic_write", no_final_marker)
     with pytest.raises(KeyboardInterrupt):
         cli.main([*TINY, "--method", "fpft", "--out", str(out)])
-    monkeypatch.setattr(store, "atomic_write", real_write)
+    monkeypatch.setattr(store_files, "atomic_write", real_write)
     assert (out / results.RESULTS_FILE).exists() and not store.finished(out)
+    # the store's skip rule: a finished configuration is found anywhere under OUT, not only at its usual path
+    (job_dir,) = [d for d in (out / "jobs").iterdir() if d.is_dir()]
+    job_dir.rename(out / "jobs" / "moved")
     assert cli.main([*TINY, "--method", "fpft", "--out", str(out)]) == 0
     assert store.finished(out)
     assert "1 of 1 configurations already finished" in capsys.readouterr().out
@@ -219,18 +221,21 @@ def test_out_holding_another_table_is_refused_and_left_untouched(tmp_path, capsy
 
 
 def test_out_claimed_by_a_live_process_is_refused_and_a_dead_ones_claim_taken_over(tmp_path, capsys):
+    """The real-model CLI claims OUT with the store's job claims (experiments.claims)."""
+    from experiments import claims
+
     out = tmp_path / "o"
-    out.mkdir()
-    claim = out / store.CLAIM_FILE
-    claim.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+    held = claims.try_claim(out, store.OUT_CLAIM, out_dir=out)
     line = _error(capsys, [*TINY, "--method", "fpft", "--out", str(out)])
     assert line.startswith("error: --out: ") and f"pid {os.getpid()}" in line
-    assert sorted(os.listdir(out)) == [store.CLAIM_FILE]  # nothing written under another process's claim
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    claim.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "since": "then"}))
+    assert sorted(os.listdir(out)) == [claims.CLAIMS_DIR]  # nothing written under another process's claim
+    held.release()
+    # a killed holder: its lock file stays, its flock is gone with it
+    code = f"from experiments import claims; claims.try_claim({str(out)!r}, {store.OUT_CLAIM!r}, out_dir='.'); import os; os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+    assert (out / claims.CLAIMS_DIR / f"{store.OUT_CLAIM}.lock").exists()
     assert cli.main([*TINY, "--method", "fpft", "--out", str(out)]) == 0
-    assert store.finished(out) and not claim.exists()  # taken over, released at the end
+    assert store.finished(out) and not (out / claims.CLAIMS_DIR / f"{store.OUT_CLAIM}.lock").exists()
 
 
 # ----------------------------------------------------------------------------- defaults that learn

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from experiments import collect, results
+from resultstore import files as store_files
 from experiments.results import (COLUMNS, COMPLETE_MARKER, CONFIG_FILE, RESULTS_FILE, config_hash,
                                   find_complete, is_complete, load_results, validate, write_job)
 
@@ -141,7 +142,7 @@ def _boom_parquet(df, tmp):
 
 
 def test_interrupted_results_write_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "_write_parquet", _boom_parquet)
+    monkeypatch.setattr(store_files, "_write_parquet", _boom_parquet)
     with pytest.raises(KeyboardInterrupt):
         write_job(tmp_path / "j", table(), CFG)
     assert os.listdir(tmp_path / "j") == []
@@ -152,7 +153,7 @@ def test_interrupted_results_write_leaves_nothing(tmp_path, monkeypatch):
 def test_interrupted_rewrite_invalidates_old_marker(tmp_path, monkeypatch):
     write_job(tmp_path / "j", table(), CFG)
     assert is_complete(tmp_path / "j")
-    monkeypatch.setattr(results, "_write_parquet", _boom_parquet)
+    monkeypatch.setattr(store_files, "_write_parquet", _boom_parquet)
     with pytest.raises(KeyboardInterrupt):
         write_job(tmp_path / "j", table(), CFG)
     assert not is_complete(tmp_path / "j")
@@ -160,14 +161,14 @@ def test_interrupted_rewrite_invalidates_old_marker(tmp_path, monkeypatch):
 
 
 def test_interrupted_before_marker_is_incomplete(tmp_path, monkeypatch):
-    real = results._atomic_write
+    real = store_files.atomic_write
 
     def no_marker(path, write):
         if path.name == COMPLETE_MARKER:
             raise RuntimeError("killed")
         real(path, write)
 
-    monkeypatch.setattr(results, "_atomic_write", no_marker)
+    monkeypatch.setattr(store_files, "atomic_write", no_marker)
     with pytest.raises(RuntimeError):
         write_job(tmp_path / "j", table(), CFG)
     assert (tmp_path / "j" / RESULTS_FILE).is_file() and not is_complete(tmp_path / "j")

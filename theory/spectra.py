@@ -60,7 +60,7 @@ def lambda_min_p(p, lmin_left, lmin_right):
     Parameters
     ----------
     p : float or array_like
-        Probability of the left sketch (training A with B sketched), in [0, 1].
+        Probability of the left sketch (B sampled, A trained), in [0, 1].
     lmin_left, lmin_right : float or array_like
         Smallest eigenvalues of :math:`\mathbb E[H_B]` (m x m) and
         :math:`\mathbb E[H_A]` (n x n), each in [0, 1].

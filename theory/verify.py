@@ -66,6 +66,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from resultstore.schema import BOOKKEEPING, MEASUREMENTS, is_measured
 from theory import confidence as ci
 from theory.verify_stats import RAW, group_samples, log_spaced
 
@@ -73,18 +74,15 @@ __all__ = ["verify", "exact_verdict", "format_table", "MEASURED_COLUMNS", "DISPL
 
 VERDICTS = ("holds", "violated", "inconclusive", "not applicable")
 EXACT_VERDICTS = ("agrees", "disagrees")
-#: columns that are measurements or bookkeeping, not configuration
-MEASURED_COLUMNS = frozenset({
-    "seed", "iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
-    "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap", "bound", "bound_metric",
-    "bound_status", "diverged", "config_hash", "device", "wall_s", "test_acc", "exact", "exact_metric",
-})
-#: prefix of the exact-expectation columns (experiments.exact: exact_f_gap, exact_status, ...)
-EXACT_PREFIX = "exact_"
+#: columns that are measurements or bookkeeping, not configuration: the results
+#: schema's (:func:`resultstore.schema.is_measured`, which also counts ``exact_*`` and ``*_s``)
+MEASURED_COLUMNS = MEASUREMENTS | BOOKKEEPING
 
 
 def _is_measured(col: str) -> bool:
-    return col in MEASURED_COLUMNS or col.startswith(EXACT_PREFIX)
+    return is_measured(col)
+
+
 #: configuration columns shown when only one configuration is verified
 DISPLAY_COLUMNS = ("method", "estimator", "problem", "p", "rank", "stepsize_factor", "stepsize_rule", "sketch",
                    "compressor", "estimator_batch")

@@ -9,7 +9,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from experiments.problems import datagen
+from resultstore.files import atomic_write
 from solvers.linalg import row_sum
 
 DTYPE = torch.float64
@@ -218,18 +218,7 @@ def save_cached(data, cfg, path):
     payload = {k: (v.detach().to("cpu") if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
     payload["config"] = dict(cfg)
     payload["format"] = _FORMAT
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the cache is shared
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), mode=0o666)  # the cache is shared (umask applies)
 
 
 def load_cached(cfg, path, device):

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
+from resultstore import files
+
 from . import methods as mt
-from . import store
 from .model import init_mlp
 from .train import Run, TrainConfig, epoch_order, sync
 
@@ -74,5 +75,5 @@ def bench(*, seeds: torch.Tensor, p: float, steps: int, cfg: TrainConfig, device
                                      "per_rep": [bl / lo for bl, lo in zip(times[2], times[1])]}
     print(f"Bernoulli-LoRA / LoRA step time: median {statistics.median(ratios):.3f} "
           f"[{ratios[0]:.3f}, {ratios[-1]:.3f}] over {reps} interleaved repetitions", flush=True)
-    store.atomic_write(out / "bench.json", store.text_writer(json.dumps(result, indent=2)))
+    files.atomic_write(out / "bench.json", files.text_writer(json.dumps(result, indent=2)))
     return result

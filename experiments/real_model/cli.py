@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--method", default="all",
                     help="comma list of " + ", ".join(("all",) + mt.FAMILIES + mt.METHODS[1:-1]))
     ap.add_argument("--p", default=None,
-                    help="Bernoulli-LoRA p values (probability of training A with B sampled), comma list; "
+                    help="Bernoulli-LoRA p values (probability of B sampled, A trained), comma list; "
                          "with --bench one value (default there: 0.5) "
                          f"(default: {DEFAULT_P_TEXT})")
     ap.add_argument("--rank", type=int, default=_D.rank, help="adapter rank r")
@@ -225,6 +225,9 @@ def _done(plan) -> int:
 
 
 def main(argv=None) -> int:
+    from figures.style import use_file_backend
+
+    use_file_backend()  # the report's figure is written to files
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -45,6 +45,8 @@ import torch
 
 from solvers import rng
 
+from resultstore.files import atomic_write
+
 MNIST_FILES = {
     "images": "t10k-images-idx3-ubyte",
     "labels": "t10k-labels-idx1-ubyte",
@@ -127,9 +129,7 @@ def download_mnist(directory, *, timeout: float = 30.0) -> None:
             try:
                 with urllib.request.urlopen(base + name, timeout=timeout) as r:
                     payload = r.read()
-                tmp = directory / (name + ".part")
-                tmp.write_bytes(payload)
-                os.replace(tmp, directory / name)
+                atomic_write(directory / name, lambda tmp: Path(tmp).write_bytes(payload))
                 last_error = None
                 break
             except Exception as exc:  # network errors of every kind

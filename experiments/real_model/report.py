@@ -26,13 +26,22 @@ PAPER_MNIST_RANK1 = {
 PAPER_TRAINABLE_RANK1 = {"rac_lora_a": 133, "rac_lora_b": 912}
 
 
-def _label(method, p) -> str:
+def _key(method, p) -> str:
+    """The identifier of a configuration's method: ``rac_lora_b``, ``bernoulli_lora(p=0.99)``."""
     return f"{method}(p={p:g})" if p is not None and not (isinstance(p, float) and math.isnan(p)) else method
+
+
+def _label(method, p) -> str:
+    """The display name (figures.style: both factors' roles, e.g. "RAC-LoRA (B sampled, A trained)")."""
+    from figures.style import method_label
+
+    return method_label(method, p, None, rac_names=False)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Median / std (ddof=1) of test accuracy per configuration (``config_hash``), in percent."""
-    keys = ["config_hash"] + [k for k in LABELS if k in df.columns]
+    # a configuration is a config_hash; tables written before the hash column (one command each) by their labels
+    keys = ["config_hash"] * ("config_hash" in df.columns) + [k for k in LABELS if k in df.columns]
     g = df.assign(p=df["p"].fillna(-1.0)).groupby(keys, sort=False, dropna=False)
     out = g.agg(
         seeds=("seed", "count"),
@@ -50,8 +59,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         out[c] = 100.0 * out[c]
     out.insert(1, "label", [_label(m, p) for m, p in zip(out["method"], out["p"])])
     if "data" in out and "rank" in out:
-        out["paper"] = [PAPER_MNIST_RANK1.get(l, "") if d == "mnist" and r == 1 else ""
-                        for l, d, r in zip(out["label"], out["data"], out["rank"])]
+        out["paper"] = [PAPER_MNIST_RANK1.get(_key(m, p), "") if d == "mnist" and r == 1 else ""
+                        for m, p, d, r in zip(out["method"], out["p"], out["data"], out["rank"])]
     return out
 
 
@@ -98,33 +107,12 @@ def summary_markdown(df: pd.DataFrame, table: pd.DataFrame) -> str:
 
 
 def accuracy_vs_p_figure(df: pd.DataFrame, table: pd.DataFrame):
-    """Bernoulli-LoRA median test accuracy vs p (error bars: std), baselines as lines."""
-    import matplotlib
+    """:func:`figures.real_model.accuracy_vs_p` titled with the run's data, rank, seeds and switch."""
+    from figures.real_model import accuracy_vs_p
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    bern = table[table["method"] == "bernoulli_lora"].sort_values("p")
-    if len(bern):
-        ax.errorbar(bern["p"], bern["acc_median"], yerr=bern["acc_std"].fillna(0.0), marker="o", capsize=3,
-                    color="black", label="Bernoulli-LoRA")
-    styles = {"fpft": ("tab:green", "-"), "rac_lora_a": ("tab:blue", "--"), "rac_lora_b": ("tab:red", "--"),
-              "cola_a": ("tab:blue", ":"), "cola_b": ("tab:red", ":"), "lora_a": ("tab:purple", "-."),
-              "lora_b": ("tab:orange", "-."), "asymm_lora_a": ("tab:cyan", (0, (1, 3))),
-              "asymm_lora_b": ("tab:pink", (0, (1, 3)))}
-    for _, r in table[table["method"] != "bernoulli_lora"].iterrows():
-        color, ls = styles.get(r["method"], ("gray", "-"))
-        ax.axhline(r["acc_median"], color=color, linestyle=ls, linewidth=1.2, label=f"{r['method']}")
     first = df.iloc[0]
-    ax.set_xlabel("p  (probability of training A with B sampled and frozen)")
-    ax.set_ylabel("test accuracy (%), median over seeds")
-    ax.set_title(f"{first['data']}, rank {first['rank']}, {int(table['seeds'].max())} seeds, switch per {first['switch']}")
-    ax.set_xlim(-0.03, 1.03)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
-    fig.tight_layout()
-    return fig
+    return accuracy_vs_p(table, title=f"{first['data']}, rank {first['rank']}, {int(table['seeds'].max())} seeds, "
+                                      f"switch per {first['switch']}")
 
 
 def report_files(df: pd.DataFrame) -> dict:

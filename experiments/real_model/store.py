@@ -1,110 +1,89 @@
-"""Finished-or-not directories of the real-model CLI (the results store's contract).
+"""The real-model section in the results store (:mod:`resultstore`).
 
-The real-model rows (one per configuration and seed: test accuracy, trainable
-counts, wall time) do not fit the Hydra jobs' schema (``experiments.results.COLUMNS``:
-iterations, losses, bounds), so :func:`experiments.results.write_job` cannot write
-them; this module writes them under the same convention:
+Every directory the real-model CLI writes (one configuration's table, the pretrained
+models, the whole command's table and report) is written by the store's one writer,
+:func:`resultstore.files.write_marked`, with the store's contract:
 
-* every file is written atomically: a temporary file in the same directory, flushed
-  to disk, then ``os.replace`` (an interrupted writer leaves the old file or none);
-* a stale marker ``_COMPLETE`` (:data:`experiments.results.COMPLETE_MARKER`) is
-  removed before anything else is written, and the marker is written last;
-* the marker is JSON with the directory's ``config_hash``
-  (:func:`experiments.results.config_hash` of its configuration, also written as
-  ``config.yaml``), the byte size of every file it vouches for (``files``),
-  ``kind: "real_model"`` and, when the directory holds ``results.parquet``, that
-  table's ``rows``.
+* every file is written atomically (a temporary file beside it, flushed, then
+  ``os.replace``); a stale marker ``_COMPLETE`` is removed first and written last;
+* the marker names the ``config_hash`` (:func:`experiments.results.config_hash`) of
+  the directory's ``config.yaml``, is of kind ``real_model``
+  (:data:`resultstore.schema.REAL_MODEL`) and records the size of every file it
+  vouches for; tables are checked against the real-model schema
+  (:data:`resultstore.schema.REAL_MODEL_COLUMNS`) before they are written.
 
-A directory is finished (:func:`finished`) iff its marker exists, is of this kind,
-names the expected hash, and every file it lists exists with the recorded size.
-The marker deliberately has no ``results_bytes``: the Hydra jobs' readers
-(:func:`experiments.results.is_complete`, ``complete_jobs``, ``load_results``,
-``python -m experiments.collect``) then never take a real-model table, whose
-columns are not theirs, for one of their jobs when both live under one root.
+A directory is finished (:func:`finished`) iff its marker is of this kind, names
+the expected hash, and every file it lists has the recorded size. Readers of the
+Hydra jobs ask for kind ``job`` and never take a real-model table for one of theirs.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import socket
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
+import pandas as pd
 
-from experiments.storage import atomic_write, pid_alive, text_writer  # noqa: F401 (re-exported)
-from experiments.results import COMPLETE_MARKER, CONFIG_FILE, RESULTS_FILE, config_hash
+from experiments.results import config_hash
+from resultstore import files
+from resultstore.files import (RESULTS_FILE, Writer, atomic_write, read_marker, remove_marker,  # noqa: F401
+                               text_writer)  # (re-exported for the real-model modules)
+from resultstore.schema import REAL_MODEL, REAL_MODEL_VERSION, coerce, validate
 
-KIND = "real_model"
-CLAIM_FILE = "_CLAIM"
-#: Version of the real-model row layout (bump when a column changes meaning).
-TABLE_VERSION = 1
-
-Writer = Callable[[str], None]  # writes the whole file at the given (temporary) path
-
-
-def read_marker(directory) -> dict | None:
-    """The marker's JSON, or None (absent, unreadable, not a JSON object)."""
-    try:
-        info = json.loads((Path(directory) / COMPLETE_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
+KIND = REAL_MODEL
+#: Version of the real-model row layout (:data:`resultstore.schema.REAL_MODEL_VERSION`).
+TABLE_VERSION = REAL_MODEL_VERSION
 
 
 def finished(directory, expected_hash: str | None = None) -> bool:
     """True iff ``directory`` holds a finished real-model write (of ``expected_hash``)."""
-    d = Path(directory)
-    info = read_marker(d)
-    if info is None or info.get("kind") != KIND or not isinstance(info.get("files"), dict):
-        return False
-    if expected_hash is not None and info.get("config_hash") != expected_hash:
-        return False
-    for name, size in info["files"].items():
-        try:
-            if (d / name).stat().st_size != size:
-                return False
-        except OSError:
-            return False
-    return True
+    return files.is_complete(directory, expected_hash, kind=KIND)
 
 
-def remove_marker(directory) -> None:
-    try:
-        (Path(directory) / COMPLETE_MARKER).unlink()
-    except FileNotFoundError:
-        pass
+def finished_dirs(root) -> dict:
+    """{config_hash: directory} of every finished real-model write under ``root``
+    (:func:`resultstore.files.complete_hashes`): the store's skip rule, a configuration
+    finished anywhere under the root is not run again."""
+    return files.complete_hashes(root, kind=KIND)
 
 
-def write_marked(directory, files: Mapping[str, Writer], config: Mapping, *, rows: int | None = None) -> str:
-    """Write ``files`` (name -> writer) and ``config.yaml`` into ``directory``, marker last.
-
-    Order: remove a stale marker; ``config.yaml``; each file in the given order; the
-    marker. ``config`` must be plain data (str, numbers, bool, None, lists, dicts).
-    ``rows``: the row count of ``results.parquet`` when ``files`` has one. Returns
-    the configuration's hash."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+def write_marked(directory, written: Mapping[str, Writer], config: Mapping, *, rows: int | None = None) -> str:
+    """Write ``written`` (name -> writer) and ``config.yaml`` into ``directory``, marker
+    last (:func:`resultstore.files.write_marked`). Returns the configuration's hash."""
     h = config_hash(config)
-    remove_marker(d)
-    atomic_write(d / CONFIG_FILE, text_writer(yaml.safe_dump(dict(config), sort_keys=True, default_flow_style=False)))
-    for name, write in files.items():
-        atomic_write(d / name, write)
-    names = [CONFIG_FILE, *files]
-    info = {"kind": KIND, "config_hash": h, "table_version": TABLE_VERSION,
-            "files": {name: (d / name).stat().st_size for name in names}}
-    if RESULTS_FILE in files and rows is not None:
-        info["rows"] = int(rows)
-    atomic_write(d / COMPLETE_MARKER, text_writer(json.dumps(info, sort_keys=True) + "\n"))
+    files.write_marked(directory, written, config, config_hash=h, kind=KIND, rows=rows)
     return h
+
+
+def write_table(directory, df: pd.DataFrame, config: Mapping, *, extra: Mapping[str, Writer] | None = None,
+                hashes=None) -> str:
+    """Write a real-model table (coerced to and checked against the real-model schema)
+    and ``extra`` files, marker last. Its ``config_hash`` column must name ``config``
+    (one configuration), or only ``hashes`` (a whole command's table, one hash per
+    configuration). Returns the hash of ``config``."""
+    h = config_hash(config)
+    table = validate(coerce(df, KIND), KIND).reset_index(drop=True)
+    allowed = {h} if hashes is None else set(hashes)
+    found = set(table["config_hash"].astype(str))
+    if not found <= allowed:
+        raise ValueError(f"results table: config_hash column {sorted(found - allowed)} does not name "
+                         f"{'this configuration' if hashes is None else 'a configuration of this run'}")
+    files.write_marked(directory, {RESULTS_FILE: files.parquet_writer(table), **(extra or {})}, config,
+                       config_hash=h, kind=KIND, rows=len(table))
+    return h
+
+
+def read_table(directory) -> pd.DataFrame:
+    """The real-model table of a finished directory (checked against the schema)."""
+    return files.read_tables(Path(directory) / RESULTS_FILE, kind=KIND)
 
 
 def read_config(directory) -> dict | None:
     """``config.yaml`` of a directory as plain data, or None when absent or unreadable."""
+    import yaml
+
     try:
-        data = yaml.safe_load((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
+        data = files.read_config(directory)
     except (OSError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
@@ -114,41 +93,25 @@ class ClaimError(RuntimeError):
     """Another live process holds the directory; the message is one line."""
 
 
+#: the name under which a command claims its whole OUT folder (:mod:`experiments.claims`:
+#: ``OUT/.claims/<name>.lock``, held with ``flock`` while the command runs)
+OUT_CLAIM = "real_model-out"
+
+
 @contextlib.contextmanager
 def claim(directory, *, field: str = "out"):
-    """Hold ``directory`` for this process while the block runs.
+    """Hold ``directory`` for this process while the block runs, with the store's job
+    claims (:func:`experiments.claims.try_claim`): the kernel drops the lock when the
+    holder exits however it exits, so a killed run's claim is taken over and a live
+    one's never is (:class:`ClaimError` naming ``field``, the holder's pid and host)."""
+    from experiments import claims
 
-    ``_CLAIM`` is created with O_EXCL (JSON: pid, host, since) and removed when the
-    block ends, exceptions included. A claim held by a live process, or by any
-    process on another host (whose liveness cannot be checked), raises
-    :class:`ClaimError` naming ``field``; a claim left by a dead process on this host
-    (a killed run) is taken over. Two processes taking over the same stale claim at
-    the same instant can both succeed; atomic writes keep even that from corrupting
-    a file."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / CLAIM_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                held = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                held = {}
-            pid, host = held.get("pid"), held.get("host")
-            if isinstance(pid, int) and host == me["host"] and not pid_alive(pid):
-                path.unlink(missing_ok=True)  # a killed run's claim
-                continue
-            raise ClaimError(f"{field}: {d} is being written by pid {pid} on {host} since {held.get('since')} "
-                             f"(remove {path} if that process is gone)") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(me) + "\n")
-        break
-    else:  # pragma: no cover - a third process re-created it between our two attempts
-        raise ClaimError(f"{field}: {d} is being claimed by another process; try again")
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
+    held = claims.try_claim(d, OUT_CLAIM, out_dir=d)
+    if held is None:
+        who = claims.holder(d, OUT_CLAIM)
+        raise ClaimError(f"{field}: {d} is being written by pid {who.get('pid', '?')} on {who.get('host', '?')} "
+                         f"since {who.get('started', '?')}")
+    with held:
+        yield held.path

@@ -132,10 +132,6 @@ def _pretrained(plan: Plan, bundle, cfg: TrainConfig, dtype, device):
     return base, pre
 
 
-def _parquet(df: pd.DataFrame):
-    return lambda path: df.to_parquet(path, index=False)
-
-
 def _line(label, acc, trainable, note):
     print(f"{label:24s} acc median {100 * float(pd.Series(acc).median()):6.2f}%  trainable {trainable:g}  {note}",
           flush=True)
@@ -144,14 +140,16 @@ def _line(label, acc, trainable, note):
 def run_table(plan: Plan, cfg: TrainConfig, device, dtype, bundle, *, batch_p: bool = True) -> pd.DataFrame:
     """Pretrain, fine-tune every configuration not finished yet, write the table; returns it."""
     jobs = list(plan.jobs)
-    todo = [j for j in jobs if not store.finished(j.dir, j.hash)]
+    finished = store.finished_dirs(plan.out)  # a configuration finished anywhere under OUT is reused
+    where = {j.hash: finished.get(j.hash, j.dir) for j in jobs}
+    todo = [j for j in jobs if j.hash not in finished]
     if len(todo) < len(jobs):
-        print(f"{len(jobs) - len(todo)} of {len(jobs)} configurations already finished in {plan.out / 'jobs'}; "
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} configurations already finished in {plan.out}; "
               f"running the other {len(todo)}", flush=True)
     base, pre = _pretrained(plan, bundle, cfg, dtype, device)
     for j in jobs:
         if j not in todo:
-            done = pd.read_parquet(j.dir / RESULTS_FILE)
+            done = store.read_table(where[j.hash])
             _line(j.spec.label, done["test_acc"], done["trainable_params"].iloc[0], "(finished earlier)")
     seeds = torch.tensor(plan.seeds, dtype=torch.int64, device=device)
     # the batched Bernoulli-LoRA p sweep first (one batch), then the other methods
@@ -168,11 +166,11 @@ def run_table(plan: Plan, cfg: TrainConfig, device, dtype, bundle, *, batch_p: b
         for job, res in zip(batch, results):
             df = job_rows(job, res, batch_wall=batch_wall, n_configs=len(batch), cfg=cfg, device=device,
                           dtype=dtype, data=bundle.name, pre=pre, dims=base.dims)
-            store.write_marked(job.dir, {RESULTS_FILE: _parquet(df)}, job.config, rows=len(df))
+            store.write_table(job.dir, df, job.config)
             _line(job.spec.label, df["test_acc"], df["trainable_params"].iloc[0], f"{df['wall_s'].iloc[0]:.1f}s")
-    df = pd.concat([pd.read_parquet(j.dir / RESULTS_FILE) for j in jobs], ignore_index=True)
-    files = {RESULTS_FILE: _parquet(df), "pretrain.csv": lambda p: pre.to_csv(p, index=False), **report_files(df)}
-    store.write_marked(plan.out, files, plan.config, rows=len(df))
+    df = pd.concat([store.read_table(where[j.hash]) for j in jobs], ignore_index=True)
+    store.write_table(plan.out, df, plan.config, hashes=[j.hash for j in jobs],
+                      extra={"pretrain.csv": lambda p: pre.to_csv(p, index=False), **report_files(df)})
     return df
 
 

@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from resultstore.files import atomic_write
+
 from .switcher import BernoulliLoRASwitcher
 
 __all__ = ["BernoulliLoRACallback", "CHECKPOINT_FILE"]
@@ -67,6 +69,5 @@ class BernoulliLoRACallback(_callback_base()):
     def on_save(self, args, state, control, **kwargs):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, CHECKPOINT_FILE + ".tmp")
-        torch.save(self.switcher.state_dict(), tmp)
-        os.replace(tmp, os.path.join(folder, CHECKPOINT_FILE))
+        state_dict = self.switcher.state_dict()
+        atomic_write(os.path.join(folder, CHECKPOINT_FILE), lambda tmp: torch.save(state_dict, tmp))
