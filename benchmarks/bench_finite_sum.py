@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
@@ -119,9 +118,9 @@ def floor_s(method, problem, seeds, cfg, calls_per_step, chunk=50):
 def _dump(result, path):
     """Write the result so far (a run cut short by a time limit still leaves its numbers)."""
     if path:
-        with open(path + ".tmp", "w") as fh:
-            json.dump(result, fh, indent=2)
-        os.replace(path + ".tmp", path)
+        from resultstore.files import atomic_write, text_writer
+
+        atomic_write(path, text_writer(json.dumps(result, indent=2)))
 
 
 def main(argv=None):

@@ -96,7 +96,8 @@ class MVRWithoutCorrection(MVR):
     :math:`g(W_{t+1};\xi_{t+1}) + (1-b)(G_t - g(W_t;\xi_{t+1}))`."""
 
     def update(self, W_new, W_old, state, oracle, seeds, step):
-        g_new, cost = self._sgd()._draw(W_new, oracle, seeds, step)
+        sgd = self._sgd()
+        g_new, cost = sgd.sample_grad(W_new, oracle, sgd.draw(seeds, step, W_new, oracle))
         G = self.momentum * g_new + (1.0 - self.momentum) * state.G
         return state._replace(G=G, epochs=state.epochs + cost)
 
