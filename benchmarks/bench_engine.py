@@ -8,15 +8,14 @@ one rank group of the sweep), ``track_every_step`` as in the sweep. Reports ms p
 step (GPU-synchronised), the time of the gradient alone at that batch, and with
 ``--profile`` the kernels launched per step and the top operators by device time.
 On CUDA it runs three ways: the fused, graph-captured iteration of :mod:`solvers.fused`
-(the default), and the engine's own loop with random-number kernels compiled by
-torch.compile or eager (``BLORA_GRAPH=0``, ``BLORA_COMPILE=0``); it checks that compiled
-and eager kernels give the same integers.
+(the default), and the engine's own loop (``graph='off'``) with random-number kernels
+compiled by torch.compile (``rng.set_compile(True)``) or eager (the default); it checks
+that compiled and eager kernels give the same integers.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import torch
@@ -35,14 +34,14 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def engine_ms(problem, runs, rank, steps, device):
+def engine_ms(problem, runs, rank, steps, device, graph="auto"):
     ps = tuple(PS[i * len(PS) // runs] for i in range(runs))
     method = BernoulliLoRA(p=ps, rank=rank, estimator=GD(), stepsize=tuple([1.0 / problem.L] * runs))
     seeds = list(range(runs))
-    run(method, problem, problem.W0, seeds, steps=5, eval_every=40, track_every_step=True)  # warm-up, compile
+    run(method, problem, problem.W0, seeds, steps=5, eval_every=40, track_every_step=True, graph=graph)  # warm-up
     _sync(device)
     t = time.perf_counter()
-    run(method, problem, problem.W0, seeds, steps=steps, eval_every=40, track_every_step=True)
+    run(method, problem, problem.W0, seeds, steps=steps, eval_every=40, track_every_step=True, graph=graph)
     _sync(device)
     return 1e3 * (time.perf_counter() - t) / steps, method, seeds
 
@@ -58,13 +57,13 @@ def gradient_ms(problem, runs, device, repeat=50):
     return 1e3 * (time.perf_counter() - t) / repeat
 
 
-def profile(method, problem, seeds, device, steps=40):
+def profile(method, problem, seeds, device, steps=40, graph="auto"):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with prof(activities=acts) as p:
-        run(method, problem, problem.W0, seeds, steps=steps, eval_every=40, track_every_step=True)
+        run(method, problem, problem.W0, seeds, steps=steps, eval_every=40, track_every_step=True, graph=graph)
         _sync(device)
     ev = p.key_averages()
     if device.type == "cuda":
@@ -96,29 +95,30 @@ def main(argv=None):
     # graph: solvers.fused (block draws, captured CUDA graph); loop_*: the engine's own
     # loop with compiled / eager random-number kernels
     modes = ("graph", "loop_compiled", "loop_eager") if device.type == "cuda" else ("fused_eager", "loop_eager")
-    env = {"graph": ("1", "1"), "loop_compiled": ("0", "1"), "loop_eager": ("0", "0"), "fused_eager": ("eager", "0")}
+    env = {"graph": ("on", False), "loop_compiled": ("off", True), "loop_eager": ("off", False),
+           "fused_eager": ("eager", False)}
     for mode in modes:
-        os.environ["BLORA_GRAPH"], os.environ["BLORA_COMPILE"] = env[mode]
-        ms, method, seeds = engine_ms(problem, args.runs, args.rank, args.steps, device)
+        graph, compiled = env[mode]
+        rng.set_compile(compiled)
+        ms, method, seeds = engine_ms(problem, args.runs, args.rank, args.steps, device, graph)
         entry = {"ms_per_step": ms}
         if args.profile:
-            entry["kernels_per_step"], table = profile(method, problem, seeds, device)
+            entry["kernels_per_step"], table = profile(method, problem, seeds, device, graph=graph)
             print(f"--- {mode}\n{table}")
         result[mode] = entry
         print(f"{mode}: {ms:.3f} ms/step ({args.runs} runs, rank {args.rank}); gradient alone "
               f"{result['gradient_ms']:.3f} ms", flush=True)
     if device.type == "cuda":  # the compiled random numbers are the eager ones
         s = torch.arange(1000, device=device)
-        os.environ["BLORA_COMPILE"] = "1"
+        rng.set_compile(True)
         a = rng.random_bits(s, 2, 12345, (64, 8), sub=3)
         z1 = rng.normal(s, 2, 7, (64, 8))
-        os.environ["BLORA_COMPILE"] = "0"
+        rng.set_compile(False)
         b = rng.random_bits(s, 2, 12345, (64, 8), sub=3)
         z0 = rng.normal(s, 2, 7, (64, 8))
         result["compiled_bits_equal"] = bool(torch.equal(a, b))
         result["compiled_normal_max_abs_diff"] = float((z1 - z0).abs().max())
-        os.environ.pop("BLORA_COMPILE")
-    os.environ.pop("BLORA_GRAPH", None)
+    rng.set_compile(False)
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as f:

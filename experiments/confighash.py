@@ -17,10 +17,13 @@ from typing import Any
 
 import numpy as np
 
-#: Top-level configuration keys that do not change a job's numbers.
+#: Top-level configuration keys that do not change a job's numbers. ``graph`` (the fused
+#: engine path, bitwise the engine's loop: tests/test_fused_estimators.py, tests/test_cuda.py)
+#: and ``compile_rng`` (compiled draw kernels: integers identical, normals at most in the last
+#: ulp, float rounding as between devices) are engine settings like ``device``.
 NON_RESULT_KEYS: frozenset[str] = frozenset({
     "hydra", "launcher", "device", "results_root", "output_dir", "out_dir", "out",
-    "progress", "verbose", "log_level", "resume", "dry_run",
+    "progress", "verbose", "log_level", "resume", "dry_run", "graph", "compile_rng",
 })
 
 

@@ -125,6 +125,16 @@ def trajectory_table(traj, job, cfg, config_hash) -> pd.DataFrame:
     return table
 
 
+def engine_options(cfg) -> dict:
+    """The engine's keyword arguments from the job's settings that do not change the
+    numbers: ``graph`` (:mod:`solvers.fused`); ``compile_rng`` is applied here
+    (:func:`solvers.rng.set_compile`, process-wide)."""
+    from solvers import rng
+
+    rng.set_compile(bool(cfg.get("compile_rng", False)))
+    return {"graph": cfg.get("graph", "auto")}
+
+
 def execute(cfg, *, progress=None, job=None):
     """Build (unless ``job`` is given), run and tabulate one job (no file I/O).
     Returns (table, job)."""
@@ -134,7 +144,8 @@ def execute(cfg, *, progress=None, job=None):
     h = make_hash(cfg)
     t0 = time.perf_counter()
     traj = run(job.method, job.problem, job.problem.W0, job.seeds, steps=cfg["steps"],
-               eval_every=cfg["eval_every"], track_every_step=cfg.get("track_every_step", True), progress=progress)
+               eval_every=cfg["eval_every"], track_every_step=cfg.get("track_every_step", True), progress=progress,
+               **engine_options(cfg))
     log.info("ran %d seeds x %d steps in %.2fs on %s", len(job.seeds), cfg["steps"], time.perf_counter() - t0, job.device)
     return tabulate(traj, job, cfg, h), job
 

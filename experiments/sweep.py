@@ -68,7 +68,7 @@ def run_group(cfgs, jobs, out_root, log=print, overrides=None):
     with the job's override list (``overrides[k]``, when given) in its marker."""
     import torch
 
-    from experiments.job import tabulate
+    from experiments.job import engine_options, tabulate
     from experiments.results import config_hash, write_job
     from solvers.engine import Trajectory, run
 
@@ -78,7 +78,7 @@ def run_group(cfgs, jobs, out_root, log=print, overrides=None):
     owner = np.repeat(np.arange(len(jobs)), [len(job.seeds) for job in jobs])
     t0 = time.perf_counter()
     traj = run(method, first.problem, first.problem.W0, seeds, steps=cfg0["steps"], eval_every=cfg0["eval_every"],
-               track_every_step=cfg0["track_every_step"])
+               track_every_step=cfg0["track_every_step"], **engine_options(cfg0))
     wall = time.perf_counter() - t0
     for k, (cfg, job) in enumerate(zip(cfgs, jobs)):
         sel = owner == k

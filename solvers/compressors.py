@@ -7,7 +7,12 @@ interface is optax-like and stateless::
 
     Y, bits = comp.compress(X, seeds, step, sub=0)
 
-``bits`` (float64, shape ``X.shape[:-2]``) is what each block sends.
+``bits`` (float64, shape ``X.shape[:-2]``) is what each block sends. ``compress`` is
+``apply(X, draw(seeds, step, B, d))``: :meth:`draw` takes the random numbers of B blocks
+of size d (None for a deterministic compressor), for one step or, with ``step`` a range
+of K steps, for all of them at once, ``(R, K, ...)`` with element ``[:, k]`` bitwise the
+draw of step ``step[k]`` (:mod:`solvers.rng`); :meth:`apply` uses the draws of one step
+and never synchronises with the host (the fused engine path captures it in a CUDA graph).
 
 Classes of compressors (``omega`` / ``alpha`` attributes)
 ---------------------------------------------------------
@@ -109,6 +114,13 @@ def _bits(X: torch.Tensor, per_block: float) -> torch.Tensor:
     return torch.full(X.shape[:-2], float(per_block), dtype=torch.float64, device=X.device)
 
 
+def _compress(comp, X, seeds, step, sub):
+    """``comp.apply(X, comp.draw(...))`` for one step, after checking X and the seeds."""
+    _, B, d = _blocks(X)
+    seeds = _seeds(seeds, X)
+    return comp.apply(X, comp.draw(seeds, step, B, d, sub=sub, device=X.device, dtype=X.dtype))
+
+
 @dataclass(frozen=True)
 class Identity:
     """No compression: Q(x) = x; omega = 0, alpha = 1, 32 d bits per block."""
@@ -137,11 +149,16 @@ class Identity:
     def bits_per_block(self, d):
         return self.float_bits * d
 
-    def compress(self, X, seeds, step, *, sub=0):
+    def draw(self, seeds, step, B, d, *, sub=0, device=None, dtype=torch.float64):
+        return None
+
+    def apply(self, X, drawn):
         """Return X itself (no copy) and the bits of sending it in full."""
         _blocks(X)
-        _seeds(seeds, X)
         return X, _bits(X, self.bits_per_block(X.shape[-1] * X.shape[-2]))
+
+    def compress(self, X, seeds, step, *, sub=0):
+        return _compress(self, X, seeds, step, sub)
 
 
 class _KCompressor:
@@ -194,16 +211,21 @@ class RandK(_KCompressor):
     def omega(self):
         return self.omega_at(self.d) if self.d is not None else float("nan")
 
-    def compress(self, X, seeds, step, *, sub=0):
-        Xb, B, d = _blocks(X)
+    def draw(self, seeds, step, B, d, *, sub=0, device=None, dtype=torch.float64):
+        """The k kept coordinates of each block, (R, [K,] B, k) int64."""
         self._check_k(d)
-        seeds = _seeds(seeds, X)
         # a uniformly random permutation per block: sort 53-bit uniform keys
         # (ties have probability ~ d^2 / 2^53; the stable sort keeps them deterministic)
-        keys = rng.uniform(seeds, rng.Stream.COMPRESSOR, step, (B, d), sub=sub, device=X.device)
-        idx = torch.argsort(keys, dim=-1, stable=True)[..., : self.k]
+        keys = rng.uniform(seeds, rng.Stream.COMPRESSOR, step, (B, d), sub=sub, device=device)
+        return torch.argsort(keys, dim=-1, stable=True)[..., : self.k]
+
+    def apply(self, X, idx):
+        Xb, B, d = _blocks(X)
         Y = self._keep(Xb, idx, d / self.k)
         return Y.reshape(X.shape), _bits(X, self.bits_per_block(d))
+
+    def compress(self, X, seeds, step, *, sub=0):
+        return _compress(self, X, seeds, step, sub)
 
 
 @dataclass(frozen=True)
@@ -229,8 +251,8 @@ class RandKUnscaled(RandK):
     def alpha(self):
         return self.alpha_at(self.d) if self.d is not None else float("nan")
 
-    def compress(self, X, seeds, step, *, sub=0):
-        Y, bits = super().compress(X, seeds, step, sub=sub)
+    def apply(self, X, idx):
+        Y, bits = super().apply(X, idx)
         return Y * (self.k / (X.shape[-1] * X.shape[-2])), bits
 
 
@@ -259,13 +281,18 @@ class TopK(_KCompressor):
     def alpha(self):
         return self.alpha_at(self.d) if self.d is not None else float("nan")
 
-    def compress(self, X, seeds, step, *, sub=0):
-        Xb, B, d = _blocks(X)
+    def draw(self, seeds, step, B, d, *, sub=0, device=None, dtype=torch.float64):
         self._check_k(d)
-        _seeds(seeds, X)
+        return None
+
+    def apply(self, X, drawn):
+        Xb, B, d = _blocks(X)
         idx = torch.argsort(Xb.abs(), dim=-1, descending=True, stable=True)[..., : self.k]
         Y = self._keep(Xb, idx, 1.0)
         return Y.reshape(X.shape), _bits(X, self.bits_per_block(d))
+
+    def compress(self, X, seeds, step, *, sub=0):
+        return _compress(self, X, seeds, step, sub)
 
 
 @dataclass(frozen=True)
@@ -309,10 +336,15 @@ class Dithering:
     def bits_per_block(self, d):
         return self.float_bits + d * (1 + math.ceil(math.log2(self.s + 1)))
 
+    def draw(self, seeds, step, B, d, *, sub=0, device=None, dtype=torch.float64):
+        """The uniforms u of the stochastic rounding, (R, [K,] B, d) in ``dtype``."""
+        return rng.uniform(seeds, rng.Stream.COMPRESSOR, step, (B, d), sub=sub, device=device, dtype=dtype)
+
     def compress(self, X, seeds, step, *, sub=0):
+        return _compress(self, X, seeds, step, sub)
+
+    def apply(self, X, u):
         Xb, B, d = _blocks(X)
-        seeds = _seeds(seeds, X)
-        u = rng.uniform(seeds, rng.Stream.COMPRESSOR, step, (B, d), sub=sub, device=X.device, dtype=X.dtype)
         norm = torch.sqrt(row_sum(Xb * Xb))[..., None]
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))
         level = torch.floor(self.s * Xb.abs() / safe + u)
@@ -351,10 +383,15 @@ class Natural:
     def bits_per_block(self, d):
         return d * (1 + _EXPONENT_BITS[self.float_bits])
 
+    def draw(self, seeds, step, B, d, *, sub=0, device=None, dtype=torch.float64):
+        """The uniforms deciding each coordinate's rounding, (R, [K,] B, d) float64."""
+        return rng.uniform(seeds, rng.Stream.COMPRESSOR, step, (B, d), sub=sub, device=device, dtype=torch.float64)
+
     def compress(self, X, seeds, step, *, sub=0):
+        return _compress(self, X, seeds, step, sub)
+
+    def apply(self, X, u):
         Xb, B, d = _blocks(X)
-        seeds = _seeds(seeds, X)
-        u = rng.uniform(seeds, rng.Stream.COMPRESSOR, step, (B, d), sub=sub, device=X.device, dtype=torch.float64)
         mantissa, exponent = torch.frexp(Xb.abs())  # |x| = mantissa 2^exponent, mantissa in [1/2, 1)
         low = torch.ldexp(torch.ones_like(Xb), exponent - 1)  # 2^a
         p_up = (2.0 * mantissa - 1.0).to(torch.float64)  # (|x| - 2^a) / 2^a, exact

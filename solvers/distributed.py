@@ -60,7 +60,7 @@ import torch
 
 from solvers import rng
 from solvers.compressors import Identity
-from solvers.estimators import EstimatorState
+from solvers.estimators import EstimatorState, _Drawn
 from solvers.linalg import bmm
 from solvers.methods import (BernoulliLoRA, BernoulliLoRAConf, MethodState, _check_W0, _per_run, _seeds_tensor,
                              _values, bernoulli_lora_lambdas)
@@ -103,11 +103,33 @@ def _compress(comp, X, seeds, step):
     return Y, bits.reshape(bits.shape[0], -1).sum(-1).to(torch.float64)
 
 
+def _apply(comp, X, drawn):
+    """:func:`_compress` with the compressor's draws of the round given."""
+    Y, bits = comp.apply(X, drawn)
+    return Y, bits.reshape(bits.shape[0], -1).sum(-1).to(torch.float64)
+
+
+def _client_draws(comp, seeds, step, W, oracle):
+    """The compressor's draws for the K client blocks of size m n (None if it draws none)."""
+    m, n = W.shape[-2:]
+    return comp.draw(seeds, step, n_clients_of(oracle), m * n, device=W.device, dtype=W.dtype)
+
+
+def _defined_in(cls, name):
+    """The class of ``cls``'s MRO whose body defines ``name``."""
+    return next((k for k in cls.__mro__ if name in vars(k)), object)
+
+
 def _check_compressor(owner, comp, need):
     if comp is None:
         comp = Identity()
-    if not callable(getattr(comp, "compress", None)):
-        raise ValueError(f"compressor: {owner} needs a compressor object (solvers.compressors), got {comp!r}")
+    if not all(callable(getattr(comp, f, None)) for f in ("draw", "apply")):
+        raise ValueError(f"compressor: {owner} needs a compressor object with draw and apply "
+                         f"(solvers.compressors), got {comp!r}")
+    if _defined_in(type(comp), "compress") is not _defined_in(type(comp), "apply") and \
+            issubclass(_defined_in(type(comp), "compress"), _defined_in(type(comp), "apply")):
+        raise ValueError(f"compressor: {type(comp).__name__} overrides compress but not apply; the estimators "
+                         f"call draw and apply (compress is derived from them): override apply instead")
     name = getattr(comp, "name", type(comp).__name__)
     if need == "unbiased" and getattr(comp, "omega", None) is None:
         raise ValueError(f"compressor: {owner} needs an unbiased compressor (identity, randk, dither, natural), "
@@ -161,7 +183,7 @@ class _Compressed:
 @register("estimator", conf=QGDConf, needs=("clients",), uses=("compressor",), theorem="qgd", label="QGD",
           style={"linestyle": (0, (8, 2, 2, 2)), "marker": "v"})
 @dataclass(frozen=True)
-class QGD(_Compressed):
+class QGD(_Compressed, _Drawn):
     """Quantized GD: each client sends :math:`Q_i(\\nabla f_i(W_t))` (``transmit='weights'``),
     or, with :class:`FactorQGDBernoulliLoRA`, its compressed factor gradient
     (``transmit='factor'``). ``compressor``: unbiased (default identity)."""
@@ -181,12 +203,16 @@ class QGD(_Compressed):
         n_clients_of(oracle)
         return self.compressor.compress(oracle.client_grads(W), seeds, step)
 
-    def _round(self, W, oracle, seeds, step):
+    def _round(self, W, oracle, drawn):
         K = n_clients_of(oracle)
         if _is_identity(self.compressor):
             return oracle.grad(W), _full_bits(W, K, self.compressor)
-        Y, bits = _compress(self.compressor, oracle.client_grads(W), seeds, step)
+        Y, bits = _apply(self.compressor, oracle.client_grads(W), drawn)
         return Y.mean(1), bits
+
+    def draw(self, seeds, step, W, oracle):
+        """The compressor's draws for the clients' messages (None if it draws none)."""
+        return _client_draws(self.compressor, seeds, step, W, oracle)
 
     def _weights_only(self):
         if self.transmit == "factor":
@@ -195,11 +221,11 @@ class QGD(_Compressed):
 
     def init(self, W, oracle, seeds):
         self._weights_only()
-        return _start(W, *self._round(W, oracle, seeds, 0))
+        return _start(W, *self._round(W, oracle, self.draw(seeds, 0, W, oracle)))
 
-    def update(self, W_new, W_old, state, oracle, seeds, step):
+    def update_given(self, W_new, W_old, state, oracle, drawn, *, sync_free):
         self._weights_only()
-        G, bits = self._round(W_new, oracle, seeds, step)
+        G, bits = self._round(W_new, oracle, drawn)
         return state._replace(G=G, epochs=state.epochs + 1.0, bits=state.bits + bits)
 
     @property
@@ -232,7 +258,7 @@ class QGD(_Compressed):
 @register("estimator", conf=MARINAConf, needs=("clients",), uses=("compressor",), theorem="marina",
           label="MARINA", style={"linestyle": (0, (4, 1)), "marker": "D"})
 @dataclass(frozen=True)
-class MARINA(_Compressed):
+class MARINA(_Compressed, _Drawn):
     """MARINA with probability ``q`` of a full (uncompressed) gradient round;
     ``compressor``: unbiased (default identity)."""
 
@@ -250,16 +276,21 @@ class MARINA(_Compressed):
         K = n_clients_of(oracle)
         return _start(W, oracle.grad(W), _full_bits(W, K, self.compressor), extra=oracle.client_grads(W))
 
-    def update(self, W_new, W_old, state, oracle, seeds, step):
+    def draw(self, seeds, step, W, oracle):
+        """The full-round coin (R, [K]) and the compressor's draws."""
+        full = rng.bernoulli(seeds, rng.Stream.ESTIMATOR, step, float(self.q), device=W.device)
+        return full, _client_draws(self.compressor, seeds, step, W, oracle)
+
+    def update_given(self, W_new, W_old, state, oracle, drawn, *, sync_free):
         K = n_clients_of(oracle)
-        full = rng.bernoulli(seeds, rng.Stream.ESTIMATOR, step, float(self.q), device=W_new.device)
+        full, cdraws = drawn
         new = oracle.client_grads(W_new)
         G, bits = state.G, torch.zeros_like(state.bits)
-        if bool(full.any()):
+        if sync_free or bool(full.any()):
             G = torch.where(full[:, None, None], oracle.grad(W_new), G)
             bits = torch.where(full, _full_bits(W_new, K, self.compressor), bits)
-        if not bool(full.all()):
-            Y, cbits = _compress(self.compressor, new - state.extra, seeds, step)
+        if sync_free or not bool(full.all()):
+            Y, cbits = _apply(self.compressor, new - state.extra, cdraws)
             G = torch.where(full[:, None, None], G, state.G + Y.mean(1))
             bits = torch.where(full, bits, cbits)
         return state._replace(G=G, epochs=state.epochs + 1.0, bits=state.bits + bits, extra=new)
@@ -271,7 +302,7 @@ class MARINA(_Compressed):
 @register("estimator", conf=EF21Conf, needs=("clients",), uses=("compressor",), theorem="ef21", label="EF21",
           style={"linestyle": (0, (2, 1, 6, 1)), "marker": "P"})
 @dataclass(frozen=True)
-class EF21(_Compressed):
+class EF21(_Compressed, _Drawn):
     """EF21 with a contractive compressor (default identity); per-client states
     :math:`G^i` in ``state.extra``."""
 
@@ -288,13 +319,17 @@ class EF21(_Compressed):
         G = oracle.grad(W) if _is_identity(self.compressor) else grads.mean(1)
         return _start(W, G, _full_bits(W, K, self.compressor), extra=grads)
 
-    def update(self, W_new, W_old, state, oracle, seeds, step):
+    def draw(self, seeds, step, W, oracle):
+        """The compressor's draws (None for the deterministic identity and top-k)."""
+        return _client_draws(self.compressor, seeds, step, W, oracle)
+
+    def update_given(self, W_new, W_old, state, oracle, drawn, *, sync_free):
         K = n_clients_of(oracle)
         grads = oracle.client_grads(W_new)
         if _is_identity(self.compressor):
             return state._replace(G=oracle.grad(W_new), extra=grads, epochs=state.epochs + 1.0,
                                   bits=state.bits + _full_bits(W_new, K, self.compressor))
-        C, bits = _compress(self.compressor, grads - state.extra, seeds, step)
+        C, bits = _apply(self.compressor, grads - state.extra, drawn)
         Gi = state.extra + C
         return state._replace(G=Gi.mean(1), extra=Gi, epochs=state.epochs + 1.0, bits=state.bits + bits)
 

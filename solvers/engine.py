@@ -25,20 +25,21 @@ its batch, bitwise. Every per-run computation is elementwise, per-run LAPACK, or
 contraction or reduction through :mod:`solvers.linalg`; nothing is decided from the
 batch as a whole except to skip work whose result would be discarded.
 
-Constant-stepsize GD variants (Bernoulli-LoRA with Gaussian or Haar sketches, FPFT) on
-oracles with ``loss_and_grad`` run their iterations through :mod:`solvers.fused` on CUDA
-(block draws, one captured CUDA graph per iteration); elsewhere this module's loop.
+One iteration is :func:`solvers.iteration.advance`. The weight-space methods
+(Bernoulli-LoRA, FPFT) with every estimator and stepsize rule run it through
+:mod:`solvers.fused` on CUDA (block draws, one captured CUDA graph per iteration; the
+same numbers), selected by ``graph``; elsewhere this module's loop.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
-
 import numpy as np
 import torch
 
+from solvers.fused import check_graph, make_fused
+from solvers.iteration import Carry, RunningStats, advance, current
 from solvers.linalg import run_sum
 
 FIELDS = ("iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
@@ -73,63 +74,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _loss_and_grad(oracle, W):
-    if hasattr(oracle, "loss_and_grad"):
-        return oracle.loss_and_grad(W)
-    grad = oracle.subgradient if hasattr(oracle, "subgradient") and not hasattr(oracle, "grad") else oracle.grad
-    return oracle.loss(W), grad(W)
-
-
-def _current(method, oracle, W, state):
-    """``(loss, grad)`` at ``W``: an exact-gradient estimator's G (and its loss, when it got
-    one from the same oracle call) is reused, else the oracle is evaluated."""
-    if getattr(getattr(method, "estimator", None), "exact_gradient", False):
-        return (state.est.loss if state.est.loss is not None else oracle.loss(W)), state.est.G
-    return _loss_and_grad(oracle, W)
-
-
-class RunningStats(NamedTuple):
-    r"""Per-run running sums and minima of :math:`\|\nabla f\|^2` and :math:`f - f^*`
-    over the iterates of a run while it is live, and how many there were (R,) each."""
-
-    sum_g: torch.Tensor
-    sum_f: torch.Tensor
-    min_g: torch.Tensor
-    min_f: torch.Tensor
-    count: torch.Tensor
-
-    @classmethod
-    def zeros(cls, R, device):
-        z = torch.zeros(R, dtype=torch.float64, device=device)
-        inf = torch.full_like(z, math.inf)
-        return cls(z, z.clone(), inf, inf.clone(), z.clone())
-
-    def add(self, gap, g2, live):
-        """Add one iterate's ``gap`` and ``g2`` (R,) to the runs where ``live`` (R,) bool."""
-        return RunningStats(torch.where(live, self.sum_g + g2, self.sum_g),
-                            torch.where(live, self.sum_f + gap, self.sum_f),
-                            torch.where(live, torch.minimum(self.min_g, g2), self.min_g),
-                            torch.where(live, torch.minimum(self.min_f, gap), self.min_f),
-                            self.count + live.to(torch.float64))
-
-
-def _frozen_step(method, W, state, oracle):
-    """``method.step``, keeping the epochs and bits of the frozen runs (``~state.active``):
-    a frozen run does no work (the method keeps its iterate)."""
-    live, before = state.active, state.est
-    W, state = method.step(W, state, oracle)
-    est = state.est
-    return W, state._replace(est=est._replace(epochs=torch.where(live, est.epochs, before.epochs),
-                                              bits=torch.where(live, est.bits, before.bits)))
-
-
-def diverging(loss, W, limit):
-    """Runs whose loss is not finite or exceeds ``limit`` (R,), or whose iterate is not finite."""
-    return ~torch.isfinite(loss) | (loss.abs() > limit) | ~torch.isfinite(W).all(-1).all(-1)
-
-
 def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=None, W_star=None,
-        track_every_step: bool = True, divergence_factor: float = 1e12, progress=None) -> Trajectory:
+        track_every_step: bool = True, divergence_factor: float = 1e12, progress=None,
+        graph: str = "auto") -> Trajectory:
     """Run ``method`` for ``steps`` iterations on all runs of the batch.
 
     Parameters
@@ -141,11 +88,14 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     steps, eval_every : ints >= 1 (eval_every >= 1; the last step is always recorded).
     f_star, W_star : optimal value and minimiser (default: the oracle's, if any).
     progress : optional callable(step, steps) called at evaluation points.
+    graph : 'auto' | 'off' | 'eager' | 'on', the fused path (:mod:`solvers.fused`); does not
+        change the numbers.
     """
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps: must be an integer >= 0, got {steps}")
     if not (isinstance(eval_every, int) and eval_every >= 1):
         raise ValueError(f"eval_every: must be an integer >= 1, got {eval_every}")
+    check_graph(graph)
     seeds = torch.as_tensor(seeds, dtype=torch.int64)
     R = int(seeds.shape[0])
     if R < 1:
@@ -163,7 +113,7 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     _sync(device)
     t0 = time.perf_counter()
     state = method.init(W, oracle, seeds)
-    loss, grad = _current(method, oracle, W, state)
+    loss, grad = current(method, oracle, W, state)
     f_start = loss.abs().clamp_min(1.0)
     stats = RunningStats.zeros(R, device)
     diverged = torch.zeros(R, dtype=torch.bool, device=device)
@@ -196,35 +146,26 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
             progress(t, steps)
 
     record(0, loss, grad, None)
-    from solvers.fused import make_fused  # late: fused imports the methods
-
     limit = divergence_factor * f_start
-    fused = make_fused(method, oracle, W, state, f_star=f_star, limit=limit, track=track_every_step) \
+    carry = Carry(W, state, loss, grad, stats, diverged)
+    fused = make_fused(method, oracle, carry, f_star=f_star, limit=limit, track=track_every_step, graph=graph) \
         if steps > 0 else None
+    plain = lambda W, state: method.step(W, state, oracle)  # noqa: E731
     t = 0
-    if fused is not None:  # the same iterations as the loop below, fused (graph-captured on CUDA)
-        for t in range(1, steps + 1):
-            fused.step()
-            if t % eval_every == 0 or t == steps:
-                W, loss, grad, state, diverged, stats = fused.snapshot(t, state)
-                record(t, loss, grad, None)
-                if bool(diverged.all()):
-                    break
-    else:
-        for t in range(1, steps + 1):
-            # the running sums cover iterates 0..t-1 of the live runs: add W_{t-1} before stepping
-            if track_every_step:
-                stats = stats.add(loss.to(torch.float64) - f_star, run_sum(grad.to(torch.float64) ** 2), ~diverged)
-            W, state = _frozen_step(method, W, state, oracle)
-            if track_every_step or t % eval_every == 0 or t == steps:
-                loss, grad = _current(method, oracle, W, state)
-                # no host synchronisation per step: the masks update unconditionally
-                diverged = diverged | diverging(loss, W, limit)
-                state = state._replace(active=state.active & ~diverged)
-            if t % eval_every == 0 or t == steps:
-                record(t, loss, grad, None)
-                if bool(diverged.all()):
-                    break
+    for t in range(1, steps + 1):
+        point = t % eval_every == 0 or t == steps
+        if fused is not None:  # the same iteration, on block draws (graph-captured on CUDA)
+            fused.step(evaluate=track_every_step or point)
+            if point:
+                carry = fused.snapshot()
+        else:
+            carry = advance(carry, plain, method=method, oracle=oracle, f_star=f_star, limit=limit,
+                            track=track_every_step, evaluate=track_every_step or point)
+        if point:
+            W, state, loss, grad, stats, diverged = carry
+            record(t, loss, grad, None)
+            if bool(diverged.all()):
+                break
     # every run is frozen: the remaining points repeat its values (as they would in a batch)
     for t in range(t + 1, steps + 1):
         if t % eval_every == 0 or t == steps:

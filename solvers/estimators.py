@@ -7,6 +7,14 @@ The estimate drawn at iterate ``t`` uses randomness of step index ``t`` only
 (``init`` is step 0), from the streams MINIBATCH, NOISE and ESTIMATOR, so e.g.
 SGD and MVR with momentum 1 see the very same minibatches.
 
+``update`` is ``update_given(W_new, W_old, state, oracle, draw(seeds, step, W_new, oracle),
+sync_free=W_new.is_cuda)``: :meth:`draw` takes the round's random numbers (for a range of
+K steps at once, ``(R, K, ...)``, element ``[:, k]`` bitwise the draw of step ``step[k]``,
+as :mod:`solvers.fused` uses them), and ``update_given`` computes the estimate from them.
+With ``sync_free`` it never synchronises with the host (every branch computed, the
+run's own selected by ``torch.where``; capturable in a CUDA graph); without it a branch
+no run takes is skipped (e.g. PAGE's full gradient). Both give the same numbers.
+
 ``state.epochs`` counts gradient evaluations in units of full passes: a full
 gradient costs 1, a minibatch of size b costs b/N (N samples). For problems that
 are not finite sums a full gradient (or a noisy one) costs 1.
@@ -32,6 +40,18 @@ class EstimatorState(NamedTuple):
     # f at the current iterate when the estimator got it with G for free (GD on an
     # oracle with loss_and_grad): the engine then records it without a second oracle call
     loss: Optional[torch.Tensor] = None
+
+
+class _Drawn:
+    """``update`` from :meth:`draw` and ``update_given`` (module docstring)."""
+
+    def draw(self, seeds, step, W, oracle):
+        """The round's random numbers (None: this estimator draws none)."""
+        return None
+
+    def update(self, W_new, W_old, state, oracle, seeds, step):
+        drawn = self.draw(seeds, step, W_new, oracle)
+        return self.update_given(W_new, W_old, state, oracle, drawn, sync_free=W_new.is_cuda)
 
 
 def _zeros(W):
@@ -123,7 +143,7 @@ class SubgradientConf:
 
 @register("estimator", conf=GDConf, theorem="gd", label="GD", style={"linestyle": "-", "marker": None})
 @dataclass(frozen=True)
-class GD:
+class GD(_Drawn):
     r"""Full gradient: :math:`G_t = \nabla f(W_t)`."""
 
     name = "gd"
@@ -137,7 +157,7 @@ class GD:
         loss, G = _value_and_grad(oracle, W)
         return _start(G, _zeros(W) + 1.0, W)._replace(loss=loss)
 
-    def update(self, W_new, W_old, state, oracle, seeds, step):
+    def update_given(self, W_new, W_old, state, oracle, drawn, *, sync_free):
         loss, G = _value_and_grad(oracle, W_new)
         return state._replace(G=G, epochs=state.epochs + 1.0, loss=loss)
 
@@ -145,7 +165,7 @@ class GD:
 @register("estimator", conf=SGDConf, theorem="sgd", label="SGD",
           style={"linestyle": (0, (6, 2)), "marker": "o"})
 @dataclass(frozen=True)
-class SGD:
+class SGD(_Drawn):
     r"""Unbiased stochastic gradient.
 
     * ``batch`` given (finite sums): :math:`G_t = \frac1b\sum_{i\in I_t}\nabla f_i(W_t)`,
@@ -165,14 +185,20 @@ class SGD:
         if self.noise is not None and not (math.isfinite(self.noise) and self.noise >= 0):
             raise ValueError(f"noise: must be a finite number >= 0, got {self.noise}")
 
-    def _draw(self, W, oracle, seeds, step):
+    def draw(self, seeds, step, W, oracle):
+        """The minibatch indices (R, [K,] b), or the noise Z (R, [K,] m, n)."""
         if self.batch is not None:
             n = _check_batch(self.batch, oracle)
-            idx = rng.subset(seeds, rng.Stream.MINIBATCH, step, n, self.batch, device=W.device)
-            return oracle.minibatch_grad(W, idx), self.batch / n
+            return rng.subset(seeds, rng.Stream.MINIBATCH, step, n, self.batch, device=W.device)
         m, n = W.shape[-2:]
-        z = rng.normal(seeds, rng.Stream.NOISE, step, (m, n), device=W.device, dtype=W.dtype)
-        return oracle.grad(W) + (self.noise / math.sqrt(m * n)) * z, 1.0
+        return rng.normal(seeds, rng.Stream.NOISE, step, (m, n), device=W.device, dtype=W.dtype)
+
+    def sample_grad(self, W, oracle, drawn):
+        """``(g, cost)``: the stochastic gradient at W for the draw ``drawn`` and its epochs."""
+        if self.batch is not None:
+            return oracle.minibatch_grad(W, drawn), self.batch / _sample_size(oracle)
+        m, n = W.shape[-2:]
+        return oracle.grad(W) + (self.noise / math.sqrt(m * n)) * drawn, 1.0
 
     @property
     def needs(self):
@@ -183,18 +209,18 @@ class SGD:
         return {"sigma2": sigma2, "G0_err": g0_err, "batch": self.batch}
 
     def init(self, W, oracle, seeds):
-        G, cost = self._draw(W, oracle, seeds, 0)
+        G, cost = self.sample_grad(W, oracle, self.draw(seeds, 0, W, oracle))
         return _start(G, _zeros(W) + cost, W)
 
-    def update(self, W_new, W_old, state, oracle, seeds, step):
-        G, cost = self._draw(W_new, oracle, seeds, step)
+    def update_given(self, W_new, W_old, state, oracle, drawn, *, sync_free):
+        G, cost = self.sample_grad(W_new, oracle, drawn)
         return state._replace(G=G, epochs=state.epochs + cost)
 
 
 @register("estimator", conf=PAGEConf, needs=("finite_sum",), theorem="page", label="PAGE",
           style={"linestyle": "-.", "marker": "s"})
 @dataclass(frozen=True)
-class PAGE:
+class PAGE(_Drawn):
     r"""PAGE (Li et al., 2021): with probability q a full gradient, otherwise a
     recursive minibatch correction on the same minibatch at both points,
 
@@ -229,17 +255,23 @@ class PAGE:
             _check_batch(self.batch, oracle)
         return _start(oracle.grad(W), _zeros(W) + 1.0, W)
 
-    def update(self, W_new, W_old, state, oracle, seeds, step):
+    def draw(self, seeds, step, W, oracle):
+        """The coin (R, [K]) and the minibatch indices (R, [K,] b) (None when q = 1)."""
         n = getattr(oracle, "n_samples", None)
         q = self.prob(n) if n else self.q
-        coin = rng.bernoulli(seeds, rng.Stream.ESTIMATOR, step, q, device=W_new.device)
+        coin = rng.bernoulli(seeds, rng.Stream.ESTIMATOR, step, q, device=W.device)
+        idx = rng.subset(seeds, rng.Stream.MINIBATCH, step, n, self.batch, device=W.device) if q < 1 else None
+        return coin, idx
+
+    def update_given(self, W_new, W_old, state, oracle, drawn, *, sync_free):
+        coin, idx = drawn
         G, cost = state.G, torch.zeros_like(state.epochs)
-        if bool(coin.any()):
+        if sync_free or bool(coin.any()):
             full = oracle.grad(W_new)
             G = torch.where(coin[:, None, None], full, G)
             cost = torch.where(coin, torch.ones_like(cost), cost)
-        if not bool(coin.all()):
-            idx = rng.subset(seeds, rng.Stream.MINIBATCH, step, n, self.batch, device=W_new.device)
+        if idx is not None and (sync_free or not bool(coin.all())):
+            n = _sample_size(oracle)
             diff = oracle.minibatch_grad(W_new, idx) - oracle.minibatch_grad(W_old, idx)
             G = torch.where(coin[:, None, None], G, state.G + diff)
             cost = torch.where(coin, cost, torch.full_like(cost, 2.0 * self.batch / n))
@@ -249,7 +281,7 @@ class PAGE:
 @register("estimator", conf=MVRConf, theorem="mvr", label="MVR",
           style={"linestyle": (0, (3, 1, 1, 1, 1, 1)), "marker": "^"})
 @dataclass(frozen=True)
-class MVR:
+class MVR(_Drawn):
     r"""MVR / STORM momentum variance reduction with momentum ``b`` in (0, 1]:
 
     .. math:: G_{t+1} = g(W_{t+1};\xi_{t+1}) + (1-b)\,(G_t - g(W_t;\xi_{t+1})),
@@ -293,12 +325,16 @@ class MVR:
             return _start(oracle.grad(W), _zeros(W) + 1.0, W)
         return self._sgd().init(W, oracle, seeds)
 
-    def update(self, W_new, W_old, state, oracle, seeds, step):
+    def draw(self, seeds, step, W, oracle):
+        """The sample shared by both points (:meth:`SGD.draw`)."""
+        return self._sgd().draw(seeds, step, W, oracle)
+
+    def update_given(self, W_new, W_old, state, oracle, drawn, *, sync_free):
         sgd = self._sgd()
-        g_new, cost = sgd._draw(W_new, oracle, seeds, step)
+        g_new, cost = sgd.sample_grad(W_new, oracle, drawn)
         if self.momentum == 1.0:
             return state._replace(G=g_new, epochs=state.epochs + cost)
-        g_old, _ = sgd._draw(W_old, oracle, seeds, step)
+        g_old, _ = sgd.sample_grad(W_old, oracle, drawn)
         G = g_new + (1.0 - self.momentum) * (state.G - g_old)
         return state._replace(G=G, epochs=state.epochs + 2.0 * cost)
 
@@ -306,7 +342,7 @@ class MVR:
 @register("estimator", conf=SubgradientConf, theorem="subgradient", label="SubGD",
           style={"linestyle": "-", "marker": "x"})
 @dataclass(frozen=True)
-class Subgradient:
+class Subgradient(_Drawn):
     r"""Subgradient oracle for non-smooth convex problems: :math:`G_t \in \partial f(W_t)`."""
 
     name = "subgradient"
@@ -321,7 +357,7 @@ class Subgradient:
     def init(self, W, oracle, seeds):
         return _start(self._sub(oracle, W), _zeros(W) + 1.0, W)
 
-    def update(self, W_new, W_old, state, oracle, seeds, step):
+    def update_given(self, W_new, W_old, state, oracle, drawn, *, sync_free):
         return state._replace(G=self._sub(oracle, W_new), epochs=state.epochs + 1.0)
 
 

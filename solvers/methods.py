@@ -182,10 +182,35 @@ class _WeightSpace:
 
     def step(self, W, state, oracle):
         D, left = self.direction(state.est.G, state.seeds, state.step)
+        return self._move(W, state, oracle, D, left,
+                          lambda W_new: self.estimator.update(W_new, W, state.est, oracle, state.seeds, state.step + 1))
+
+    def _move(self, W, state, oracle, D, left, update):
         W_new = W - self.gamma(W, D, state, oracle) * D
         W_new = torch.where(state.active[:, None, None], W_new, W)
-        est = self.estimator.update(W_new, W, state.est, oracle, state.seeds, state.step + 1)
-        return W_new, state._replace(step=state.step + 1, est=est, left=left)
+        return W_new, state._replace(step=state.step + 1, est=update(W_new), left=left)
+
+    # ---- block draws (solvers.fused): the same step from random numbers drawn beforehand
+    def draw(self, seeds, step, W, oracle):
+        """The random numbers of step ``step`` (an int, or a range of K steps: every
+        tensor then has an axis K after the run axis, element ``[:, k]`` bitwise the draw
+        of step ``step[k]``): the direction's and the estimator's (round ``step + 1``)."""
+        after = step + 1 if isinstance(step, int) else range(step.start + 1, step.stop + 1)
+        return self.direction_draws(seeds, step, W), self.estimator.draw(seeds, after, W, oracle)
+
+    def step_given(self, W, state, oracle, drawn):
+        """:meth:`step` with the random numbers ``drawn`` of this step (:meth:`draw` of
+        one step), without any host synchronisation (capturable in a CUDA graph)."""
+        D, left = self.direction_given(state.est.G, drawn[0])
+        return self._move(W, state, oracle, D, left,
+                          lambda W_new: self.estimator.update_given(W_new, W, state.est, oracle, drawn[1],
+                                                                    sync_free=True))
+
+    def direction_draws(self, seeds, step, W):
+        return None
+
+    def direction_given(self, G, drawn):
+        return self.direction(G, None, None)
 
 
 @register("method", conf=FPFTConf, label="FPFT", label_format="{label}-{estimator}", color="black")
@@ -248,17 +273,36 @@ class BernoulliLoRA(_WeightSpace):
         return D, left
 
     def direction_sync_free(self, G, seeds, step, left):
-        """The projected direction without a host synchronisation (used on CUDA).
+        """The projected direction without a host synchronisation (used on CUDA):
+        :meth:`direction_given` with both sides drawn for every run."""
+        _, B, A = self.direction_draws(seeds, step, G)
+        return self.direction_given(G, (left, B, A))[0]
 
-        Draws both sides for every run and selects by the coin (a run's sketch
-        depends only on its seed, so the selected values are those of
-        :meth:`direction`), and for sketches of full rank almost surely solves the
-        Gram system by Cholesky instead of an eigendecomposition."""
+    def direction_draws(self, seeds, step, W):
+        """The coin (R, [K]) and both sketches, (R, [K,] m, r) and (R, [K,] r, n), of every
+        run (contiguous: the fused path's slices of a block have the same layout)."""
         sketch = make_sketch(self.sketch)
-        m, n = G.shape[-2:]
-        B = sketch.sample_left(seeds, step, m, self.rank, device=G.device, dtype=G.dtype)
-        A = sketch.sample_right(seeds, step, self.rank, n, device=G.device, dtype=G.dtype)
-        return projected_direction(G, left, B, A, full_rank=sketch.full_rank_almost_surely)
+        m, n = W.shape[-2:]
+        kw = dict(device=W.device, dtype=W.dtype)
+        left = rng.bernoulli(seeds, rng.Stream.COIN, step, _per_run(self.p, W), device=W.device)
+        if isinstance(step, int) or sketch.block_draws:
+            B = sketch.sample_left(seeds, step, m, self.rank, **kw)
+            A = sketch.sample_right(seeds, step, self.rank, n, **kw)
+        else:
+            B = torch.stack([sketch.sample_left(seeds, t, m, self.rank, **kw) for t in step], 1)
+            A = torch.stack([sketch.sample_right(seeds, t, self.rank, n, **kw) for t in step], 1)
+        return left, B.contiguous(), A.contiguous()
+
+    def direction_given(self, G, drawn):
+        """The direction for the coin and sketches ``drawn`` (:meth:`direction_draws` of
+        one step), with no host synchronisation: both sides computed for every run and
+        selected by the coin (a run's sketch depends only on its seed, so the selected
+        values are those of :meth:`direction`). On CUDA, sketches of full rank almost
+        surely solve the Gram system by Cholesky instead of an eigendecomposition; on CPU
+        the pseudo-inverse, per run, is bitwise what :meth:`direction` computes."""
+        left, B, A = drawn
+        full_rank = G.is_cuda and make_sketch(self.sketch).full_rank_almost_surely
+        return projected_direction(G, left, B, A, full_rank=full_rank), left
 
 
 def projected_direction(G, left, B, A, *, full_rank=False):

@@ -12,7 +12,8 @@ Every random number a solver draws is a pure function of
   and no per-run ``torch.Generator``), so it costs a few elementwise kernels on
   CPU and GPU alike.
 
-``random_bits``, ``uniform`` and ``normal`` also take a block of steps (a ``range`` or
+``random_bits``, ``uniform``, ``normal``, ``bernoulli``, ``signs``, ``subset`` and
+``integers`` also take a block of steps (a ``range`` or
 list of ints) for ``step`` and return ``(R, K, *shape)``, element ``[:, k]`` bitwise equal
 to the draw of step ``steps[k]`` alone: a solver can draw K steps' sketches in one call.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import enum
 import math
-import os
 import warnings
 
 import torch
@@ -129,18 +129,22 @@ def _normal_core(seeds, stream_key, step_lo, mix, count: int) -> torch.Tensor:
     return torch.sqrt(-2.0 * torch.log(u[..., 0])) * torch.cos(2.0 * math.pi * u[..., 1])
 
 
-# On CUDA the ~100 elementwise integer kernels of one draw are launch-bound; the same
-# functions compiled by torch.compile run as a few fused kernels. Integer results are
-# identical; the normals of the compiled path may differ from eager CUDA in the last
-# ulp (device libm), which only matters for cross-path comparisons. BLORA_COMPILE=0
-# disables it, BLORA_COMPILE=1 forces it (on CPU too, for tests); if compilation fails
-# the eager functions are used from then on.
+# The draws are plain eager integer kernels on every device: a block of K steps is one
+# draw (solvers.fused), so their launch cost is shared by K steps and nothing needs
+# torch.compile. ``set_compile(True)`` compiles the three core functions with
+# torch.compile instead (fewer, fused kernels for code that draws one step at a time on
+# CUDA; integers identical, normals possibly different in the last ulp from eager, i.e.
+# float rounding like a change of device); it costs the compilation (seconds to tens of
+# seconds) once per process. If compilation fails the eager functions are used.
 _COMPILED: dict = {}
+_COMPILE = [False]
 
 
-def _compile_wanted(device: torch.device) -> bool:
-    flag = os.environ.get("BLORA_COMPILE", "auto")
-    return flag == "1" or (flag == "auto" and device.type == "cuda")
+def set_compile(flag: bool) -> None:
+    """Compile the draw kernels with torch.compile (True) or run them eagerly (False, the default)."""
+    if not isinstance(flag, bool):
+        raise ValueError(f"compile_rng: expected true or false, got {flag!r}")
+    _COMPILE[0] = flag
 
 
 def _call(core, seeds: torch.Tensor, stream: int, step, sub: int, count: int) -> torch.Tensor:
@@ -150,7 +154,7 @@ def _call(core, seeds: torch.Tensor, stream: int, step, sub: int, count: int) ->
         consts = _key_constants_steps(stream, step, sub, seeds.device)
     else:
         consts = _key_constants(stream, step, sub)
-    if _compile_wanted(seeds.device):
+    if _COMPILE[0]:
         fn = _COMPILED.get(core)
         if fn is None:
             fn = _COMPILED[core] = torch.compile(core, dynamic=True)
@@ -203,13 +207,16 @@ def normal(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, d
 
 
 def bernoulli(seeds, stream: int, step: int, prob, *, sub: int = 0, device=None) -> torch.Tensor:
-    """One Bernoulli(prob) draw per run, shape ``(R,)``, dtype bool.
+    """One Bernoulli(prob) draw per run, shape ``(R,)`` (``(R, K)`` for a block of K
+    steps), dtype bool.
 
     ``prob`` is a float or a tensor of shape ``(R,)`` (runs may have different p).
     prob = 1 gives True and prob = 0 gives False surely.
     """
     u = uniform(seeds, stream, step, (), sub=sub, device=device)
     prob = torch.as_tensor(prob, dtype=torch.float64, device=u.device)
+    if _is_block(step) and prob.ndim == 1:
+        prob = prob[:, None]  # one probability per run, for each of the K steps
     return u < prob
 
 
@@ -222,13 +229,14 @@ def signs(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None, dt
 def subset(seeds, stream: int, step: int, population: int, size: int, *, sub: int = 0, device=None) -> torch.Tensor:
     """``size`` distinct indices from ``range(population)`` per run, uniformly
     without replacement; shape ``(R, size)``, dtype int64, sorted order of the
-    random keys (i.e. a uniformly random ordered sample)."""
+    random keys (i.e. a uniformly random ordered sample); ``(R, K, size)`` for a block
+    of K steps."""
     if not 1 <= size <= population:
         raise ValueError(f"batch size: need 1 <= size <= {population}, got {size}")
     keys = random_bits(seeds, stream, step, (population,), sub=sub, device=device)
     # ties between 32-bit keys are broken by index (stable sort), which keeps
     # the result deterministic; their bias is O(population / 2**32).
-    return torch.argsort(keys, dim=1, stable=True)[:, :size]
+    return torch.argsort(keys, dim=-1, stable=True)[..., :size]
 
 
 def integers(seeds, stream: int, step: int, high: int, shape, *, sub: int = 0, device=None) -> torch.Tensor:

@@ -96,7 +96,8 @@ class MVRWithoutCorrection(MVR):
     :math:`g(W_{t+1};\xi_{t+1}) + (1-b)(G_t - g(W_t;\xi_{t+1}))`."""
 
     def update(self, W_new, W_old, state, oracle, seeds, step):
-        g_new, cost = self._sgd()._draw(W_new, oracle, seeds, step)
+        sgd = self._sgd()
+        g_new, cost = sgd.sample_grad(W_new, oracle, sgd.draw(seeds, step, W_new, oracle))
         G = self.momentum * g_new + (1.0 - self.momentum) * state.G
         return state._replace(G=G, epochs=state.epochs + cost)
 
@@ -106,8 +107,8 @@ class BiasedRandK(RandK):
     r"""Rand-k that drops its d/k scaling but still declares itself unbiased (``omega`` =
     d/k - 1, so QGD and MARINA accept it): :math:`\mathbb E\,C(x) = \frac kd x`."""
 
-    def compress(self, X, seeds, step, *, sub=0):
-        Y, bits = super().compress(X, seeds, step, sub=sub)
+    def apply(self, X, idx):
+        Y, bits = super().apply(X, idx)
         return Y * (self.k / (X.shape[-1] * X.shape[-2])), bits
 
 

@@ -39,8 +39,8 @@ class UnscaledRandK(RandK):
     def alpha(self):
         return self.k / self.d
 
-    def compress(self, X, seeds, step, *, sub=0):
-        Y, bits = super().compress(X, seeds, step, sub=sub)
+    def apply(self, X, idx):
+        Y, bits = super().apply(X, idx)
         return Y * (self.k / (X.shape[-1] * X.shape[-2])), bits
 
 

@@ -1,7 +1,7 @@
 """The fused engine iteration (solvers.fused; graph-captured on CUDA) computes what the
-engine's own loop computes: run here eagerly on CPU (BLORA_GRAPH=eager) against the loop
-(BLORA_GRAPH=0), including diverging runs, block draws across refills, and the cases it
-must leave to the loop."""
+engine's own loop computes: run here eagerly on CPU (graph='eager') against the loop
+(graph='off'), bitwise, including diverging runs, block draws across refills, and the
+cases it must leave to the loop (every estimator: tests/test_fused_estimators.py)."""
 import numpy as np
 import pytest
 import torch
@@ -21,23 +21,15 @@ def prob():
 
 
 def _both(monkeypatch, method, prob, seeds, steps, eval_every=10, **kw):
-    monkeypatch.setenv("BLORA_GRAPH", "0")
-    loop = run(method, prob, prob.W0, seeds, steps=steps, eval_every=eval_every, **kw)
-    monkeypatch.setenv("BLORA_GRAPH", "eager")
-    fusd = run(method, prob, prob.W0, seeds, steps=steps, eval_every=eval_every, **kw)
+    loop = run(method, prob, prob.W0, seeds, steps=steps, eval_every=eval_every, graph="off", **kw)
+    fusd = run(method, prob, prob.W0, seeds, steps=steps, eval_every=eval_every, graph="eager", **kw)
     return loop, fusd
 
 
 def _assert_same(a, b):
-    for f in ("iteration", "epochs", "bits", "diverged"):
+    for f in ("iteration", "epochs", "bits", "diverged") + FIELDS:
         np.testing.assert_array_equal(b[f], a[f], err_msg=f)
-    for f in FIELDS:
-        if np.isnan(a[f]).all():  # f* unknown (linreg): the f-gap columns are NaN in both
-            assert np.isnan(b[f]).all(), f
-            continue
-        scale = np.nanmax(np.abs(a[f][:, 1]))
-        np.testing.assert_allclose(b[f], a[f], rtol=1e-9, atol=1e-12 * scale, err_msg=f)
-    assert np.allclose(b.W.numpy(), a.W.numpy(), rtol=1e-9, atol=1e-12)
+    assert torch.equal(b.W, a.W)
 
 
 @pytest.mark.parametrize("sketch", ["gaussian", "orthonormal"])
@@ -61,22 +53,28 @@ def test_fused_marks_diverging_runs_and_freezes_them(monkeypatch, prob):
     loop, fusd = _both(monkeypatch, method, prob, [3, 4, 5], steps=80, eval_every=5)
     assert loop["diverged"][1, -1] and not loop["diverged"][0, -1]
     np.testing.assert_array_equal(fusd["diverged"], loop["diverged"])
-    ok = ~loop["diverged"][:, -1]
-    np.testing.assert_allclose(fusd["loss"][ok], loop["loss"][ok], rtol=1e-9)
+    _assert_same(loop, fusd)
 
 
-def test_fused_not_used_where_it_does_not_apply(monkeypatch, prob):
-    monkeypatch.setenv("BLORA_GRAPH", "eager")
+def test_fused_not_used_where_it_does_not_apply(prob):
+    from solvers.distributed import QGD, FactorQGDBernoulliLoRA
+    from solvers.iteration import Carry, RunningStats
+    from solvers.methods import COLA
+
     W = prob.W0.expand(2, *prob.W0.shape).clone()
-    for method in (BernoulliLoRA(p=0.5, rank=1, sketch="column", estimator=GD(), stepsize=1.0),
-                   BernoulliLoRA(p=0.5, rank=1, sketch="rademacher", estimator=GD(), stepsize=1.0),
-                   BernoulliLoRA(p=0.5, rank=1, estimator=SGD(batch=5), stepsize=1.0),
-                   BernoulliLoRA(p=0.5, rank=1, estimator=GD(), stepsize=1.0, stepsize_rule="polyak", f_star=0.0)):
+
+    def carry(method):
         state = method.init(W, prob, [0, 1])
-        assert fused.make_fused(method, prob, W, state, f_star=0.0, limit=torch.ones(2), track=True) is None
-    monkeypatch.setenv("BLORA_GRAPH", "0")
-    method = FPFT(estimator=GD(), stepsize=1.0)
-    assert fused.make_fused(method, prob, W, method.init(W, prob, [0, 1]), f_star=0.0,
-                            limit=torch.ones(2), track=True) is None
-    monkeypatch.delenv("BLORA_GRAPH")
-    assert fused._mode(torch.device("cpu")) == "off" and fused._mode(torch.device("cuda")) == "graph"
+        return Carry(W, state, state.est.G[:, 0, 0], state.est.G, RunningStats.zeros(2, W.device),
+                     torch.zeros(2, dtype=torch.bool))
+
+    kw = dict(f_star=0.0, limit=torch.ones(2), track=True)
+    cola = COLA(estimator=SGD(batch=5), rank=1, stepsize=1.0)
+    assert fused.make_fused(cola, prob, carry(cola), graph="eager", **kw) is None
+    factor = FactorQGDBernoulliLoRA(p=0.5, rank=1, estimator=QGD(transmit="factor"), stepsize=1.0)
+    assert not fused.eligible(factor)
+    for method in (BernoulliLoRA(p=0.5, rank=1, sketch="column", estimator=SGD(batch=5), stepsize=1.0),
+                   BernoulliLoRA(p=0.5, rank=1, estimator=GD(), stepsize=1.0, stepsize_rule="polyak", f_star=0.0)):
+        assert fused.make_fused(method, prob, carry(method), graph="eager", **kw) is not None
+        assert fused.make_fused(method, prob, carry(method), graph="off", **kw) is None
+        assert fused.make_fused(method, prob, carry(method), graph="auto", **kw) is None  # CPU: the loop

@@ -67,6 +67,10 @@ class RunConf:
     size: str = param("ci", choices=("ci", "paper"))
     results_root: str = "results"  # jobs write below it; a job complete anywhere below it is skipped
     progress: bool = True
+    # engine settings that do not change the numbers (experiments.confighash.NON_RESULT_KEYS):
+    # the fused path of solvers.fused, and torch.compile of the random-number kernels
+    graph: str = param("auto", choices=("auto", "off", "eager", "on"))
+    compile_rng: bool = False
 
 
 class _Groups(Mapping):

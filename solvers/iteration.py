@@ -1,0 +1,105 @@
+r"""One iteration of the engine, shared by its own loop (:mod:`solvers.engine`) and the
+fused block path (:mod:`solvers.fused`), so that the two compute the same thing.
+
+The carried values (:class:`Carry`) are the iterate, the method's state, the loss and
+gradient at the iterate, the running statistics and the divergence mask. One iteration
+(:func:`advance`):
+
+1. with ``track``, adds the current iterate's :math:`f - f^*` and
+   :math:`\|\nabla f\|^2` to the running statistics of the live runs;
+2. takes the method's step (``step_fn``), keeping the epochs and bits of frozen runs;
+3. with ``evaluate``, evaluates loss and gradient at the new iterate and marks (and
+   freezes) the runs whose loss or iterate stopped being finite or whose loss exceeds
+   ``limit``; without it (a step between evaluation points when not tracking) loss,
+   gradient and masks are left as they were.
+
+Nothing here synchronises with the host: the masks are updated unconditionally.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+
+from solvers.linalg import run_sum
+
+
+class RunningStats(NamedTuple):
+    r"""Per-run running sums and minima of :math:`\|\nabla f\|^2` and :math:`f - f^*`
+    over the iterates of a run while it is live, and how many there were (R,) each."""
+
+    sum_g: torch.Tensor
+    sum_f: torch.Tensor
+    min_g: torch.Tensor
+    min_f: torch.Tensor
+    count: torch.Tensor
+
+    @classmethod
+    def zeros(cls, R, device):
+        z = torch.zeros(R, dtype=torch.float64, device=device)
+        inf = torch.full_like(z, math.inf)
+        return cls(z, z.clone(), inf, inf.clone(), z.clone())
+
+    def add(self, gap, g2, live):
+        """Add one iterate's ``gap`` and ``g2`` (R,) to the runs where ``live`` (R,) bool."""
+        return RunningStats(torch.where(live, self.sum_g + g2, self.sum_g),
+                            torch.where(live, self.sum_f + gap, self.sum_f),
+                            torch.where(live, torch.minimum(self.min_g, g2), self.min_g),
+                            torch.where(live, torch.minimum(self.min_f, gap), self.min_f),
+                            self.count + live.to(torch.float64))
+
+
+class Carry(NamedTuple):
+    """What one iteration reads and writes."""
+
+    W: torch.Tensor  # (R, m, n)
+    state: Any  # the method's state (solvers.methods.MethodState)
+    loss: torch.Tensor  # (R,) at W (as of the last evaluation)
+    grad: torch.Tensor  # (R, m, n) at W (as of the last evaluation)
+    stats: RunningStats
+    diverged: torch.Tensor  # (R,) bool
+
+
+def diverging(loss, W, limit):
+    """Runs whose loss is not finite or exceeds ``limit`` (R,), or whose iterate is not finite."""
+    return ~torch.isfinite(loss) | (loss.abs() > limit) | ~torch.isfinite(W).all(-1).all(-1)
+
+
+def loss_and_grad(oracle, W):
+    """``(loss, grad)`` at ``W`` (one shared call where the oracle has ``loss_and_grad``)."""
+    if hasattr(oracle, "loss_and_grad"):
+        return oracle.loss_and_grad(W)
+    grad = oracle.subgradient if hasattr(oracle, "subgradient") and not hasattr(oracle, "grad") else oracle.grad
+    return oracle.loss(W), grad(W)
+
+
+def current(method, oracle, W, state):
+    """``(loss, grad)`` at ``W``: an exact-gradient estimator's G (and its loss, when it got
+    one from the same oracle call) is reused, else the oracle is evaluated."""
+    if getattr(getattr(method, "estimator", None), "exact_gradient", False):
+        return (state.est.loss if state.est.loss is not None else oracle.loss(W)), state.est.G
+    return loss_and_grad(oracle, W)
+
+
+def keep_frozen_costs(before, after):
+    """``after`` (a method state) with the epochs and bits of the runs frozen in ``before``
+    (``~before.active``) restored: a frozen run does no work (the method keeps its iterate)."""
+    live, b, a = before.active, before.est, after.est
+    return after._replace(est=a._replace(epochs=torch.where(live, a.epochs, b.epochs),
+                                         bits=torch.where(live, a.bits, b.bits)))
+
+
+def advance(carry, step_fn, *, method, oracle, f_star, limit, track, evaluate) -> Carry:
+    """One iteration (module docstring); ``step_fn(W, state) -> (W, state)`` is the method's step."""
+    W, state, loss, grad, stats, diverged = carry
+    # the running sums cover iterates 0..t-1 of the live runs: add W_{t-1} before stepping
+    if track:
+        stats = stats.add(loss.to(torch.float64) - f_star, run_sum(grad.to(torch.float64) ** 2), ~diverged)
+    W_new, new = step_fn(W, state)
+    new = keep_frozen_costs(state, new)
+    if evaluate:
+        loss, grad = current(method, oracle, W_new, new)
+        diverged = diverged | diverging(loss, W_new, limit)
+        new = new._replace(active=new.active & ~diverged)
+    return Carry(W_new, new, loss, grad, stats, diverged)
