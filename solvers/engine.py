@@ -31,6 +31,7 @@ oracles with ``loss_and_grad`` run their iterations through :mod:`solvers.fused`
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -39,7 +40,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from solvers import rng
 from solvers.linalg import run_sum
+
+_DRAW_BLOCK = 64  # steps drawn at once by the CPU loop (solvers.rng.block_draws)
 
 FIELDS = ("iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
           "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap", "diverged")
@@ -211,20 +215,24 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
                 if bool(diverged.all()):
                     break
     else:
-        for t in range(1, steps + 1):
-            # the running sums cover iterates 0..t-1 of the live runs: add W_{t-1} before stepping
-            if track_every_step:
-                stats = stats.add(loss.to(torch.float64) - f_star, run_sum(grad.to(torch.float64) ** 2), ~diverged)
-            W, state = _frozen_step(method, W, state, oracle)
-            if track_every_step or t % eval_every == 0 or t == steps:
-                loss, grad = _current(method, oracle, W, state)
-                # no host synchronisation per step: the masks update unconditionally
-                diverged = diverged | diverging(loss, W, limit)
-                state = state._replace(active=state.active & ~diverged)
-            if t % eval_every == 0 or t == steps:
-                record(t, loss, grad, None)
-                if bool(diverged.all()):
-                    break
+        # on a CPU the coins, sketches and other per-step draws come _DRAW_BLOCK steps at a
+        # time (bitwise the per-step numbers, far fewer small kernels: solvers.rng.block_draws)
+        draws = rng.block_draws(state.seeds, block=_DRAW_BLOCK) if device.type == "cpu" else contextlib.nullcontext()
+        with draws:
+            for t in range(1, steps + 1):
+                # the running sums cover iterates 0..t-1 of the live runs: add W_{t-1} before stepping
+                if track_every_step:
+                    stats = stats.add(loss.to(torch.float64) - f_star, run_sum(grad.to(torch.float64) ** 2), ~diverged)
+                W, state = _frozen_step(method, W, state, oracle)
+                if track_every_step or t % eval_every == 0 or t == steps:
+                    loss, grad = _current(method, oracle, W, state)
+                    # no host synchronisation per step: the masks update unconditionally
+                    diverged = diverged | diverging(loss, W, limit)
+                    state = state._replace(active=state.active & ~diverged)
+                if t % eval_every == 0 or t == steps:
+                    record(t, loss, grad, None)
+                    if bool(diverged.all()):
+                        break
     # every run is frozen: the remaining points repeat its values (as they would in a batch)
     for t in range(t + 1, steps + 1):
         if t % eval_every == 0 or t == steps:
