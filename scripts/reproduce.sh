@@ -23,16 +23,24 @@ PY=${PY:-.venv/bin/python}
 T0=$SECONDS
 N=0
 stamp() { printf '[%4d s] %s\n' $((SECONDS - T0)) "$*" | tee -a "$OUT/timing.txt"; }
-run() {  # one Hydra multirun; its output goes to $OUT/logs/NN.log, a line here when it ends
-  N=$((N + 1)); local log; log=$(printf '%s/logs/%02d.log' "$OUT" $N); local t=$SECONDS
-  stamp "experiment $N: $* ..."
-  $PY -m experiments.run -m "$@" size=$SIZE device=$DEVICE results_root="$OUT" \
-      hydra.sweep.dir="$OUT/sweeps/\${now:%Y-%m-%d_%H-%M-%S}_\${blora_unique:}" > "$log" 2>&1 \
-    || { cat "$log"; stamp "experiment $N failed (log: $log)"; exit 1; }
-  stamp "experiment $N done in $((SECONDS - t)) s (log: $log)"
+# The multiruns are queued by run() and executed by ONE process (experiments.multirun:
+# the same jobs, folders and numbers as one `python -m experiments.run -m` each, without
+# paying the import of torch, pandas and Hydra per experiment): a line per experiment
+# with its time, its output in $OUT/logs/NN.log; a failing one prints its log and stops.
+run() {  # queue one Hydra multirun (its overrides, tab-separated)
+  N=$((N + 1)); (IFS=$'\t'; printf '%s\n' "$*") >> "$OUT/queue.txt"
 }
+drain() {  # run the queued multiruns
+  $PY -m experiments.multirun "$OUT/queue.txt" --timing "$OUT/timing.txt" --logs "$OUT/logs" \
+      --since $((SECONDS - T0)) -- size=$SIZE device=$DEVICE results_root="$OUT" \
+      hydra.sweep.dir="$OUT/sweeps/\${now:%Y-%m-%d_%H-%M-%S}_\${blora_unique:}" || exit 1
+}
+# numpy's OpenBLAS spin-waits on its threads: on a small or shared CPU the exact
+# expectations' small matrix products run several times faster on one thread
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 mkdir -p "$OUT/logs"
 : > "$OUT/timing.txt"
+: > "$OUT/queue.txt"
 stamp "SIZE=$SIZE DEVICE=$DEVICE OUT=$OUT"
 run experiment=counterexample method=lora,cola,asymm_lora stepsize.factor=1.0
 run experiment=counterexample method=bernoulli_lora method.p=0,0.5,1 stepsize.factor=1.0
@@ -52,6 +60,7 @@ run experiment=linreg_finite_sum estimator=page stepsize.factor=1 method.p=0.1,0
 for preset in pl_sgd pl_page pl_mvr pl_qgd pl_marina pl_ef21 nonisotropic_p nonisotropic_p_nonsmooth; do
   run experiment=$preset
 done
+drain
 stamp "collecting the job tables"
 $PY -m experiments.collect "$OUT" -o "$OUT/collected.parquet"
 stamp "verifying the bounds"
