@@ -1,7 +1,7 @@
 r"""Small problems on a CPU (issue 14, item 3): the engine against a plain numpy loop.
 
     python -m benchmarks.bench_small [--m 16] [--n 16] [--rank 2] [--runs 20] [--steps 300]
-                                     [--reps 5] [--out FILE.json]
+                                     [--reps 5] [--threads T] [--out FILE.json]
 
 Bernoulli-LoRA-GD (p = 0.5, Gaussian sketch, gamma = 1/L) on the dense quadratic
 :math:`f(W) = \tfrac12 e^\top Q e`, :math:`e = \operatorname{vec}(W - W^*)`, of
@@ -130,8 +130,12 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch's intra-op threads (default: torch's own choice); recorded in the output")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     info = machine(torch.device("cpu"))
     res = bench(m=args.m, n=args.n, rank=args.rank, runs=args.runs, steps=args.steps, reps=args.reps)
     res["machine"] = dict(info, load_at_end=load())

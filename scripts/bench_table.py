@@ -65,8 +65,8 @@ def rows(root: Path = ROOT):
         pr, load = s["problem"], s["machine"]["load_at_start"]
         out.append((f"one Bernoulli-LoRA-GD run at d = {pr['d']} ({pr['m']} x {pr['n']} quadratic, "
                     f"r = {s['method']['rank']}): engine vs a plain numpy loop of the same step, ms/step "
-                    f"(process CPU time, median [min, max] of {s['reps']}; load {load[0]:g} on "
-                    f"{s['machine']['cores']} cores)",
+                    f"(process CPU time, median [min, max] of {s['reps']}; {s['machine']['threads']} thread(s), "
+                    f"load {load[0]:g} on {s['machine']['cores']} cores)",
                     f"{_spread(ms['single'], '{:.3f}')} vs {_spread(ms['numpy'], '{:.3f}')}: "
                     f"**{r['single_over_numpy']['median']:.1f}x** (target <= {s['targets']['single_over_numpy']:g})",
                     "", ["cpu/bench_small_cpu.json"]))

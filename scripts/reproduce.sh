@@ -8,7 +8,9 @@
 # verdicts.{txt,csv}, summary.csv, median_curves.csv and rates.csv (the raw files of
 # paper_repro.md section C, see scripts/derive_numbers.py), figures/, logs/ (one log per
 # experiment) and timing.txt. Rerunning skips finished jobs. One line per experiment with
-# its time and the time since the start.
+# its time and the time since the start. On a loaded CPU, OPENBLAS_NUM_THREADS=1 makes the
+# exact expectations (numpy) several times faster, but their last bits then differ from a
+# run with numpy's default threads.
 # Exit status: that of `experiments.verify` (1 if a bound is violated), after the summary
 # and the figures have been made anyway; any other failure stops at once with its log.
 set -euo pipefail
@@ -35,9 +37,6 @@ drain() {  # run the queued multiruns
       --since $((SECONDS - T0)) -- size=$SIZE device=$DEVICE results_root="$OUT" \
       hydra.sweep.dir="$OUT/sweeps/\${now:%Y-%m-%d_%H-%M-%S}_\${blora_unique:}" || exit 1
 }
-# numpy's OpenBLAS spin-waits on its threads: on a small or shared CPU the exact
-# expectations' small matrix products run several times faster on one thread
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 mkdir -p "$OUT/logs"
 : > "$OUT/timing.txt"
 : > "$OUT/queue.txt"
