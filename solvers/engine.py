@@ -27,7 +27,10 @@ batch as a whole except to skip work whose result would be discarded.
 
 Constant-stepsize GD variants (Bernoulli-LoRA with Gaussian or Haar sketches, FPFT) on
 oracles with ``loss_and_grad`` run their iterations through :mod:`solvers.fused` on CUDA
-(block draws, one captured CUDA graph per iteration); elsewhere this module's loop.
+(block draws, one captured CUDA graph per iteration); elsewhere this module's loop. On a
+CPU that loop takes its random numbers (coins, sketches, minibatches, noise, compressors)
+``_DRAW_BLOCK`` steps at a time (:class:`solvers.rng.block_draws`): the same numbers,
+bitwise, for a fraction of the small kernels a one-step draw costs.
 """
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ Every random number a solver draws is a pure function of
 
 ``random_bits``, ``uniform`` and ``normal`` also take a block of steps (a ``range`` or
 list of ints) for ``step`` and return ``(R, K, *shape)``, element ``[:, k]`` bitwise equal
-to the draw of step ``steps[k]`` alone: a solver can draw K steps' sketches in one call.
+to the draw of step ``steps[k]`` alone: a solver can draw K steps' sketches in one call,
+and inside :class:`block_draws` (used by the engine's CPU loop) every one-step draw for a
+run's seeds is served from such a block.
 
 All integer arithmetic is done on int64 tensors holding 32-bit values, and every
 product is split so that it stays below 2**63: no reliance on signed overflow.
