@@ -6,7 +6,7 @@
 ``scripts/reproduce.sh`` would pass to ``python -m experiments.run -m``); ``COMMON`` is
 appended to every line (``size=...`` ``device=...`` ``results_root=...``
 ``hydra.sweep.dir=...``). Line ``k`` (from 1) writes its output to ``DIR/kk.log`` and
-two lines (start, end with its seconds) to ``FILE`` and stdout, in the format of
+two lines (start; end with its seconds and the load average) to ``FILE`` and stdout, in the format of
 ``scripts/reproduce.sh`` (seconds since its start: ``--since`` is the time it had
 already spent).
 
@@ -22,9 +22,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
+
+
+def _load() -> str:
+    """The 1-minute load average (as ``uptime`` shows it), or '?'."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
 
 
 def read_queue(path) -> list[list[str]]:
@@ -100,7 +109,7 @@ def main(argv=None) -> int:
             print(log.read_text(), end="", file=sys.stderr)
             stamp(f"experiment {k} failed (log: {log})")
             return 1
-        stamp(f"experiment {k} done in {int(time.monotonic() - t)} s (log: {log})")
+        stamp(f"experiment {k} done in {int(time.monotonic() - t)} s (log: {log}; load {_load()})")
     return 0
 
 

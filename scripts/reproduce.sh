@@ -73,6 +73,6 @@ $PY scripts/derive_numbers.py rates "$OUT/collected.parquet" -o "$OUT/rates.csv"
 stamp "figures"
 $PY -m figures.make "$OUT/collected.parquet" --out "$OUT/figures" > /dev/null
 stamp "results in $OUT: collected.parquet, verdicts.txt, summary.csv, median_curves.csv, rates.csv, figures/, logs/"
-stamp "total $((SECONDS - T0)) s"
+stamp "total $((SECONDS - T0)) s (load average now: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo ?))"
 if [ $status != 0 ]; then stamp "verify exited with status $status (see $OUT/verdicts.txt)"; fi
 exit $status
