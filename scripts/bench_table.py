@@ -74,6 +74,11 @@ def rows(root: Path = ROOT):
                     "batch invariance kept)",
                     f"**{_spread(r['batched_throughput'], '{:.1f}')}x** (target >= "
                     f"{s['targets']['batched_throughput']:g})", "", ["cpu/bench_small_cpu.json"]))
+        if "batched_fast_throughput" in r:
+            out.append(("the same two ratios in `solvers.linalg`'s fast mode (`set_invariant(False)`, "
+                        "`--fast-cpu`: one BLAS call per batch, not batch-invariant)",
+                        f"{r['single_fast_over_numpy']['median']:.1f}x; **{_spread(r['batched_fast_throughput'], '{:.1f}')}x**",
+                        "", ["cpu/bench_small_cpu.json"]))
     gcpu, ggpu = _json(root, "cpu/bench_gradient_cpu.json"), _json(root, "h200/sweeps/bench_gradient_cuda.json")
     out.append((f"linreg gradient of {gcpu['gradient']['runs']} runs (d = {gcpu['gradient']['d']}) vs dense fp64 GEMM",
                 f"{1e3 * gcpu['gradient']['tflops']:.0f} vs {1e3 * gcpu['gemm_peak']['tflops']:.0f} GFLOP/s "
