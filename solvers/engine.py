@@ -220,7 +220,8 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     else:
         # on a CPU the coins, sketches and other per-step draws come _DRAW_BLOCK steps at a
         # time (bitwise the per-step numbers, far fewer small kernels: solvers.rng.block_draws)
-        draws = rng.block_draws(state.seeds, block=_DRAW_BLOCK) if device.type == "cpu" else contextlib.nullcontext()
+        block = min(_DRAW_BLOCK, steps + 1)  # the steps drawn never exceed the run's
+        draws = rng.block_draws(state.seeds, block=block) if device.type == "cpu" else contextlib.nullcontext()
         with draws:
             for t in range(1, steps + 1):
                 # the running sums cover iterates 0..t-1 of the live runs: add W_{t-1} before stepping
