@@ -94,7 +94,8 @@ def main(argv=None):
     text = json.dumps(res, indent=2)
     print(text)
     p, b = res["projection"], res["batching"]
-    print(describe("factored H_B G", p["factored_spread_s"], "s") + "; " + describe("explicit", p["explicit_spread_s"], "s"))
+    print(describe("factored H_B G", p["factored_spread_s"], "s") + "; "
+          + describe("explicit", p["explicit_spread_s"], "s"))
     print(f"factored / explicit projection: {p['speedup']:.1f}x faster (best of each); "
           f"batched / one-by-one throughput: {b['throughput_ratio']:.1f}x (one-by-one timed once; "
           + describe("batched", b["batched_spread_s"], "s") + f"); {res['machine']['cpu']}, "

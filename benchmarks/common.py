@@ -48,4 +48,5 @@ def spread(values) -> dict:
 def describe(name: str, s: dict, unit: str = "", fmt: str = "{:.3g}") -> str:
     """``name median [min, max] unit (n repetitions)``."""
     f = fmt.format
-    return f"{name} {f(s['median'])} [{f(s['min'])}, {f(s['max'])}]{(' ' + unit) if unit else ''} ({s['n']} repetitions)"
+    unit = f" {unit}" if unit else ""
+    return f"{name} {f(s['median'])} [{f(s['min'])}, {f(s['max'])}]{unit} ({s['n']} repetitions)"

@@ -77,18 +77,21 @@ def rows(root: Path = ROOT):
         if "batched_fast_throughput" in r:
             out.append(("the same two ratios in `solvers.linalg`'s fast mode (`set_invariant(False)`, "
                         "`--fast-cpu`: one BLAS call per batch, not batch-invariant)",
-                        f"{r['single_fast_over_numpy']['median']:.1f}x; **{_spread(r['batched_fast_throughput'], '{:.1f}')}x**",
+                        f"{r['single_fast_over_numpy']['median']:.1f}x; "
+                        f"**{_spread(r['batched_fast_throughput'], '{:.1f}')}x**",
                         "", ["cpu/bench_small_cpu.json"]))
     gcpu, ggpu = _json(root, "cpu/bench_gradient_cpu.json"), _json(root, "h200/sweeps/bench_gradient_cuda.json")
     out.append((f"linreg gradient of {gcpu['gradient']['runs']} runs (d = {gcpu['gradient']['d']}) vs dense fp64 GEMM",
                 f"{1e3 * gcpu['gradient']['tflops']:.0f} vs {1e3 * gcpu['gemm_peak']['tflops']:.0f} GFLOP/s "
                 f"({gcpu['ratio']:.2f})",
-                f"{ggpu['gradient']['tflops']:.1f} vs {ggpu['gemm_peak']['tflops']:.1f} TFLOP/s (**{ggpu['ratio']:.2f}**)",
+                f"{ggpu['gradient']['tflops']:.1f} vs {ggpu['gemm_peak']['tflops']:.1f} TFLOP/s "
+                f"(**{ggpu['ratio']:.2f}**)",
                 ["cpu/bench_gradient_cpu.json", "h200/sweeps/bench_gradient_cuda.json"]))
     e = _json(root, "h200/fused/bench_engine_cuda.json")
     out.append((f"engine step, {e['runs']} runs, rank {e['rank']}, {e['size']} linreg", "",
-                f"fused CUDA graph **{e['graph']['ms_per_step']:.2f} ms**; loop {e['loop_compiled']['ms_per_step']:.2f} ms "
-                f"(compiled RNG), {e['loop_eager']['ms_per_step']:.2f} ms (eager)", ["h200/fused/bench_engine_cuda.json"]))
+                f"fused CUDA graph **{e['graph']['ms_per_step']:.2f} ms**; loop "
+                f"{e['loop_compiled']['ms_per_step']:.2f} ms (compiled RNG), {e['loop_eager']['ms_per_step']:.2f} ms "
+                "(eager)", ["h200/fused/bench_engine_cuda.json"]))
     tc, tg = _json(root, "cpu/linreg_gd_timing.json"), _json(root, "h200/fused/linreg_gd_timing.json")
     gemm_min = _derived(root, "A1 CPU", "minutes at the dense GEMM peak")
     out.append((f"the paper's linreg GD sweep ({tc['jobs']} jobs, 1,960 runs x 4000 steps)",

@@ -37,7 +37,8 @@ def test_queue_runs_every_multirun_in_one_process(tmp_path, capsys):
     assert "Launching 2 jobs" in logs["01.log"] and "method.rank=2" not in logs["01.log"]
     assert "Launching 1 jobs" in logs["02.log"] and "method.p=0.8" not in logs["02.log"]
     lines = timing.read_text().splitlines()
-    assert [line.split("] ")[1].split(" ")[2] for line in lines] == ["method.p=0.2,0.8", "done", "method.rank=2", "done"]
+    words = [line.split("] ")[1].split(" ")[2] for line in lines]
+    assert words == ["method.p=0.2,0.8", "done", "method.rank=2", "done"]
     assert all(line.startswith("[") for line in lines) and int(lines[0][1:5]) >= 7
     assert lines == capsys.readouterr().out.splitlines()
 
