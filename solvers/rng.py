@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import threading
 import warnings
 
 import torch
@@ -166,7 +167,14 @@ class _BlockCache:
         return values[:, step - first].contiguous()
 
 
-_CACHE: list = []  # the active _BlockCache (innermost last)
+_LOCAL = threading.local()  # per thread: .caches, the active _BlockCache objects (innermost last)
+
+
+def _caches() -> list:
+    caches = getattr(_LOCAL, "caches", None)
+    if caches is None:
+        caches = _LOCAL.caches = []
+    return caches
 
 
 class block_draws:
@@ -186,24 +194,26 @@ class block_draws:
         self._cache = _BlockCache(seeds, block, max_elements)
 
     def __enter__(self):
-        _CACHE.append(self._cache)
+        _caches().append(self._cache)
         return self
 
     def __exit__(self, *exc):
-        _CACHE.remove(self._cache)
+        _caches().remove(self._cache)
         return False
 
 
 def block_drawing(seeds) -> bool:
     """Whether one-step draws for ``seeds`` come from a :class:`block_draws` cache now."""
-    return bool(_CACHE) and _CACHE[-1].seeds is seeds
+    caches = _caches()
+    return bool(caches) and caches[-1].seeds is seeds
 
 
 def _call(core, seeds: torch.Tensor, stream: int, step, sub: int, count: int) -> torch.Tensor:
     """``core`` for one step (``step`` an int) or a block of steps (``step`` a range or
     sequence of ints: one more leading axis K after the run axis)."""
-    if _CACHE and not _is_block(step):
-        hit = _CACHE[-1].get(core, seeds, stream, step, sub, count)
+    caches = _caches()
+    if caches and not _is_block(step):
+        hit = caches[-1].get(core, seeds, stream, step, sub, count)
         if hit is not None:
             return hit
     if _is_block(step):

@@ -83,3 +83,16 @@ def test_block_draws_draw_once_per_block_and_only_for_their_seeds(monkeypatch):
     assert torch.equal(foreign, inside[2])
     with pytest.raises(ValueError, match="block"):
         rng.block_draws(seeds, block=0)
+
+
+def test_block_draws_are_per_thread():
+    """A cache opened in one thread serves nothing in another (each thread its own stack)."""
+    import threading
+
+    seeds, seen = torch.arange(3), []
+    with rng.block_draws(seeds, block=4):
+        t = threading.Thread(target=lambda: seen.append(rng.block_drawing(seeds)))
+        t.start()
+        t.join()
+        assert rng.block_drawing(seeds)
+    assert seen == [False]
