@@ -67,7 +67,9 @@ def run_one(overrides: list[str], log_path: Path) -> int:
             app.main()
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:  # pragma: no cover - Hydra reports job errors as SystemExit
+        except KeyboardInterrupt:
+            raise
+        except Exception:  # pragma: no cover - Hydra reports job errors as SystemExit
             import traceback
 
             traceback.print_exc()
