@@ -145,7 +145,7 @@ def shared_matmul(V: torch.Tensor, M: torch.Tensor, *, invariant=None) -> torch.
 
 
 _TRANSPOSED: dict = {}  # (address, shape, strides, dtype, device, version) -> (M, M^T contiguous)
-_TRANSPOSED_MAX = 1 << 22  # elements of a matrix whose transpose is kept
+_TRANSPOSED_MAX = 1 << 20  # elements of a matrix whose transpose is kept (8 entries: <= 64 MiB)
 
 
 def _transposed(M: torch.Tensor) -> torch.Tensor:
@@ -158,7 +158,7 @@ def _transposed(M: torch.Tensor) -> torch.Tensor:
     key = (M.data_ptr(), tuple(M.shape), M.stride(), M.dtype, M.device, M._version)
     hit = _TRANSPOSED.get(key)
     if hit is None:
-        if len(_TRANSPOSED) >= 16:
+        if len(_TRANSPOSED) >= 8:
             _TRANSPOSED.pop(next(iter(_TRANSPOSED)))
         hit = _TRANSPOSED[key] = (M, M.transpose(0, 1).contiguous())
     return hit[1]
