@@ -61,11 +61,11 @@ def rows(root: Path = ROOT):
     small = root / "paper_results" / "cpu" / "bench_small_cpu.json"
     if small.exists():
         s = json.loads(small.read_text())
-        ms, r = s["ms_per_step_cpu"], s["ratios_cpu"]
+        ms, r = s["ms_per_step_wall"], s["ratios_wall"]
         pr, load = s["problem"], s["machine"]["load_at_start"]
         out.append((f"one Bernoulli-LoRA-GD run at d = {pr['d']} ({pr['m']} x {pr['n']} quadratic, "
                     f"r = {s['method']['rank']}): engine vs a plain numpy loop of the same step, ms/step "
-                    f"(process CPU time, median [min, max] of {s['reps']}; {s['machine']['threads']} thread(s), "
+                    f"(wall clock, median [min, max] of {s['reps']}; {s['machine']['threads']} threads, "
                     f"load {load[0]:g} on {s['machine']['cores']} cores)",
                     f"{_spread(ms['single'], '{:.3f}')} vs {_spread(ms['numpy'], '{:.3f}')}: "
                     f"**{r['single_over_numpy']['median']:.1f}x** (target <= {s['targets']['single_over_numpy']:g})",
