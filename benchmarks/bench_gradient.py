@@ -7,7 +7,8 @@
 2. The sweep's gradient step: ``problem.grad(W)`` of the linreg problem for a
    batch of ``runs`` runs (one (R, d) x (d, d) product with the precomputed
    Gram matrix, d = m n, plus the elementwise regulariser): 2 d^2 R flops.
-Reports both rates in TFLOP/s and their ratio.
+Reports both rates in TFLOP/s (from the median time) and their ratio (the limit is 1),
+the spread of the times over the repetitions, and the machine with its load.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import json
 import time
 
 import torch
+
+from benchmarks.common import describe, machine, spread
 
 
 def _time(fn, device, repeat=10):
@@ -36,24 +39,24 @@ def _time(fn, device, repeat=10):
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
+    return spread(times)
 
 
 def gemm_peak(device, n=None):
     n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, dtype=torch.float64, device=device)
     b = torch.randn(n, n, dtype=torch.float64, device=device)
-    t = _time(lambda: a @ b, device, repeat=5)
-    return {"n": n, "seconds": t, "tflops": 2 * n**3 / t / 1e12}
+    s = _time(lambda: a @ b, device, repeat=5)
+    return {"n": n, "seconds": s["median"], "tflops": 2 * n**3 / s["median"] / 1e12, "seconds_spread": s}
 
 
 def gradient_rate(problem, device, runs):
     m, n = problem.shape
     W = problem.W0.expand(runs, m, n).contiguous() + 0.01 * torch.randn(runs, m, n, dtype=torch.float64, device=device)
-    t = _time(lambda: problem.grad(W), device, repeat=20)
+    s = _time(lambda: problem.grad(W), device, repeat=20)
     d = m * n
-    return {"runs": runs, "d": d, "seconds": t, "tflops": 2 * d * d * runs / t / 1e12}
+    return {"runs": runs, "d": d, "seconds": s["median"], "tflops": 2 * d * d * runs / s["median"] / 1e12,
+            "seconds_spread": s}
 
 
 def main(argv=None):
@@ -74,8 +77,13 @@ def main(argv=None):
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "gemm_peak": gemm_peak(device), "gradient": gradient_rate(problem, device, args.runs)}
     res["ratio"] = res["gradient"]["tflops"] / res["gemm_peak"]["tflops"]
+    res["machine"] = machine(device)
     text = json.dumps(res, indent=2)
     print(text)
+    print(describe("gradient", res["gradient"]["seconds_spread"], "s") + "; "
+          + describe("GEMM", res["gemm_peak"]["seconds_spread"], "s"))
+    print(f"gradient rate / dense fp64 GEMM rate = {res['ratio']:.2f} (limit 1) on {res['device']}, "
+          f"{res['machine']['cpu']}, load {res['machine']['load_at_start']}")
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(text + "\n")

@@ -8,7 +8,9 @@
 # verdicts.{txt,csv}, summary.csv, median_curves.csv and rates.csv (the raw files of
 # paper_repro.md section C, see scripts/derive_numbers.py), figures/, logs/ (one log per
 # experiment) and timing.txt. Rerunning skips finished jobs. One line per experiment with
-# its time and the time since the start.
+# its time and the time since the start. On a loaded CPU, OPENBLAS_NUM_THREADS=1 makes the
+# exact expectations (numpy) several times faster, but their last bits then differ from a
+# run with numpy's default threads.
 # Exit status: that of `experiments.verify` (1 if a bound is violated), after the summary
 # and the figures have been made anyway; any other failure stops at once with its log.
 set -euo pipefail
@@ -23,16 +25,21 @@ PY=${PY:-.venv/bin/python}
 T0=$SECONDS
 N=0
 stamp() { printf '[%4d s] %s\n' $((SECONDS - T0)) "$*" | tee -a "$OUT/timing.txt"; }
-run() {  # one Hydra multirun; its output goes to $OUT/logs/NN.log, a line here when it ends
-  N=$((N + 1)); local log; log=$(printf '%s/logs/%02d.log' "$OUT" $N); local t=$SECONDS
-  stamp "experiment $N: $* ..."
-  $PY -m experiments.run -m "$@" size=$SIZE device=$DEVICE results_root="$OUT" \
-      hydra.sweep.dir="$OUT/sweeps/\${now:%Y-%m-%d_%H-%M-%S}_\${blora_unique:}" > "$log" 2>&1 \
-    || { cat "$log"; stamp "experiment $N failed (log: $log)"; exit 1; }
-  stamp "experiment $N done in $((SECONDS - t)) s (log: $log)"
+# The multiruns are queued by run() and executed by ONE process (experiments.multirun:
+# the same jobs, folders and numbers as one `python -m experiments.run -m` each, without
+# paying the import of torch, pandas and Hydra per experiment): a line per experiment
+# with its time, its output in $OUT/logs/NN.log; a failing one prints its log and stops.
+run() {  # queue one Hydra multirun (its overrides, tab-separated)
+  N=$((N + 1)); (IFS=$'\t'; printf '%s\n' "$*") >> "$OUT/queue.txt"
+}
+drain() {  # run the queued multiruns
+  $PY -m experiments.multirun "$OUT/queue.txt" --timing "$OUT/timing.txt" --logs "$OUT/logs" \
+      --since $((SECONDS - T0)) -- size=$SIZE device=$DEVICE results_root="$OUT" \
+      hydra.sweep.dir="$OUT/sweeps/\${now:%Y-%m-%d_%H-%M-%S}_\${blora_unique:}" || exit 1
 }
 mkdir -p "$OUT/logs"
 : > "$OUT/timing.txt"
+: > "$OUT/queue.txt"
 stamp "SIZE=$SIZE DEVICE=$DEVICE OUT=$OUT"
 run experiment=counterexample method=lora,cola,asymm_lora stepsize.factor=1.0
 run experiment=counterexample method=bernoulli_lora method.p=0,0.5,1 stepsize.factor=1.0
@@ -55,6 +62,7 @@ done
 # the PL bound is within a constant factor of the exact mean
 run experiment=exact_pairs
 run experiment=exact_isotropic
+drain
 stamp "collecting the job tables"
 $PY -m experiments.collect "$OUT" -o "$OUT/collected.parquet"
 stamp "verifying the bounds"
@@ -68,6 +76,6 @@ $PY scripts/derive_numbers.py rates "$OUT/collected.parquet" -o "$OUT/rates.csv"
 stamp "figures"
 $PY -m figures.make "$OUT/collected.parquet" --out "$OUT/figures" > /dev/null
 stamp "results in $OUT: collected.parquet, verdicts.txt, summary.csv, median_curves.csv, rates.csv, figures/, logs/"
-stamp "total $((SECONDS - T0)) s"
+stamp "total $((SECONDS - T0)) s (load average now: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo ?))"
 if [ $status != 0 ]; then stamp "verify exited with status $status (see $OUT/verdicts.txt)"; fi
 exit $status

@@ -28,19 +28,26 @@ batch as a whole except to skip work whose result would be discarded.
 One iteration is :func:`solvers.iteration.advance`. The weight-space methods
 (Bernoulli-LoRA, FPFT) with every estimator and stepsize rule run it through
 :mod:`solvers.fused` on CUDA (block draws, one captured CUDA graph per iteration; the
-same numbers), selected by ``graph``; elsewhere this module's loop.
+same numbers), selected by ``graph``; elsewhere this module's loop. On a CPU that loop
+takes its random numbers (coins, sketches, minibatches, noise, compressors)
+``_DRAW_BLOCK`` steps at a time (:class:`solvers.rng.block_draws`): the same numbers,
+bitwise, for a fraction of the small kernels a one-step draw costs.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
 import numpy as np
 import torch
 
+from solvers import rng
 from solvers.fused import check_graph, make_fused
 from solvers.iteration import Carry, RunningStats, advance, current
 from solvers.linalg import run_sum
+
+_DRAW_BLOCK = 64  # steps drawn at once by the CPU loop (solvers.rng.block_draws)
 
 FIELDS = ("iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
           "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap", "diverged")
@@ -152,20 +159,26 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
         if steps > 0 else None
     plain = lambda W, state: method.step(W, state, oracle)  # noqa: E731
     t = 0
-    for t in range(1, steps + 1):
-        point = t % eval_every == 0 or t == steps
-        if fused is not None:  # the same iteration, on block draws (graph-captured on CUDA)
-            fused.step(evaluate=track_every_step or point)
+    # on a CPU the plain loop's coins, sketches and other per-step draws come _DRAW_BLOCK steps
+    # at a time (bitwise the per-step numbers, far fewer small kernels: solvers.rng.block_draws)
+    block = min(_DRAW_BLOCK, steps + 1)  # the steps drawn never exceed the run's
+    draws = rng.block_draws(state.seeds, block=block) if fused is None and device.type == "cpu" \
+        else contextlib.nullcontext()
+    with draws:
+        for t in range(1, steps + 1):
+            point = t % eval_every == 0 or t == steps
+            if fused is not None:  # the same iteration, on block draws (graph-captured on CUDA)
+                fused.step(evaluate=track_every_step or point)
+                if point:
+                    carry = fused.snapshot()
+            else:
+                carry = advance(carry, plain, method=method, oracle=oracle, f_star=f_star, limit=limit,
+                                track=track_every_step, evaluate=track_every_step or point)
             if point:
-                carry = fused.snapshot()
-        else:
-            carry = advance(carry, plain, method=method, oracle=oracle, f_star=f_star, limit=limit,
-                            track=track_every_step, evaluate=track_every_step or point)
-        if point:
-            W, state, loss, grad, stats, diverged = carry
-            record(t, loss, grad, None)
-            if bool(diverged.all()):
-                break
+                W, state, loss, grad, stats, diverged = carry
+                record(t, loss, grad, None)
+                if bool(diverged.all()):
+                    break
     # every run is frozen: the remaining points repeat its values (as they would in a batch)
     for t in range(t + 1, steps + 1):
         if t % eval_every == 0 or t == steps:

@@ -164,9 +164,29 @@ def shared_matmul(V: torch.Tensor, M: torch.Tensor, *, invariant=None) -> torch.
     R, k = V.shape
     j = M.shape[-1]
     if k * j <= _PER_RUN:
-        return _mul_sum(V[:, None, :], M.transpose(0, 1).contiguous()[None], (j,), k)
-    V, Mt = _standard(V), M.transpose(0, 1).contiguous()
+        return _mul_sum(V[:, None, :], _transposed(M)[None], (j,), k)
+    V, Mt = _standard(V), _transposed(M)
     return _per_run_loop(torch.mv, lambda r: (Mt, _aligned(V[r])), R, (j,), V, M)
+
+
+_TRANSPOSED: dict = {}  # (address, shape, strides, dtype, device, version) -> (M, M^T contiguous)
+_TRANSPOSED_MAX = 1 << 20  # elements of a matrix whose transpose is kept (8 entries: <= 64 MiB)
+
+
+def _transposed(M: torch.Tensor) -> torch.Tensor:
+    """``M.transpose(0, 1).contiguous()``, kept for the shared data matrices that a solver
+    multiplies by every step (the same values: a copy made once instead of per step). The
+    entry holds ``M`` itself, so its memory cannot be reused by another tensor while the key
+    (its address, layout and version counter, which any in-place write bumps) is cached."""
+    if M.numel() > _TRANSPOSED_MAX or M.requires_grad:
+        return M.transpose(0, 1).contiguous()
+    key = (M.data_ptr(), tuple(M.shape), M.stride(), M.dtype, M.device, M._version)
+    hit = _TRANSPOSED.get(key)
+    if hit is None:
+        if len(_TRANSPOSED) >= 8:
+            _TRANSPOSED.pop(next(iter(_TRANSPOSED)))
+        hit = _TRANSPOSED[key] = (M, M.transpose(0, 1).contiguous())
+    return hit[1]
 
 
 def _per_run_loop(fn, operands, R, shape, x, y):

@@ -266,8 +266,12 @@ class BernoulliLoRA(_WeightSpace):
         # mixed batch: project each run on its own side (sketches of the other
         # side are never used, and are drawn from a separate sub-stream)
         D = torch.empty_like(G)
-        B = sketch.sample_left(seeds[left], step, m, self.rank, device=G.device, dtype=G.dtype)
-        A = sketch.sample_right(seeds[~left], step, self.rank, n, device=G.device, dtype=G.dtype)
+        if rng.block_drawing(seeds):  # every run's draws are at hand: select (the same numbers)
+            B = sketch.sample_left(seeds, step, m, self.rank, device=G.device, dtype=G.dtype)[left]
+            A = sketch.sample_right(seeds, step, self.rank, n, device=G.device, dtype=G.dtype)[~left]
+        else:
+            B = sketch.sample_left(seeds[left], step, m, self.rank, device=G.device, dtype=G.dtype)
+            A = sketch.sample_right(seeds[~left], step, self.rank, n, device=G.device, dtype=G.dtype)
         D[left] = project_left(B, G[left])
         D[~left] = project_right(A, G[~left])
         return D, left

@@ -15,7 +15,9 @@ Every random number a solver draws is a pure function of
 ``random_bits``, ``uniform``, ``normal``, ``bernoulli``, ``signs``, ``subset`` and
 ``integers`` also take a block of steps (a ``range`` or
 list of ints) for ``step`` and return ``(R, K, *shape)``, element ``[:, k]`` bitwise equal
-to the draw of step ``steps[k]`` alone: a solver can draw K steps' sketches in one call.
+to the draw of step ``steps[k]`` alone: a solver can draw K steps' sketches in one call,
+and inside :class:`block_draws` (used by the engine's CPU loop) every one-step draw for a
+run's seeds is served from such a block.
 
 All integer arithmetic is done on int64 tensors holding 32-bit values, and every
 product is split so that it stays below 2**63: no reliance on signed overflow.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import math
+import threading
 import warnings
 
 import torch
@@ -147,9 +150,76 @@ def set_compile(flag: bool) -> None:
     _COMPILE[0] = flag
 
 
+class _BlockCache:
+    """Draws of ``block`` consecutive steps at once for the run seeds ``seeds`` (one tensor
+    object), served one step at a time; see :func:`block_draws`."""
+
+    def __init__(self, seeds: torch.Tensor, block: int, max_elements: int):
+        self.seeds, self.block, self.max_elements = seeds, int(block), int(max_elements)
+        self.store: dict = {}
+
+    def get(self, core, seeds, stream, step, sub, count):
+        """The draw of ``step`` (a contiguous tensor), or None where this cache does not apply."""
+        if seeds is not self.seeds or seeds.shape[0] * count * self.block > self.max_elements:
+            return None
+        key = (core, int(stream), int(sub), int(count))
+        first, values = self.store.get(key, (None, None))
+        if first is None or not first <= step < first + self.block:
+            first = int(step)
+            values = _call(core, seeds, stream, range(first, first + self.block), sub, count)
+            self.store[key] = (first, values)
+        return values[:, step - first].contiguous()
+
+
+_LOCAL = threading.local()  # per thread: .caches, the active _BlockCache objects (innermost last)
+
+
+def _caches() -> list:
+    caches = getattr(_LOCAL, "caches", None)
+    if caches is None:
+        caches = _LOCAL.caches = []
+    return caches
+
+
+class block_draws:
+    """Context manager: inside it, every one-step draw for the run seeds ``seeds`` (the very
+    tensor object) comes from a draw of ``block`` consecutive steps made at the first
+    request and kept per (stream, sub-stream, kind, size); draws for other seed tensors,
+    blocks, or more than ``max_elements`` numbers per block are made as usual.
+
+    The numbers are bitwise those of the per-step draws (a block draw's element
+    ``[:, k]`` is the draw of step ``first + k``, see the module docstring); only the count
+    of small kernels changes: on a CPU a one-step draw is ~100 elementwise integer
+    kernels whatever its size, so small problems pay them once per ``block`` steps."""
+
+    def __init__(self, seeds: torch.Tensor, *, block: int = 64, max_elements: int = 1 << 22):
+        if not (isinstance(block, int) and block >= 1):
+            raise ValueError(f"block: must be an integer >= 1, got {block}")
+        self._cache = _BlockCache(seeds, block, max_elements)
+
+    def __enter__(self):
+        _caches().append(self._cache)
+        return self
+
+    def __exit__(self, *exc):
+        _caches().remove(self._cache)
+        return False
+
+
+def block_drawing(seeds) -> bool:
+    """Whether one-step draws for ``seeds`` come from a :class:`block_draws` cache now."""
+    caches = _caches()
+    return bool(caches) and caches[-1].seeds is seeds
+
+
 def _call(core, seeds: torch.Tensor, stream: int, step, sub: int, count: int) -> torch.Tensor:
     """``core`` for one step (``step`` an int) or a block of steps (``step`` a range or
     sequence of ints: one more leading axis K after the run axis)."""
+    caches = _caches()
+    if caches and not _is_block(step):
+        hit = caches[-1].get(core, seeds, stream, step, sub, count)
+        if hit is not None:
+            return hit
     if _is_block(step):
         consts = _key_constants_steps(stream, step, sub, seeds.device)
     else:

@@ -41,18 +41,22 @@ def test_reproduce_exits_with_verify_status_after_making_the_figures(tmp_path):
     assert "verify exited with status 1" in (tmp_path / "out" / "timing.txt").read_text()
 
 
-def test_reproduce_prints_a_line_per_experiment_with_its_time(tmp_path):
+def test_reproduce_runs_every_experiment_in_one_process(tmp_path):
+    """The experiments are queued (one line of tab-separated overrides each) and run by ONE
+    ``experiments.multirun`` process, which prints a line per experiment with its time
+    (tests/test_multirun.py); no ``experiments.run`` process per experiment."""
     r, calls = _reproduce(tmp_path, "none", 0)
     assert r.returncode == 0, r.stdout + r.stderr
-    n_runs = calls.count("experiments.run")
-    assert n_runs >= 10
-    done = [line for line in r.stdout.splitlines() if " done in " in line and "experiment" in line]
-    assert len(done) == n_runs
-    assert all(line.startswith("[") and " s] experiment" in line for line in done)
+    assert calls.count("experiments.multirun") == 1 and "experiments.run" not in calls
+    assert calls.index("experiments.multirun") < calls.index("experiments.collect")
+    queue = (tmp_path / "out" / "queue.txt").read_text().splitlines()
+    assert len(queue) >= 10
+    assert all(line.split("\t")[0].split("=")[0] in ("experiment", "problem") for line in queue)
+    assert "\tmethod.p=0,0.5,1\t" in "\n".join(queue)  # one override per field
     assert (tmp_path / "out" / "timing.txt").read_text().splitlines()[-1].startswith("[")
 
 
-@pytest.mark.parametrize("module", ["experiments.run", "experiments.collect"])
+@pytest.mark.parametrize("module", ["experiments.multirun", "experiments.collect"])
 def test_reproduce_stops_at_once_on_any_other_failure(tmp_path, module):
     r, calls = _reproduce(tmp_path, module, 3)
     assert r.returncode != 0

@@ -1,0 +1,178 @@
+r"""Small problems on a CPU (issue 14, item 3): the engine against a plain numpy loop.
+
+    python -m benchmarks.bench_small [--m 16] [--n 16] [--rank 2] [--runs 20] [--steps 300]
+                                     [--reps 5] [--threads T] [--out FILE.json]
+
+Bernoulli-LoRA-GD (p = 0.5, Gaussian sketch, gamma = 1/L) on the dense quadratic
+:math:`f(W) = \tfrac12 e^\top Q e`, :math:`e = \operatorname{vec}(W - W^*)`, of
+:mod:`experiments.problems.quadratic` (m x n = 16 x 16: d = 256, mu = 1, L = 4), three ways,
+side by side in each repetition (their order rotating):
+
+* ``numpy``: one run as a plain numpy loop of the same step: the gradient :math:`Qe` and
+  the loss, the running sums and minima of :math:`\|\nabla f\|^2` and :math:`f - f^*`, a
+  coin, a Gaussian sketch (numpy's generator), the projected direction by an r x r
+  solve, the update, a finiteness check, and a record every ``eval_every`` steps;
+* ``single``: one run through :func:`solvers.engine.run` (``track_every_step``, a record
+  every ``eval_every`` steps, its counter-based random numbers, batch-invariant kernels);
+* ``batched``: ``runs`` runs in one engine call;
+* ``single_fast``, ``batched_fast``: the same in :mod:`solvers.linalg`'s fast mode
+  (``set_invariant(False)``, what ``python -m experiments.sweep --fast-cpu`` uses): one BLAS
+  or LAPACK call per batch, so a run's last bits depend on its batch (documented there).
+
+Reported per repetition and as median [min, max]: milliseconds per step (wall and process
+CPU time) and the two ratios the issue's targets are stated in: ``single / numpy`` (target
+at most 3) and the throughput of ``runs`` batched runs against ``runs`` single runs,
+``runs * single / batched`` (target at least 5). The machine, its load average before and
+after, and the threads go into the output. In the default (invariant) mode the batched
+run of seed 0 is checked to record the single run's rows, bitwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import describe, load, machine, spread
+from experiments.problems import make_problem
+from solvers.engine import run
+from solvers.estimators import GD
+from solvers.linalg import set_invariant
+from solvers.methods import BernoulliLoRA
+
+TARGETS = {"single_over_numpy": 3.0, "batched_throughput": 5.0}  # at most, at least (issue 14)
+
+
+def numpy_loop(Q, w_star, w0, m, n, r, p, gamma, steps, eval_every, seed):
+    """One run of Bernoulli-LoRA-GD on ``f = e^T Q e / 2`` in plain numpy; returns the
+    recorded ``(iteration, loss, ||grad||^2)`` rows."""
+    gen = np.random.default_rng(seed)
+    w = w0.copy()
+    e = w - w_star
+    g = Q @ e
+    loss = 0.5 * float(e @ g)
+    sum_g = sum_f = 0.0
+    min_g = min_f = math.inf
+    rows = [(0, loss, float(g @ g))]
+    for t in range(1, steps + 1):
+        g2 = float(g @ g)
+        sum_g, sum_f = sum_g + g2, sum_f + loss
+        min_g, min_f = min(min_g, g2), min(min_f, loss)
+        G = g.reshape(m, n)
+        if gen.random() < p:
+            B = gen.standard_normal((m, r)) / math.sqrt(m)
+            D = B @ np.linalg.solve(B.T @ B, B.T @ G)
+        else:
+            A = gen.standard_normal((r, n)) / math.sqrt(n)
+            D = np.linalg.solve(A @ A.T, A @ G.T).T @ A
+        w = w - gamma * D.reshape(-1)
+        e = w - w_star
+        g = Q @ e
+        loss = 0.5 * float(e @ g)
+        if not math.isfinite(loss):
+            break
+        if t % eval_every == 0 or t == steps:
+            rows.append((t, loss, float(g @ g)))
+    return rows
+
+
+def _timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - w, time.process_time() - c, out
+
+
+def bench(*, m=16, n=16, rank=2, runs=20, steps=300, reps=5, eval_every=10):
+    prob = make_problem("quadratic", m=m, n=n, mu=1.0, L=4.0)
+    gamma = 1.0 / prob.L
+    method = BernoulliLoRA(p=0.5, rank=rank, estimator=GD(), stepsize=gamma)
+    Q = prob.Q.numpy()
+    w_star, w0 = prob.W_star.reshape(-1).numpy(), prob.W0.reshape(-1).numpy()
+    kw = dict(steps=steps, eval_every=eval_every, track_every_step=True)
+    def fast(fn):  # solvers.linalg's fast mode: one BLAS/LAPACK call per batch, not batch-invariant
+        def go():
+            set_invariant(False)
+            try:
+                return fn()
+            finally:
+                set_invariant(None)
+        return go
+
+    ways = {
+        "numpy": lambda: numpy_loop(Q, w_star, w0, m, n, rank, 0.5, gamma, steps, eval_every, 0),
+        "single": lambda: run(method, prob, prob.W0, [0], **kw),
+        "batched": lambda: run(method, prob, prob.W0, list(range(runs)), **kw),
+        "single_fast": fast(lambda: run(method, prob, prob.W0, [0], **kw)),
+        "batched_fast": fast(lambda: run(method, prob, prob.W0, list(range(runs)), **kw)),
+    }
+    for fn in ways.values():  # warm-up
+        fn()
+    wall = {k: [] for k in ways}
+    cpu = {k: [] for k in ways}
+    names = list(ways)
+    for rep in range(reps):
+        for k in names[rep % len(names):] + names[:rep % len(names)]:
+            w, c, out = _timed(ways[k])
+            wall[k].append(1e3 * w / steps)
+            cpu[k].append(1e3 * c / steps)
+            if k == "single":
+                single_rows = out
+            elif k == "batched":
+                batched_rows = out
+    invariant = all(np.array_equal(single_rows[f][0], batched_rows[f][0], equal_nan=True)
+                    for f in ("loss", "grad_norm_sq", "dist_sq", "avg_grad_norm_sq", "min_f_gap"))
+    res = {"problem": {"name": "quadratic", "m": m, "n": n, "d": m * n, "mu": 1.0, "L": 4.0},
+           "method": {"name": "bernoulli_lora", "p": 0.5, "rank": rank, "sketch": "gaussian", "gamma": gamma},
+           "runs": runs, "steps": steps, "eval_every": eval_every, "reps": reps,
+           "batched_row_of_seed0_equals_single": bool(invariant), "targets": TARGETS}
+    for clock, t in (("wall", wall), ("cpu", cpu)):
+        res[f"ms_per_step_{clock}"] = {k: {"per_rep": v, **spread(v)} for k, v in t.items()}
+        ratios = {"single_over_numpy": [s / q for s, q in zip(t["single"], t["numpy"])],
+                  "batched_throughput": [runs * s / b for s, b in zip(t["single"], t["batched"])],
+                  "single_fast_over_numpy": [s / q for s, q in zip(t["single_fast"], t["numpy"])],
+                  "batched_fast_throughput": [runs * s / b for s, b in zip(t["single_fast"], t["batched_fast"])]}
+        res[f"ratios_{clock}"] = {k: {"per_rep": v, **spread(v)} for k, v in ratios.items()}
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_small", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--m", type=int, default=16)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--rank", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch's intra-op threads (default: torch's own choice); recorded in the output")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    info = machine(torch.device("cpu"))
+    res = bench(m=args.m, n=args.n, rank=args.rank, runs=args.runs, steps=args.steps, reps=args.reps)
+    res["machine"] = dict(info, load_at_end=load())
+    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['threads']} threads), "
+          f"load {info['load_at_start']} -> {res['machine']['load_at_end']}")
+    for clock in ("wall", "cpu"):
+        ms, ratio = res[f"ms_per_step_{clock}"], res[f"ratios_{clock}"]
+        print(f"[{clock}] " + "; ".join(describe(k, ms[k], "ms/step") for k in ms))
+        for mode in ("", "_fast"):
+            name = " (fast mode, not batch-invariant)" if mode else " (batch-invariant)"
+            print(f"[{clock}] " + describe("single / numpy loop" + name, ratio[f"single{mode}_over_numpy"], "x")
+                  + f" (target <= {TARGETS['single_over_numpy']:g})")
+            print(f"[{clock}] " + describe(f"throughput {args.runs} batched / {args.runs} single" + name,
+                                           ratio[f"batched{mode}_throughput"], "x")
+                  + f" (target >= {TARGETS['batched_throughput']:g})")
+    print(f"batched run of seed 0 equals the single run bitwise: {res['batched_row_of_seed0_equals_single']}")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=2)
+            fh.write("\n")
+
+
+if __name__ == "__main__":
+    main()
