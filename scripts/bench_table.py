@@ -98,6 +98,18 @@ def rows(root: Path = ROOT):
                 f"{tc['wall_s'] / 60:.1f} min (the fp64 GEMMs alone need {gemm_min:.1f} min at peak)",
                 f"**{tg['engine_s']:.1f} s** engine, {tg['wall_s']:.1f} s wall",
                 ["cpu/linreg_gd_timing.json", "derived_numbers.csv", "h200/fused/linreg_gd_timing.json"]))
+    fs = _json(root, "h200/perf/bench_finite_sum_cuda.json")
+    groups = ", ".join(f"{g['estimator'].upper()} {g['runs']} runs x {g['steps']:,} steps" for g in fs["groups"])
+    out.append((f"the paper's finite-sum sweep ({groups}; engine time, median [min, max] of {len(fs['reps'])}) "
+                "vs its floor (the minibatch gather + GEMM alone)", "",
+                f"**{_spread(fs['engine_s'], '{:.1f}')} s** (target <= {fs['target_engine_s']:g} s); floor "
+                f"{fs['floor_s']['median']:.2f} s, ratio {_spread(fs['ratio_to_floor'])}",
+                ["h200/perf/bench_finite_sum_cuda.json"]))
+    ct = _json(root, "h200/perf/bench_compile_tax_cuda.json")
+    out.append((f"compile tax of a fresh process (first minus second engine call, SGD + PAGE + GD, "
+                f"{len(ct['reps'])} processes)", "",
+                f"**{_spread(ct['tax_per_process_s'])} s** (target < {ct['target_s']:g} s)",
+                ["h200/perf/bench_compile_tax_cuda.json"]))
     out.append(("the full MNIST real-model table (17 configurations x 20 seeds, 50 epochs, paper step budget)", "",
                 f"{_mnist_wall(root):.0f} s wall", ["h200/real_model/log.txt"]))
     return out
