@@ -45,6 +45,8 @@ import numbers
 import numpy as np
 import torch
 
+from solvers.linalg import one_thread
+
 __all__ = ["check_random_state", "make_low_rank_matrix", "make_regression",
            "make_regression_factored", "LowRankDesign", "singular_profile"]
 
@@ -57,16 +59,11 @@ def small_cpu_work(device, numel):
     """Run torch on one CPU thread while the work is small (``numel`` elements): a
     threaded LAPACK call on a tiny matrix costs up to a second when the cores are busy
     (spinning OpenMP workers), a single-threaded one a millisecond."""
-    device = torch.device(device)
-    n_threads = torch.get_num_threads()
-    if device.type != "cpu" or numel > _SMALL or n_threads == 1:
+    if torch.device(device).type != "cpu" or numel > _SMALL:
         yield
         return
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(n_threads)
 
 
 def check_random_state(seed):
