@@ -1,6 +1,6 @@
 """Draw every figure the results allow.
 
-    python -m figures.make DIR [--out FIGDIR]
+    python -m figures.make DIR [--out FIGDIR] [--jobs N]
 
 DIR is a results parquet file or a directory (complete jobs found recursively,
 else DIR/collected.parquet); a file that cannot be read is skipped with one
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import re
 import sys
 import warnings
@@ -66,25 +67,58 @@ def figure_specs(df: pd.DataFrame, tag: str):
     return specs
 
 
-def make_all(df: pd.DataFrame, out_dir, *, log=print) -> tuple[list[Path], list[str]]:
-    """Draw every figure ``df`` allows into ``out_dir``. Returns (paths, skipped lines)."""
-    out_dir = Path(out_dir)
-    written, skipped = [], []
+def _tasks(df: pd.DataFrame):
+    """(table, problem, name, function, kwargs) of every figure ``df`` may allow."""
     problems = sorted(df["problem"].astype(str).unique()) if "problem" in df.columns else [None]
     for prob in problems:
         sub = df if prob is None else df[df["problem"].astype(str) == prob]
         tag = _slug(prob) if prob is not None else "all"
         for name, fn, kw in figure_specs(sub, tag):
-            try:
-                paths = fn(sub, out_dir / name, title=None if prob is None else f"problem: {prob}", **kw)
-            except NotEnoughData as why:
-                line = f"skip {name}: {why}"
-                skipped.append(line)
-                log(line)
-                continue
-            written += paths
-            for p in paths:
-                log(str(p))
+            yield sub, prob, name, fn, kw
+
+
+def _draw(task, out_dir) -> tuple[list[Path], str | None]:
+    """One figure: (paths written, None) or ([], the skip line)."""
+    sub, prob, name, fn, kw = task
+    try:
+        return fn(sub, Path(out_dir) / name, title=None if prob is None else f"problem: {prob}", **kw), None
+    except NotEnoughData as why:
+        return [], f"skip {name}: {why}"
+
+
+_PENDING: list = []  # (task, out_dir) for the forked workers of make_all (inherited, not pickled)
+
+
+def _draw_pending(i: int):
+    return _draw(*_PENDING[i])
+
+
+def make_all(df: pd.DataFrame, out_dir, *, log=print, jobs: int = 1) -> tuple[list[Path], list[str]]:
+    """Draw every figure ``df`` allows into ``out_dir``. Returns (paths, skipped lines).
+
+    ``jobs`` > 1 draws the figures in that many forked processes (where the platform
+    can fork), each figure whole in the process that draws it: the same files, and the
+    lines logged in the same order as with one process."""
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"jobs: must be an integer >= 1, got {jobs!r}")
+    tasks = list(_tasks(df))
+    if jobs > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        _PENDING[:] = [(t, out_dir) for t in tasks]
+        try:
+            with multiprocessing.get_context("fork").Pool(min(jobs, len(tasks))) as pool:
+                results = pool.map(_draw_pending, range(len(tasks)), chunksize=1)
+        finally:
+            _PENDING.clear()
+    else:
+        results = [_draw(t, out_dir) for t in tasks]
+    written, skipped = [], []
+    for paths, line in results:
+        if line is not None:
+            skipped.append(line)
+            log(line)
+        written += paths
+        for p in paths:
+            log(str(p))
     return written, skipped
 
 
@@ -110,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m figures.make", description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", help="results parquet, or a directory of job results")
     ap.add_argument("--out", default=None, help="figure directory (default DIR/figures)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="figures drawn in this many processes at once (default 1)")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        print(f"figures.make: error: --jobs: must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
     src = Path(args.dir)
     with _said_once():
         df = load(src)
@@ -123,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (src.parent if src.is_file() else src) / "figures"
     style.apply_style()
     with _said_once():
-        written, _ = make_all(df, out)
+        written, _ = make_all(df, out, jobs=args.jobs)
     if not written:
         print(f"figures.make: no figure could be drawn from {src}", file=sys.stderr)
         return 2

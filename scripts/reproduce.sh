@@ -29,6 +29,7 @@ stamp() { printf '[%4d s] %s\n' $((SECONDS - T0)) "$*" | tee -a "$OUT/timing.txt
 # the same jobs, folders and numbers as one `python -m experiments.run -m` each, without
 # paying the import of torch, pandas and Hydra per experiment): a line per experiment
 # with its time, its output in $OUT/logs/NN.log; a failing one prints its log and stops.
+# The figures are drawn FIG_JOBS at a time (default: the number of cores; the same files).
 run() {  # queue one Hydra multirun (its overrides, tab-separated)
   N=$((N + 1)); (IFS=$'\t'; printf '%s\n' "$*") >> "$OUT/queue.txt"
 }
@@ -74,7 +75,7 @@ $PY -m experiments.summarize "$OUT/collected.parquet" -o "$OUT/summary.csv" > /d
 $PY scripts/derive_numbers.py curves "$OUT/collected.parquet" -o "$OUT/median_curves.csv" > /dev/null
 $PY scripts/derive_numbers.py rates "$OUT/collected.parquet" -o "$OUT/rates.csv" > /dev/null
 stamp "figures"
-$PY -m figures.make "$OUT/collected.parquet" --out "$OUT/figures" > /dev/null
+$PY -m figures.make "$OUT/collected.parquet" --out "$OUT/figures" --jobs "${FIG_JOBS:-$(nproc 2>/dev/null || echo 1)}" > /dev/null
 stamp "results in $OUT: collected.parquet, verdicts.txt, summary.csv, median_curves.csv, rates.csv, figures/, logs/"
 stamp "total $((SECONDS - T0)) s (load average now: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo ?))"
 if [ $status != 0 ]; then stamp "verify exited with status $status (see $OUT/verdicts.txt)"; fi

@@ -194,3 +194,17 @@ def test_figures_import_no_solvers_or_experiments():
             "('solvers', 'experiments', 'theory', 'torch')]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_make_all_in_two_processes_draws_the_same_figures(tmp_path):
+    """--jobs 2 (forked workers): the same files, PNG bytes and log lines as one process."""
+    df = synthetic()
+    logs = {1: [], 2: []}
+    for jobs in (1, 2):
+        written, skipped = figmake.make_all(df, tmp_path / f"j{jobs}", log=logs[jobs].append, jobs=jobs)
+        assert written and skipped
+    assert [line.replace("/j1/", "/jX/") for line in logs[1]] == [line.replace("/j2/", "/jX/") for line in logs[2]]
+    for png in sorted((tmp_path / "j1").glob("*.png")):
+        assert png.read_bytes() == (tmp_path / "j2" / png.name).read_bytes(), png.name
+    with pytest.raises(ValueError, match="jobs: must be an integer >= 1"):
+        figmake.make_all(df, tmp_path / "j0", jobs=0)
