@@ -7,8 +7,8 @@ results columns (names, order and values of :func:`experiments.conf.check.config
 tests/data/preset_hashes.json holds the table made before the components described
 themselves (issue 12), updated once since, on purpose: the presets became the one source
 of jobs (issue 12 item 2), so linreg_gd (and linreg_gd_authors, built on it) at size
-paper evaluate every 40 iterations as the batched path that made the published H200 runs
-did (new hashes: those runs'), at size ci the same hashes in another order, and the
+paper evaluate every 40 iterations, the jobs of the batched path that made the published
+H200 runs (whose stored hashes predate the current schema), at size ci the same hashes in another order, and the
 presets exact_pairs, exact_isotropic, linreg_gd_fpft and linreg_finite_sum_page were
 added. tests/test_config_hashes.py checks that nothing else moved.
 """
