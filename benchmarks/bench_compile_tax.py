@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from benchmarks.common import write_json
+
 
 def _child(device_name, steps, compiled):
     from experiments.problems import make_problem
@@ -96,8 +98,7 @@ def main(argv=None):
         r = result[name]
         print(f"  {name}: tax median {r['tax_s']['median']:.2f} s, second call {r['second_s_median']:.2f} s")
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+        write_json(args.out, result)
     return result
 
 

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from benchmarks.common import describe, machine, spread
+from benchmarks.common import describe, machine, spread, write_json
 from solvers.engine import run
 from solvers.estimators import GD
 from solvers.methods import BernoulliLoRA
@@ -101,8 +101,7 @@ def main(argv=None):
           + describe("batched", b["batched_spread_s"], "s") + f"); {res['machine']['cpu']}, "
           f"load {res['machine']['load_at_start']}")
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+        write_json(args.out, res)
 
 
 if __name__ == "__main__":

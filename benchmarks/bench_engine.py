@@ -22,6 +22,7 @@ import torch
 
 from experiments.problems import make_problem
 from solvers import rng
+from benchmarks.common import write_json
 from solvers.engine import run
 from solvers.estimators import GD
 from solvers.methods import BernoulliLoRA
@@ -121,8 +122,7 @@ def main(argv=None):
     rng.set_compile(False)
     print(json.dumps(result, indent=2))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

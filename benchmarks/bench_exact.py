@@ -12,13 +12,13 @@ Bernoulli-LoRA (p = 0.5, rank 1) with GD (Gaussian and column sketches), minibat
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from benchmarks.common import write_json
 from experiments.problems import make_problem
 from theory.exact import exact_moments
 
@@ -74,8 +74,7 @@ def main(argv=None):
             rows.extend(bench(m, n, args.steps))
     report = dict(machine=platform.machine(), numpy=np.__version__, blas_threads=1, steps=args.steps, results=rows)
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(report, fh, indent=2)
+        write_json(args.out, report)
     return report
 
 

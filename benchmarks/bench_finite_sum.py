@@ -23,12 +23,13 @@ and after every repetition), with the machine it ran on.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 
 import torch
+
+from benchmarks.common import write_json
 
 
 #: the presets of the finite-sum figure (scripts/gpu_sweeps.sh, FIGURE[linreg_finite_sum])
@@ -118,9 +119,7 @@ def floor_s(method, problem, seeds, cfg, calls_per_step, chunk=50):
 def _dump(result, path):
     """Write the result so far (a run cut short by a time limit still leaves its numbers)."""
     if path:
-        from resultstore.files import atomic_write, text_writer
-
-        atomic_write(path, text_writer(json.dumps(result, indent=2)))
+        write_json(path, result)
 
 
 def main(argv=None):

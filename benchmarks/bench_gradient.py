@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from benchmarks.common import describe, machine, spread
+from benchmarks.common import describe, machine, spread, write_json
 
 
 def _time(fn, device, repeat=10):
@@ -85,8 +85,7 @@ def main(argv=None):
     print(f"gradient rate / dense fp64 GEMM rate = {res['ratio']:.2f} (limit 1) on {res['device']}, "
           f"{res['machine']['cpu']}, load {res['machine']['load_at_start']}")
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+        write_json(args.out, res)
 
 
 if __name__ == "__main__":

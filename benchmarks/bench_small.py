@@ -29,14 +29,13 @@ run of seed 0 is checked to record the single run's rows, bitwise.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 
 import numpy as np
 import torch
 
-from benchmarks.common import describe, load, machine, spread
+from benchmarks.common import describe, load, machine, spread, write_json
 from experiments.problems import make_problem
 from solvers.engine import run
 from solvers.estimators import GD
@@ -169,9 +168,7 @@ def main(argv=None):
                   + f" (target >= {TARGETS['batched_throughput']:g})")
     print(f"batched run of seed 0 equals the single run bitwise: {res['batched_row_of_seed0_equals_single']}")
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=2)
-            fh.write("\n")
+        write_json(args.out, res)
 
 
 if __name__ == "__main__":

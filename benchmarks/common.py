@@ -2,6 +2,7 @@
 the spread of a quantity over repetitions (issue 14: benchmarks that stay honest)."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -50,3 +51,11 @@ def describe(name: str, s: dict, unit: str = "", fmt: str = "{:.3g}") -> str:
     f = fmt.format
     unit = f" {unit}" if unit else ""
     return f"{name} {f(s['median'])} [{f(s['min'])}, {f(s['max'])}]{unit} ({s['n']} repetitions)"
+
+
+def write_json(path, result: dict) -> None:
+    """Write a benchmark's result to ``path`` as indented JSON, atomically (a run cut
+    short never leaves a half-written file; the previous one stays until replaced)."""
+    from resultstore.files import atomic_write, text_writer
+
+    atomic_write(path, text_writer(json.dumps(result, indent=2) + "\n"))
