@@ -98,25 +98,33 @@ def value_text(value) -> str:
     return str(value)
 
 
-def _split_top(text: str, where: str) -> list[str]:
-    """``text`` split at the commas outside quotes."""
-    parts, cur, quote = [], "", None
+def _split_commas(text: str, where: str, *, refuse: str = "") -> list[str]:
+    """``text`` split at the commas outside quotes and ``{...}``; a character of
+    ``refuse`` outside quotes, or an unbalanced quote, is refused with one line."""
+    parts, cur, depth, quote = [], "", 0, None
     for ch in text:
         if quote:
             quote = None if ch == quote else quote
         elif ch in "'\"":
             quote = ch
-        elif ch == ",":
+        elif ch in refuse:
+            raise ValueError(f"{where}: {text!r}: lists, dicts, range()/choice()/glob() and escapes are not "
+                             f"read here; run it through Hydra: python -m experiments.run -m ...")
+        elif ch in "{}":
+            depth += 1 if ch == "{" else -1
+        elif ch == "," and depth == 0:
             parts.append(cur)
             cur = ""
             continue
-        elif ch in "[]{}()\\":
-            raise ValueError(f"{where}: {text!r}: lists, dicts, range()/choice()/glob() and escapes are not "
-                             f"read here; run it through Hydra: python -m experiments.run -m ...")
         cur += ch
     if quote:
         raise ValueError(f"{where}: {text!r}: unbalanced quote")
     return parts + [cur]
+
+
+def _split_top(text: str, where: str) -> list[str]:
+    """An override's value split at the commas outside quotes (a sweep's elements)."""
+    return _split_commas(text, where, refuse="[]{}()\\")
 
 
 def appended_group(key: str):
@@ -269,26 +277,7 @@ def _resolve_call(inner: str, cfg: dict, where: str):
         return _resolve(node, cfg, where)
     if name not in RESOLVERS:
         raise ValueError(f"{where}: ${{{inner}}}: unknown resolver {name!r} (known: {sorted(RESOLVERS)})")
-    return RESOLVERS[name](*[_resolve_arg(a, cfg, where) for a in _split_args(args)])
-
-
-def _split_args(args: str) -> list[str]:
-    parts, cur, depth, quote = [], "", 0, None
-    for ch in args:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-            continue
-        cur += ch
-    return parts + [cur]
+    return RESOLVERS[name](*[_resolve_arg(a, cfg, where) for a in _split_commas(args, where)])
 
 
 def _resolve_arg(arg: str, cfg: dict, where: str):
