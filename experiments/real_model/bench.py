@@ -15,6 +15,23 @@ from .model import init_mlp
 from .train import Run, TrainConfig, epoch_order, sync
 
 
+def interleaved_ms(advance, n_methods: int, *, reps: int, steps: int, device) -> list[list[float]]:
+    """Milliseconds per step of each of ``n_methods`` methods: ``reps`` repetitions,
+    interleaved in a rotating order (repetition k starts with method k mod M, so slow drifts
+    of the machine hit every method alike), each ``advance(k, steps)`` timed between two
+    device syncs. Returns one list of ``reps`` values per method."""
+    times = [[] for _ in range(n_methods)]
+    for rep in range(reps):
+        for j in range(n_methods):
+            k = (rep + j) % n_methods
+            sync(device)
+            t0 = time.perf_counter()
+            advance(k, steps)
+            sync(device)
+            times[k].append(1e3 * (time.perf_counter() - t0) / steps)
+    return times
+
+
 def bench(*, seeds: torch.Tensor, p: float, steps: int, cfg: TrainConfig, device, dtype, bundle, out: Path,
           reps: int = 5) -> dict:
     """Time ``steps`` training steps of FPFT, LoRA (A Gaussian) and Bernoulli-LoRA(p) after
@@ -48,22 +65,14 @@ def bench(*, seeds: torch.Tensor, p: float, steps: int, cfg: TrainConfig, device
     for k, spec in enumerate(specs):
         runs.append(Run(base, seeds, cfg, train, spec=spec, optimizer="adamw"))
         advance(k, 10)  # warm-up
-    times = [[] for _ in specs]
-    for rep in range(reps):
-        for j in range(len(specs)):
-            k = (rep + j) % len(specs)
-            sync(device)
-            t0 = time.perf_counter()
-            advance(k, steps)
-            sync(device)
-            times[k].append((time.perf_counter() - t0) / steps)
+    times = interleaved_ms(advance, len(specs), reps=reps, steps=steps, device=device)
     for k, spec in enumerate(specs):
-        ms = sorted(1e3 * t for t in times[k])
+        ms = sorted(times[k])
         med = statistics.median(ms)
         expected, most = mt.trainable_params(spec, base.dims, cfg.rank)
         result["methods"][spec.label] = {
             "ms_per_step": med, "ms_per_step_min": ms[0], "ms_per_step_max": ms[-1],
-            "ms_per_step_reps": [1e3 * t for t in times[k]], "ms_per_step_per_seed": med / S,
+            "ms_per_step_reps": times[k], "ms_per_step_per_seed": med / S,
             "trainable_params": expected, "trainable_params_max": most,
             "adamw_state_bytes_per_seed": runs[k].opt.state_bytes() // S,
             "adamw_state_bytes_min_per_seed": 2 * most * torch.finfo(dtype).bits // 8,

@@ -32,7 +32,7 @@ from experiments.results import config_hash
 
 from .. import methods as mt
 from .. import store
-from ..train import sync
+from ..bench import interleaved_ms
 from . import train as tr
 from .data import FINETUNE, PRETRAIN, LanguageConfig, make_tasks, oracle
 from .methods import FinetuneConfig
@@ -170,19 +170,14 @@ def stage_bench(plan: Plan, device, *, reps: int, steps: int, seed: int = 0) -> 
         runs = [tr.prepare(s, state, plan.model, plan.finetune, task, vocab=plan.lang.vocab, seed=seed, device=dev)
                 for s in plan.specs]
         done = [0] * len(runs)
-        for k, (run, batches) in enumerate(runs):  # warm-up
-            tr.advance(run, batches, task, 0, tr.WARMUP_STEPS)
-            done[k] = tr.WARMUP_STEPS
-        times = [[] for _ in runs]
-        for rep in range(reps):
-            for j in range(len(runs)):
-                k = (rep + j) % len(runs)
-                sync(dev)
-                t0 = time.perf_counter()
-                tr.advance(*runs[k], task, done[k], steps)
-                sync(dev)
-                times[k].append(1e3 * (time.perf_counter() - t0) / steps)
-                done[k] += steps
+
+        def advance(k, n):
+            tr.advance(*runs[k], task, done[k], n)
+            done[k] += n
+
+        for k in range(len(runs)):  # warm-up
+            advance(k, tr.WARMUP_STEPS)
+        times = interleaved_ms(advance, len(runs), reps=reps, steps=steps, device=dev)
         labels = [s.label for s in plan.specs]
         lora = labels.index("lora_a") if "lora_a" in labels else None
         result = dict(_device_info(device), reps=reps, steps=steps, seed=seed, methods={})
