@@ -30,7 +30,7 @@ One iteration is :func:`solvers.iteration.advance`. The weight-space methods
 :mod:`solvers.fused` on CUDA (block draws, one captured CUDA graph per iteration; the
 same numbers), selected by ``graph``; elsewhere this module's loop. On a CPU that loop
 takes its random numbers (coins, sketches, minibatches, noise, compressors)
-``_DRAW_BLOCK`` steps at a time (:class:`solvers.rng.block_draws`): the same numbers,
+``rng.BLOCK`` steps at a time (:class:`solvers.rng.block_draws`): the same numbers,
 bitwise, for a fraction of the small kernels a one-step draw costs.
 """
 from __future__ import annotations
@@ -47,7 +47,6 @@ from solvers.fused import check_graph, make_fused
 from solvers.iteration import Carry, RunningStats, advance, current
 from solvers.linalg import run_sum
 
-_DRAW_BLOCK = 64  # steps drawn at once by the CPU loop (solvers.rng.block_draws)
 
 FIELDS = ("iteration", "epochs", "bits", "time_s", "loss", "f_gap", "grad_norm_sq", "dist_sq",
           "avg_grad_norm_sq", "min_grad_norm_sq", "avg_f_gap", "min_f_gap", "diverged")
@@ -159,9 +158,9 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
         if steps > 0 else None
     plain = lambda W, state: method.step(W, state, oracle)  # noqa: E731
     t = 0
-    # on a CPU the plain loop's coins, sketches and other per-step draws come _DRAW_BLOCK steps
+    # on a CPU the plain loop's coins, sketches and other per-step draws come rng.BLOCK steps
     # at a time (bitwise the per-step numbers, far fewer small kernels: solvers.rng.block_draws)
-    block = min(_DRAW_BLOCK, steps + 1)  # the steps drawn never exceed the run's
+    block = min(rng.BLOCK, steps + 1)  # the steps drawn never exceed the run's
     draws = rng.block_draws(state.seeds, block=block) if fused is None and device.type == "cpu" \
         else contextlib.nullcontext()
     with draws:

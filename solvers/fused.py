@@ -35,13 +35,13 @@ import warnings
 
 import torch
 
+from solvers import rng
 from solvers.estimators import _Drawn
 from solvers.iteration import Carry, RunningStats, advance
 from solvers.methods import FPFT, BernoulliLoRA
 from solvers.sketches import make_sketch
 
 GRAPH_MODES = ("auto", "off", "eager", "on")
-_BLOCK = 64
 _DRAW_ELEMENTS = 1 << 26  # cap on R * K * (per-step draw work), e.g. the minibatch keys R x K x N
 
 
@@ -87,7 +87,7 @@ def block_size(W, oracle, method, block=None) -> int:
     per_run = max(int(getattr(oracle, "n_samples", 0) or 0),
                   int(getattr(oracle, "n_clients", 0) or 0) * m * n,
                   2 * (m + n) * int(getattr(method, "rank", 1)), 1)
-    block = _BLOCK if block is None else int(block)
+    block = rng.BLOCK if block is None else int(block)
     return max(1, min(block, _DRAW_ELEMENTS // (R * per_run)))
 
 

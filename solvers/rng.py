@@ -150,6 +150,11 @@ def set_compile(flag: bool) -> None:
     _COMPILE[0] = flag
 
 
+#: steps of randomness drawn at once by the block draws (the engine's CPU loop and
+#: solvers.fused): a cost knob only, the numbers are those of one-step draws
+BLOCK = 64
+
+
 class _BlockCache:
     """Draws of ``block`` consecutive steps at once for the run seeds ``seeds`` (one tensor
     object), served one step at a time; see :func:`block_draws`."""
@@ -192,7 +197,8 @@ class block_draws:
     of small kernels changes: on a CPU a one-step draw is ~100 elementwise integer
     kernels whatever its size, so small problems pay them once per ``block`` steps."""
 
-    def __init__(self, seeds: torch.Tensor, *, block: int = 64, max_elements: int = 1 << 22):
+    def __init__(self, seeds: torch.Tensor, *, block: int | None = None, max_elements: int = 1 << 22):
+        block = BLOCK if block is None else block
         if not (isinstance(block, int) and block >= 1):
             raise ValueError(f"block: must be an integer >= 1, got {block}")
         self._cache = _BlockCache(seeds, block, max_elements)

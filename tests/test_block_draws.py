@@ -7,7 +7,6 @@ import contextlib
 import pytest
 import torch
 
-import solvers.engine as engine
 from solvers import rng
 from solvers.engine import run
 import numpy as np
@@ -34,7 +33,7 @@ def _plain(monkeypatch):
 def _both(combo, monkeypatch, seeds=(3, 11, 5)):
     job = _job(combo)
     P = job.problem
-    monkeypatch.setattr(engine, "_DRAW_BLOCK", 3)  # 7 steps cross two block boundaries
+    monkeypatch.setattr(rng, "BLOCK", 3)  # 7 steps cross two block boundaries
     blocks = run(job.method, P, P.W0, list(seeds), **KW)
     with monkeypatch.context() as m:
         _plain(m)

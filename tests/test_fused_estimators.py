@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from experiments.problems import make_problem
-from solvers import fused
+from solvers import fused, rng
 from solvers.compressors import make_compressor
 from solvers.distributed import EF21, MARINA, QGD
 from solvers.engine import FIELDS, run
@@ -31,7 +31,7 @@ def probs():
 
 
 def _both(method, prob, *, steps=30, eval_every=7, block=7, track=True, monkeypatch):
-    monkeypatch.setattr(fused, "_BLOCK", block)
+    monkeypatch.setattr(rng, "BLOCK", block)
     kw = dict(steps=steps, eval_every=eval_every, track_every_step=track)
     loop = run(method, prob, prob.W0, SEEDS, graph="off", **kw)
     fusd = run(method, prob, prob.W0, SEEDS, graph="eager", **kw)
