@@ -5,7 +5,7 @@
 # through peft and as an optimiser) x SEEDS seeds, then time every method's step in interleaved
 # repetitions (ratio to LoRA), collect and write the markdown table.
 # Run from the repository root (python3 with torch; transformers, peft and galore-torch either
-# installed or carried as wheels in .whl/, which this script installs into /tmp/site):
+# installed or carried as wheels in .whl/ (or $WHEELS), which this script installs into /tmp/site):
 #     OUT=/some/dir bash scripts/gpu_transformer.sh
 # Produces under $OUT (default results/transformer_gpu):
 #   results.csv     one row per (method, p, seed): held-out loss / accuracy, trainable params,
@@ -29,8 +29,9 @@ FINETUNE_S=${FINETUNE_S:-420}  # no fine-tuning job starts after this many secon
 SEEDS=${SEEDS:-10}
 WORKERS=${WORKERS:-6}
 DEVICE=${DEVICE:-cuda}
-if compgen -G ".whl/*.whl" >/dev/null; then  # carried wheels (peft, galore-torch, ...) go first on the path
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+WHEELS=${WHEELS:-.whl}  # carried wheels (peft, galore-torch, ...): installed into /tmp/site, first on the path
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 fi
 # every option that changes the numbers, given explicitly (the CLI's defaults may change)

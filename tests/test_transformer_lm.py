@@ -152,7 +152,8 @@ def test_gpu_script_passes_options_the_cli_accepts(tmp_path):
     fake = tmp_path / "py"
     fake.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {shlex.quote(str(log))}\necho >> {shlex.quote(str(log))}\n')
     fake.chmod(0o755)
-    env = dict(os.environ, PY=str(fake), OUT=str(tmp_path / "final"), WORK=str(tmp_path / "work"), DEVICE="cpu")
+    env = dict(os.environ, PY=str(fake), OUT=str(tmp_path / "final"), WORK=str(tmp_path / "work"), DEVICE="cpu",
+               WHEELS=str(tmp_path / "no_wheels"))  # never installs a checkout's carried wheels into /tmp/site
     subprocess.run(["bash", "scripts/gpu_transformer.sh"], cwd=root, env=env, capture_output=True, timeout=60)
     calls = [shlex.split(line)[2:] for line in log.read_text().splitlines() if "experiments.real_model.lm" in line
              and "experiments.real_model.lm.table" not in line]
