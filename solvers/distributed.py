@@ -64,7 +64,7 @@ from solvers.estimators import EstimatorState, _Drawn
 from solvers.linalg import bmm
 from solvers.methods import (BernoulliLoRA, BernoulliLoRAConf, MethodState, _check_W0, _per_run, _seeds_tensor,
                              _values, bernoulli_lora_lambdas)
-from solvers.projections import _gram_pinv
+from solvers.projections import gram_pinv
 from solvers.registry import param, register
 from solvers.sketches import make_sketch
 
@@ -243,7 +243,7 @@ class QGD(_Compressed, _Drawn):
         Bt = B.transpose(-1, -2)[:, None].expand(R, K, r, m).reshape(R * K, r, m)
         X = bmm(Bt, grads.reshape(R * K, m, n)).reshape(R, K, r, n)
         Y, bits = _compress(self.compressor, X, seeds, step)
-        return bmm(B, bmm(_gram_pinv(B), Y.mean(1))), bits
+        return bmm(B, bmm(gram_pinv(B), Y.mean(1))), bits
 
     def factor_round_right(self, A, grads, seeds, step):
         r"""Right sketch A (R, r, n): :math:`\frac1K\sum_i Q_i(\nabla f_i A^\top)(AA^\top)^+A` and bits."""
@@ -252,7 +252,7 @@ class QGD(_Compressed, _Drawn):
         At = A.transpose(-1, -2)
         X = bmm(grads.reshape(R * K, m, n), At[:, None].expand(R, K, n, r).reshape(R * K, n, r)).reshape(R, K, m, r)
         Y, bits = _compress(self.compressor, X, seeds, step)
-        return bmm(bmm(Y.mean(1), _gram_pinv(At)), A), bits
+        return bmm(bmm(Y.mean(1), gram_pinv(At)), A), bits
 
 
 @register("estimator", conf=MARINAConf, needs=("clients",), uses=("compressor",), theorem="marina",

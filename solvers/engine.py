@@ -28,7 +28,9 @@ batch as a whole except to skip work whose result would be discarded.
 One iteration is :func:`solvers.iteration.advance`. The weight-space methods
 (Bernoulli-LoRA, FPFT) with every estimator and stepsize rule run it through
 :mod:`solvers.fused` on CUDA (block draws, one captured CUDA graph per iteration; the
-same numbers), selected by ``graph``; elsewhere this module's loop. On a CPU that loop
+same numbers), selected by ``graph``; on a CPU, with the full gradient and a constant
+stepsize, through :mod:`solvers.lean` (the same numbers with about a quarter of the
+tensor operations); elsewhere this module's loop. On a CPU that loop
 takes its random numbers (coins, sketches, minibatches, noise, compressors)
 ``rng.BLOCK`` steps at a time (:class:`solvers.rng.block_draws`): the same numbers,
 bitwise, for a fraction of the small kernels a one-step draw costs.
@@ -44,6 +46,7 @@ import torch
 
 from solvers import rng
 from solvers.fused import check_graph, make_fused
+from solvers.lean import make_lean
 from solvers.iteration import Carry, RunningStats, advance, current
 from solvers.linalg import run_sum
 
@@ -75,6 +78,10 @@ class Trajectory:
         return out
 
 
+def _f64(t):
+    return t if t.dtype == torch.float64 else t.to(torch.float64)
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -94,8 +101,9 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     steps, eval_every : ints >= 1 (eval_every >= 1; the last step is always recorded).
     f_star, W_star : optimal value and minimiser (default: the oracle's, if any).
     progress : optional callable(step, steps) called at evaluation points.
-    graph : 'auto' | 'off' | 'eager' | 'on', the fused path (:mod:`solvers.fused`); does not
-        change the numbers.
+    graph : 'auto' | 'off' | 'eager' | 'on' | 'lean': CUDA graphs (:mod:`solvers.fused`), the
+        lean CPU iteration (:mod:`solvers.lean`) or this module's loop ('off'); in invariant
+        mode none of them changes a number.
     """
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps: must be an integer >= 0, got {steps}")
@@ -136,17 +144,19 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
         dist = run_sum((W - W_star) ** 2).to(torch.float64) if W_star is not None else nan
         tracked = track_every_step and t > 0
         sum_g, sum_f, min_g, min_f, count = stats
-        values = {
-            "iteration": torch.full((R,), t, dtype=torch.float64), "epochs": state.est.epochs,
-            "bits": state.est.bits, "time_s": torch.full((R,), now, dtype=torch.float64),
-            "loss": loss.to(torch.float64), "f_gap": loss.to(torch.float64) - f_star,
+        loss64 = _f64(loss)
+        values = {  # the per-run fields, one copy to the host for all of them
+            "epochs": state.est.epochs, "bits": state.est.bits, "loss": loss64, "f_gap": loss64 - f_star,
             "grad_norm_sq": g2, "dist_sq": dist,
             "avg_grad_norm_sq": sum_g / count if tracked else nan, "min_grad_norm_sq": min_g if tracked else nan,
             "avg_f_gap": sum_f / count if tracked else nan, "min_f_gap": min_f if tracked else nan,
             "diverged": diverged,
         }
-        for key, v in values.items():
-            records[key].append(v.detach().to("cpu", torch.float64).numpy().copy())
+        host = torch.stack([_f64(v.detach()) for v in values.values()]).to("cpu").numpy()
+        for key, row in zip(values, host):
+            records[key].append(row)
+        records["iteration"].append(np.full(R, t, dtype=np.float64))
+        records["time_s"].append(np.full(R, now, dtype=np.float64))
         eval_time += time.perf_counter() - e0
         if progress is not None:
             progress(t, steps)
@@ -154,8 +164,10 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     record(0, loss, grad, None)
     limit = divergence_factor * f_start
     carry = Carry(W, state, loss, grad, stats, diverged)
-    fused = make_fused(method, oracle, carry, f_star=f_star, limit=limit, track=track_every_step, graph=graph) \
-        if steps > 0 else None
+    fused = None
+    if steps > 0:  # CUDA graphs (solvers.fused), the lean CPU iteration (solvers.lean), else the loop below
+        kw = dict(f_star=f_star, limit=limit, track=track_every_step, graph=graph)
+        fused = make_fused(method, oracle, carry, **kw) or make_lean(method, oracle, carry, steps=steps, **kw)
     plain = lambda W, state: method.step(W, state, oracle)  # noqa: E731
     t = 0
     # on a CPU the plain loop's coins, sketches and other per-step draws come rng.BLOCK steps

@@ -41,7 +41,7 @@ from solvers.iteration import Carry, RunningStats, advance
 from solvers.methods import FPFT, BernoulliLoRA
 from solvers.sketches import make_sketch
 
-GRAPH_MODES = ("auto", "off", "eager", "on")
+GRAPH_MODES = ("auto", "off", "eager", "on", "lean")
 _DRAW_ELEMENTS = 1 << 26  # cap on R * K * (per-step draw work), e.g. the minibatch keys R x K x N
 
 
@@ -54,6 +54,8 @@ def check_graph(graph) -> str:
 def mode(graph, device) -> str:
     """'off', 'eager' (fused body, no capture) or 'graph' for ``graph`` on ``device``."""
     check_graph(graph)
+    if graph == "lean":  # solvers.lean's choice, never this module's
+        return "off"
     if graph in ("off", "eager"):
         return graph
     if graph == "on":

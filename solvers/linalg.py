@@ -209,8 +209,11 @@ def _mul_sum(x, y, shape, k):
     chunks of runs, and each of its rows is summed in an order fixed by k alone."""
     R = max(x.shape[0], y.shape[0])
     step = max(1, _CHUNK // (k * math.prod(shape)))
-    dtype = torch.result_type(x, y)
+    dtype = x.dtype if x.dtype == y.dtype else torch.result_type(x, y)
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    if R <= step and not grad:  # one chunk (small problems: the whole per-step cost is overhead)
+        prod = torch.mul(x, y, out=torch.empty(R, *shape, k, dtype=dtype, device=x.device))
+        return _rows(prod.view(-1, k)).view(R, *shape)
     parts = []
     for s in range(0, R, step):
         xs = x[s:s + step] if x.shape[0] > 1 else x

@@ -34,7 +34,7 @@ from solvers.linalg import bmm, per_matrix
 _RTOL = 1e-10
 
 
-def _gram_pinv(S: torch.Tensor) -> torch.Tensor:
+def gram_pinv(S: torch.Tensor) -> torch.Tensor:
     r"""Pseudo-inverse of the batched Gram matrix ``S^T S`` (R, r, r), for ``S`` (R, d, r):
     :math:`U\,\mathrm{diag}(1/\lambda_i \text{ where } |\lambda_i| > \mathrm{tol})\,U^\top`
     from the eigendecomposition, ``tol = _RTOL * r * max|lambda|`` (``torch.linalg.pinv``'s
@@ -62,7 +62,7 @@ def _gram_solve(S: torch.Tensor, rhs: torch.Tensor, full_rank: bool) -> torch.Te
     pivot is below the pseudo-inverse's cut-off ``_RTOL * r`` times its largest diagonal
     entry (the scale of :math:`\lambda_{\max}` up to a factor r)."""
     if not full_rank:
-        return bmm(_gram_pinv(S), rhs)
+        return bmm(gram_pinv(S), rhs)
     gram = bmm(S.transpose(-1, -2), S)
     chol, info = per_matrix(torch.linalg.cholesky_ex, gram)
     y = per_matrix(lambda c, b: torch.linalg.solve_triangular(c, b, upper=False), chol, rhs)
@@ -76,16 +76,31 @@ def _gram_solve(S: torch.Tensor, rhs: torch.Tensor, full_rank: bool) -> torch.Te
 
 def project_left(B: torch.Tensor, G: torch.Tensor, *, full_rank: bool = False) -> torch.Tensor:
     r"""Return :math:`H_B G` for left sketches ``B`` (R, m, r) and ``G`` (R, m, n)."""
-    return bmm(B, _gram_solve(B, bmm(B.transpose(-1, -2), G), full_rank))
+    if not full_rank:
+        return project_left_pinv(B, gram_pinv(B), G)
+    return bmm(B, _gram_solve(B, bmm(B.transpose(-1, -2), G), True))
+
+
+def project_left_pinv(B: torch.Tensor, P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    r""":math:`H_B G = B\,[P\,(B^\top G)]` with ``P`` (R, r, r) the pseudo-inverse of the Gram
+    matrix :math:`(B^\top B)^+` (:func:`gram_pinv` of ``B``), computed beforehand: bitwise
+    :func:`project_left` (:mod:`solvers.lean` computes ``P`` for a block of steps at once)."""
+    return bmm(B, bmm(P, bmm(B.transpose(-1, -2), G)))
 
 
 def project_right(A: torch.Tensor, G: torch.Tensor, *, full_rank: bool = False) -> torch.Tensor:
     r"""Return :math:`G H_A` for right sketches ``A`` (R, r, n) and ``G`` (R, m, n)."""
     At = A.transpose(-1, -2)  # (R, n, r)
     if not full_rank:
-        return bmm(bmm(bmm(G, At), _gram_pinv(At)), A)
+        return project_right_pinv(A, gram_pinv(At), G)
     # G A^T (A A^T)^{-1} = ((A A^T)^{-1} A G^T)^T: the Gram matrix is symmetric
     return bmm(_gram_solve(At, bmm(A, G.transpose(-1, -2)), True).transpose(-1, -2), A)
+
+
+def project_right_pinv(A: torch.Tensor, P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    r""":math:`G H_A = [(G A^\top) P]\,A` with ``P`` (R, r, r) :math:`(A A^\top)^+`
+    (:func:`gram_pinv` of ``A^T``) computed beforehand: bitwise :func:`project_right`."""
+    return bmm(bmm(bmm(G, A.transpose(-1, -2)), P), A)
 
 
 def dense_projector_left(B: torch.Tensor) -> torch.Tensor:

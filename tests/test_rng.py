@@ -90,3 +90,36 @@ def test_block_of_steps_equals_per_step_draws(first, K, a, b, sub):
 def test_empty_block_fails_clearly():
     with pytest.raises(ValueError, match="steps"):
         rng.normal(torch.tensor([1]), rng.Stream.SKETCH, range(3, 3), (2,))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=12), st.integers(1, 70), st.booleans())
+def test_cpu_words_in_uint32_are_the_int64_words(keys, count, block):
+    """The CPU draws hash in numpy's uint32 (rng._words_numpy); the other devices hash in
+    int64 with split products (rng._words_tensor): the same integers, for any keys,
+    including the extremes 0 and 2**32 - 1, for one step (R,) and a block (R, K)."""
+    k = torch.tensor(keys + [0, 2**32 - 1], dtype=torch.int64)
+    if block:
+        k = k.reshape(1, -1).expand(2, -1).contiguous()
+    a, b = rng._words_numpy(k, count), rng._words_tensor(k, count)
+    assert a.dtype == b.dtype == torch.int64 and a.shape == b.shape == (*k.shape, count)
+    assert torch.equal(a, b)
+    assert int(a.min()) >= 0 and int(a.max()) <= 2**32 - 1
+
+
+def test_cpu_draws_take_the_uint32_path_and_a_wrong_one_is_caught(monkeypatch):
+    seeds = torch.tensor([0, 5, 2**31 + 3])
+    ref = rng.normal(seeds, rng.Stream.SKETCH, 17, (4, 3))
+    monkeypatch.setattr(rng, "_words_tensor", lambda k, count: (_ for _ in ()).throw(AssertionError("int64 path")))
+    assert torch.equal(rng.normal(seeds, rng.Stream.SKETCH, 17, (4, 3)), ref)  # never reached the int64 path
+
+    def off_by_one(x):  # a slip in one constant of the uint32 hash
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352B)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> np.uint32(16)
+        return x
+
+    monkeypatch.setattr(rng, "_hash32_numpy", off_by_one)
+    assert not torch.equal(rng.normal(seeds, rng.Stream.SKETCH, 17, (4, 3)), ref)

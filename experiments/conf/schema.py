@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from solvers import registry
+from solvers.fused import GRAPH_MODES
 from solvers.registry import param
 from solvers.rng import _MASK32
 
@@ -68,8 +69,9 @@ class RunConf:
     results_root: str = "results"  # jobs write below it; a job complete anywhere below it is skipped
     progress: bool = True
     # engine settings that do not change the numbers (experiments.confighash.NON_RESULT_KEYS):
-    # the fused path of solvers.fused, and torch.compile of the random-number kernels
-    graph: str = param("auto", choices=("auto", "off", "eager", "on"))
+    # the fused path of solvers.fused / the lean CPU path of solvers.lean, and torch.compile
+    # of the random-number kernels
+    graph: str = param("auto", choices=GRAPH_MODES)
     compile_rng: bool = False
 
 
