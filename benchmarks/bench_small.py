@@ -12,8 +12,14 @@ side by side in each repetition (their order rotating):
   the loss, the running sums and minima of :math:`\|\nabla f\|^2` and :math:`f - f^*`, a
   coin, a Gaussian sketch (numpy's generator), the projected direction by an r x r
   solve, the update, a finiteness check, and a record every ``eval_every`` steps;
+* ``torch_eager_floor``: the same loop with torch's eager operations instead of numpy's
+  (torch's generator, ``torch.linalg.solve``, no engine): what any implementation that
+  dispatches one torch operation per array operation pays at least;
 * ``single``: one run through :func:`solvers.engine.run` (``track_every_step``, a record
-  every ``eval_every`` steps, its counter-based random numbers, batch-invariant kernels);
+  every ``eval_every`` steps, its counter-based random numbers, batch-invariant kernels;
+  on a CPU the lean iteration of :mod:`solvers.lean`);
+* ``single_general_loop``: the same run through the engine's general loop (``graph='off'``),
+  bitwise the same numbers;
 * ``batched``: ``runs`` runs in one engine call;
 * ``single_fast``, ``batched_fast``: the same in :mod:`solvers.linalg`'s fast mode
   (``set_invariant(False)``, what ``python -m experiments.sweep --fast-cpu`` uses): one BLAS
@@ -22,7 +28,9 @@ side by side in each repetition (their order rotating):
 Reported per repetition and as median [min, max]: milliseconds per step (wall and process
 CPU time) and the two ratios the issue's targets are stated in: ``single / numpy`` (target
 at most 3) and the throughput of ``runs`` batched runs against ``runs`` single runs,
-``runs * single / batched`` (target at least 5). The machine, its load average before and
+``runs * single / batched`` (target at least 5); and ``torch_eager_floor / numpy`` (the part
+of the first ratio no torch-eager engine can remove), ``single / torch_eager_floor`` and
+``general loop / single`` (what the lean iteration saves). The machine, its load average before and
 after, and the threads go into the output. In the default (invariant) mode the batched
 run of seed 0 is checked to record the single run's rows, bitwise.
 """
@@ -78,6 +86,40 @@ def numpy_loop(Q, w_star, w0, m, n, r, p, gamma, steps, eval_every, seed):
     return rows
 
 
+def torch_loop(Q, w_star, w0, m, n, r, p, gamma, steps, eval_every, seed):
+    """:func:`numpy_loop` written with torch's eager operations (float64, one run, torch's
+    generator, ``torch.linalg.solve``), no engine: the floor of ANY implementation that
+    dispatches one torch operation per array operation, as the engine does."""
+    Q, w_star, w = (torch.from_numpy(a) for a in (Q, w_star, w0.copy()))
+    gen = torch.Generator().manual_seed(seed)
+    e = w - w_star
+    g = Q @ e
+    loss = 0.5 * float(e @ g)
+    sum_g = sum_f = 0.0
+    min_g = min_f = math.inf
+    rows = [(0, loss, float(g @ g))]
+    for t in range(1, steps + 1):
+        g2 = float(g @ g)
+        sum_g, sum_f = sum_g + g2, sum_f + loss
+        min_g, min_f = min(min_g, g2), min(min_f, loss)
+        G = g.view(m, n)
+        if float(torch.rand((), generator=gen, dtype=torch.float64)) < p:
+            B = torch.randn(m, r, generator=gen, dtype=torch.float64) / math.sqrt(m)
+            D = B @ torch.linalg.solve(B.T @ B, B.T @ G)
+        else:
+            A = torch.randn(r, n, generator=gen, dtype=torch.float64) / math.sqrt(n)
+            D = torch.linalg.solve(A @ A.T, A @ G.T).T @ A
+        w = w - gamma * D.reshape(-1)
+        e = w - w_star
+        g = Q @ e
+        loss = 0.5 * float(e @ g)
+        if not math.isfinite(loss):
+            break
+        if t % eval_every == 0 or t == steps:
+            rows.append((t, loss, float(g @ g)))
+    return rows
+
+
 def _timed(fn):
     w, c = time.perf_counter(), time.process_time()
     out = fn()
@@ -102,6 +144,8 @@ def bench(*, m=16, n=16, rank=2, runs=20, steps=300, reps=5, eval_every=10):
 
     ways = {
         "numpy": lambda: numpy_loop(Q, w_star, w0, m, n, rank, 0.5, gamma, steps, eval_every, 0),
+        "torch_eager_floor": lambda: torch_loop(Q, w_star, w0, m, n, rank, 0.5, gamma, steps, eval_every, 0),
+        "single_general_loop": lambda: run(method, prob, prob.W0, [0], graph="off", **kw),
         "single": lambda: run(method, prob, prob.W0, [0], **kw),
         "batched": lambda: run(method, prob, prob.W0, list(range(runs)), **kw),
         "single_fast": fast(lambda: run(method, prob, prob.W0, [0], **kw)),
@@ -132,7 +176,10 @@ def bench(*, m=16, n=16, rank=2, runs=20, steps=300, reps=5, eval_every=10):
         ratios = {"single_over_numpy": [s / q for s, q in zip(t["single"], t["numpy"])],
                   "batched_throughput": [runs * s / b for s, b in zip(t["single"], t["batched"])],
                   "single_fast_over_numpy": [s / q for s, q in zip(t["single_fast"], t["numpy"])],
-                  "batched_fast_throughput": [runs * s / b for s, b in zip(t["single_fast"], t["batched_fast"])]}
+                  "batched_fast_throughput": [runs * s / b for s, b in zip(t["single_fast"], t["batched_fast"])],
+                  "torch_eager_floor_over_numpy": [f / q for f, q in zip(t["torch_eager_floor"], t["numpy"])],
+                  "single_over_torch_eager_floor": [s / f for s, f in zip(t["single"], t["torch_eager_floor"])],
+                  "general_loop_over_single": [g / s for g, s in zip(t["single_general_loop"], t["single"])]}
         res[f"ratios_{clock}"] = {k: {"per_rep": v, **spread(v)} for k, v in ratios.items()}
     return res
 
@@ -166,6 +213,10 @@ def main(argv=None):
             print(f"[{clock}] " + describe(f"throughput {args.runs} batched / {args.runs} single" + name,
                                            ratio[f"batched{mode}_throughput"], "x")
                   + f" (target >= {TARGETS['batched_throughput']:g})")
+        print(f"[{clock}] " + describe("torch eager floor / numpy loop (the same step, one torch op per array op)",
+                                       ratio["torch_eager_floor_over_numpy"], "x"))
+        print(f"[{clock}] " + describe("engine single / torch eager floor", ratio["single_over_torch_eager_floor"], "x"))
+        print(f"[{clock}] " + describe("general loop / lean path (single run)", ratio["general_loop_over_single"], "x"))
     print(f"batched run of seed 0 equals the single run bitwise: {res['batched_row_of_seed0_equals_single']}")
     if args.out:
         write_json(args.out, res)

@@ -70,6 +70,13 @@ def rows(root: Path = ROOT):
                     f"{_spread(ms['single'], '{:.3f}')} vs {_spread(ms['numpy'], '{:.3f}')}: "
                     f"**{r['single_over_numpy']['median']:.1f}x** (target <= {s['targets']['single_over_numpy']:g})",
                     "", ["cpu/bench_small_cpu.json"]))
+        if "torch_eager_floor_over_numpy" in r:
+            out.append(("that run's general engine loop (`graph=off`, the same numbers) vs its lean path "
+                        "(`solvers/lean.py`); the numpy loop's step written with torch's eager operations "
+                        "(no engine) vs the numpy loop",
+                        f"{_spread(r['general_loop_over_single'], '{:.1f}')}x; "
+                        f"{_spread(r['torch_eager_floor_over_numpy'], '{:.1f}')}x",
+                        "", ["cpu/bench_small_cpu.json"]))
         out.append((f"{s['runs']} batched runs vs {s['runs']} single runs of that problem (throughput, "
                     "batch invariance kept)",
                     f"**{_spread(r['batched_throughput'], '{:.1f}')}x** (target >= "

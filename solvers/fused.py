@@ -25,9 +25,10 @@ tests/test_fused_estimators.py). Capture failure falls back to the eager body wi
 warning.
 
 ``graph`` (the engine's argument; the ``graph`` key of a job's configuration):
-``'auto'`` (captured graphs on CUDA, the engine's own loop on CPU), ``'off'`` (the loop),
-``'eager'`` (this module without capture), ``'on'`` (captured on CUDA, eager elsewhere).
-None of them changes a number.
+``'auto'`` (captured graphs on CUDA; on a CPU :mod:`solvers.lean` where it applies, else the
+engine's own loop), ``'off'`` (the loop), ``'eager'`` (this module without capture), ``'on'``
+(captured on CUDA, eager elsewhere), ``'lean'`` (:mod:`solvers.lean` where it applies).
+None of them changes a number (in fast mode, :mod:`solvers.lean` agrees to rounding).
 """
 from __future__ import annotations
 

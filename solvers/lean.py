@@ -92,15 +92,26 @@ class LeanRun:
 
     def _refill(self):
         start = self.first_step + self.done
-        self.block = min(self.block_steps, self.steps - self.done)
+        self.block = K = min(self.block_steps, self.steps - self.done)
         self.pos = 0
         if not self.sided:
             return
-        left, B, A = self.method.direction_draws(self.seeds, range(start, start + self.block), self.W)
-        PL, PR = _block_pinvs(B, left), _block_pinvs(A.transpose(-1, -2), ~left)
-        # per step: (left coins, B, (B^T B)^+, A, (A A^T)^+) as views, one unbind each per block
-        self.drawn = list(zip(*(t.unbind(1) for t in (left, B, PL, A, PR))))
+        method, seeds, W = self.method, self.seeds, self.W
+        left = method.coins(seeds, range(start, start + K), W)
         self.sides = [(all(c), any(c)) for c in left.T.tolist()]  # per step: every run left, any
+        # per step (left coins, B, (B^T B)^+, A, (A A^T)^+) as views; a side no run takes at a
+        # step is not drawn (counter-based: the drawn steps' numbers do not change)
+        per_step = [[c, None, None, None, None] for c in left.unbind(1)]
+        for side, slot, need in (("left", 1, lambda e, s: s), ("right", 3, lambda e, s: not e)):
+            ks = [k for k, (every, some) in enumerate(self.sides) if need(every, some)]
+            if not ks:
+                continue
+            S = method.sketches(seeds, [start + k for k in ks], W, side)
+            use = left[:, ks] if side == "left" else ~left[:, ks]
+            P = _block_pinvs(S if side == "left" else S.transpose(-1, -2), use)
+            for k, s, p in zip(ks, S.unbind(1), P.unbind(1)):
+                per_step[k][slot], per_step[k][slot + 1] = s, p
+        self.drawn = per_step
 
     def _direction(self):
         if not self.sided:

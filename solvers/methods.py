@@ -285,17 +285,23 @@ class BernoulliLoRA(_WeightSpace):
     def direction_draws(self, seeds, step, W):
         """The coin (R, [K]) and both sketches, (R, [K,] m, r) and (R, [K,] r, n), of every
         run (contiguous: the fused path's slices of a block have the same layout)."""
+        return self.coins(seeds, step, W), self.sketches(seeds, step, W, "left"), self.sketches(seeds, step, W, "right")
+
+    def coins(self, seeds, step, W):
+        """The coins of step ``step`` (an int, or a block of steps: (R, K)), True: left."""
+        return rng.bernoulli(seeds, rng.Stream.COIN, step, _per_run(self.p, W), device=W.device)
+
+    def sketches(self, seeds, step, W, side):
+        """The ``side`` ('left': B, (R, [K,] m, r); 'right': A, (R, [K,] r, n)) sketches of
+        step ``step`` (an int, a range or a list of steps), contiguous."""
         sketch = make_sketch(self.sketch)
         m, n = W.shape[-2:]
         kw = dict(device=W.device, dtype=W.dtype)
-        left = rng.bernoulli(seeds, rng.Stream.COIN, step, _per_run(self.p, W), device=W.device)
+        draw = (lambda t: sketch.sample_left(seeds, t, m, self.rank, **kw)) if side == "left" else \
+            (lambda t: sketch.sample_right(seeds, t, self.rank, n, **kw))
         if isinstance(step, int) or sketch.block_draws:
-            B = sketch.sample_left(seeds, step, m, self.rank, **kw)
-            A = sketch.sample_right(seeds, step, self.rank, n, **kw)
-        else:
-            B = torch.stack([sketch.sample_left(seeds, t, m, self.rank, **kw) for t in step], 1)
-            A = torch.stack([sketch.sample_right(seeds, t, self.rank, n, **kw) for t in step], 1)
-        return left, B.contiguous(), A.contiguous()
+            return draw(step).contiguous()
+        return torch.stack([draw(t) for t in step], 1).contiguous()
 
     def direction_given(self, G, drawn):
         """The direction for the coin and sketches ``drawn`` (:meth:`direction_draws` of

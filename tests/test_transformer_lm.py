@@ -150,7 +150,8 @@ def test_gpu_script_passes_options_the_cli_accepts(tmp_path):
     root = Path(__file__).resolve().parents[1]
     log = tmp_path / "calls.txt"
     fake = tmp_path / "py"
-    fake.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {shlex.quote(str(log))}\necho >> {shlex.quote(str(log))}\n')
+    # one write per call: the fine-tuning shards run in parallel and append to the same log
+    fake.write_text(f'#!/usr/bin/env bash\nline=$(printf "%q " "$@")\nprintf "%s\\n" "$line" >> {shlex.quote(str(log))}\n')
     fake.chmod(0o755)
     env = dict(os.environ, PY=str(fake), OUT=str(tmp_path / "final"), WORK=str(tmp_path / "work"), DEVICE="cpu",
                WHEELS=str(tmp_path / "no_wheels"))  # never installs a checkout's carried wheels into /tmp/site
