@@ -53,11 +53,11 @@ from solvers.methods import BernoulliLoRA
 TARGETS = {"single_over_numpy": 3.0, "batched_throughput": 5.0}  # at most, at least (issue 14)
 
 
-def numpy_loop(Q, w_star, w0, m, n, r, p, gamma, steps, eval_every, seed):
-    """One run of Bernoulli-LoRA-GD on ``f = e^T Q e / 2`` in plain numpy; returns the
-    recorded ``(iteration, loss, ||grad||^2)`` rows."""
-    gen = np.random.default_rng(seed)
-    w = w0.copy()
+def plain_loop(Q, w_star, w0, m, n, r, p, gamma, steps, eval_every, *, rand, randn, solve):
+    """One run of Bernoulli-LoRA-GD on ``f = e^T Q e / 2``, one array operation per step of
+    the math, on numpy arrays or torch tensors (``rand()``, ``randn(shape)``, ``solve(M, B)``
+    of that library); returns the recorded ``(iteration, loss, ||grad||^2)`` rows."""
+    w = w0
     e = w - w_star
     g = Q @ e
     loss = 0.5 * float(e @ g)
@@ -69,12 +69,12 @@ def numpy_loop(Q, w_star, w0, m, n, r, p, gamma, steps, eval_every, seed):
         sum_g, sum_f = sum_g + g2, sum_f + loss
         min_g, min_f = min(min_g, g2), min(min_f, loss)
         G = g.reshape(m, n)
-        if gen.random() < p:
-            B = gen.standard_normal((m, r)) / math.sqrt(m)
-            D = B @ np.linalg.solve(B.T @ B, B.T @ G)
+        if rand() < p:
+            B = randn((m, r)) / math.sqrt(m)
+            D = B @ solve(B.T @ B, B.T @ G)
         else:
-            A = gen.standard_normal((r, n)) / math.sqrt(n)
-            D = np.linalg.solve(A @ A.T, A @ G.T).T @ A
+            A = randn((r, n)) / math.sqrt(n)
+            D = solve(A @ A.T, A @ G.T).T @ A
         w = w - gamma * D.reshape(-1)
         e = w - w_star
         g = Q @ e
@@ -84,40 +84,24 @@ def numpy_loop(Q, w_star, w0, m, n, r, p, gamma, steps, eval_every, seed):
         if t % eval_every == 0 or t == steps:
             rows.append((t, loss, float(g @ g)))
     return rows
+
+
+def numpy_loop(Q, w_star, w0, m, n, r, p, gamma, steps, eval_every, seed):
+    """:func:`plain_loop` in numpy (numpy's generator, ``np.linalg.solve``)."""
+    gen = np.random.default_rng(seed)
+    return plain_loop(Q, w_star, w0.copy(), m, n, r, p, gamma, steps, eval_every,
+                      rand=gen.random, randn=gen.standard_normal, solve=np.linalg.solve)
 
 
 def torch_loop(Q, w_star, w0, m, n, r, p, gamma, steps, eval_every, seed):
-    """:func:`numpy_loop` written with torch's eager operations (float64, one run, torch's
-    generator, ``torch.linalg.solve``), no engine: the floor of ANY implementation that
-    dispatches one torch operation per array operation, as the engine does."""
-    Q, w_star, w = (torch.from_numpy(a) for a in (Q, w_star, w0.copy()))
+    """:func:`plain_loop` with torch's eager operations (float64, torch's generator,
+    ``torch.linalg.solve``), no engine: the floor of ANY implementation that dispatches one
+    torch operation per array operation, as the engine does."""
     gen = torch.Generator().manual_seed(seed)
-    e = w - w_star
-    g = Q @ e
-    loss = 0.5 * float(e @ g)
-    sum_g = sum_f = 0.0
-    min_g = min_f = math.inf
-    rows = [(0, loss, float(g @ g))]
-    for t in range(1, steps + 1):
-        g2 = float(g @ g)
-        sum_g, sum_f = sum_g + g2, sum_f + loss
-        min_g, min_f = min(min_g, g2), min(min_f, loss)
-        G = g.view(m, n)
-        if float(torch.rand((), generator=gen, dtype=torch.float64)) < p:
-            B = torch.randn(m, r, generator=gen, dtype=torch.float64) / math.sqrt(m)
-            D = B @ torch.linalg.solve(B.T @ B, B.T @ G)
-        else:
-            A = torch.randn(r, n, generator=gen, dtype=torch.float64) / math.sqrt(n)
-            D = torch.linalg.solve(A @ A.T, A @ G.T).T @ A
-        w = w - gamma * D.reshape(-1)
-        e = w - w_star
-        g = Q @ e
-        loss = 0.5 * float(e @ g)
-        if not math.isfinite(loss):
-            break
-        if t % eval_every == 0 or t == steps:
-            rows.append((t, loss, float(g @ g)))
-    return rows
+    kw = dict(generator=gen, dtype=torch.float64)
+    return plain_loop(*(torch.from_numpy(a) for a in (Q, w_star, w0.copy())), m, n, r, p, gamma, steps, eval_every,
+                      rand=lambda: float(torch.rand((), **kw)), randn=lambda shape: torch.randn(shape, **kw),
+                      solve=torch.linalg.solve)
 
 
 def _timed(fn):
