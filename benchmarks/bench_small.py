@@ -30,7 +30,8 @@ CPU time) and the two ratios the issue's targets are stated in: ``single / numpy
 at most 3) and the throughput of ``runs`` batched runs against ``runs`` single runs,
 ``runs * single / batched`` (target at least 5); and ``torch_eager_floor / numpy`` (the part
 of the first ratio no torch-eager engine can remove), ``single / torch_eager_floor`` and
-``general loop / single`` (what the lean iteration saves). The machine, its load average before and
+``general loop / single`` (what the lean iteration saves); and the torch operations each
+way dispatches per step (``torch_ops_per_step``, counted by torch.profiler). The machine, its load average before and
 after, and the threads go into the output. In the default (invariant) mode the batched
 run of seed 0 is checked to record the single run's rows, bitwise.
 """
@@ -104,6 +105,15 @@ def torch_loop(Q, w_star, w0, m, n, r, p, gamma, steps, eval_every, seed):
                       solve=torch.linalg.solve)
 
 
+def ops_per_step(fn, steps):
+    """Top-level torch operations dispatched per step by ``fn`` (torch.profiler, one call)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return sum(e.cpu_parent is None for e in prof.events()) / steps
+
+
 def _timed(fn):
     w, c = time.perf_counter(), time.process_time()
     out = fn()
@@ -149,12 +159,14 @@ def bench(*, m=16, n=16, rank=2, runs=20, steps=300, reps=5, eval_every=10):
                 single_rows = out
             elif k == "batched":
                 batched_rows = out
+    res_ops = {k: ops_per_step(ways[k], steps) for k in ("torch_eager_floor", "single_general_loop", "single")}
     invariant = all(np.array_equal(single_rows[f][0], batched_rows[f][0], equal_nan=True)
                     for f in ("loss", "grad_norm_sq", "dist_sq", "avg_grad_norm_sq", "min_f_gap"))
     res = {"problem": {"name": "quadratic", "m": m, "n": n, "d": m * n, "mu": 1.0, "L": 4.0},
            "method": {"name": "bernoulli_lora", "p": 0.5, "rank": rank, "sketch": "gaussian", "gamma": gamma},
            "runs": runs, "steps": steps, "eval_every": eval_every, "reps": reps,
-           "batched_row_of_seed0_equals_single": bool(invariant), "targets": TARGETS}
+           "batched_row_of_seed0_equals_single": bool(invariant), "targets": TARGETS,
+           "torch_ops_per_step": res_ops}
     for clock, t in (("wall", wall), ("cpu", cpu)):
         res[f"ms_per_step_{clock}"] = {k: {"per_rep": v, **spread(v)} for k, v in t.items()}
         ratios = {"single_over_numpy": [s / q for s, q in zip(t["single"], t["numpy"])],
@@ -201,6 +213,7 @@ def main(argv=None):
                                        ratio["torch_eager_floor_over_numpy"], "x"))
         print(f"[{clock}] " + describe("engine single / torch eager floor", ratio["single_over_torch_eager_floor"], "x"))
         print(f"[{clock}] " + describe("general loop / lean path (single run)", ratio["general_loop_over_single"], "x"))
+    print("torch operations per step: " + ", ".join(f"{k} {v:.0f}" for k, v in res["torch_ops_per_step"].items()))
     print(f"batched run of seed 0 equals the single run bitwise: {res['batched_row_of_seed0_equals_single']}")
     if args.out:
         write_json(args.out, res)

@@ -29,7 +29,7 @@ One iteration is :func:`solvers.iteration.advance`. The weight-space methods
 (Bernoulli-LoRA, FPFT) with every estimator and stepsize rule run it through
 :mod:`solvers.fused` on CUDA (block draws, one captured CUDA graph per iteration; the
 same numbers), selected by ``graph``; on a CPU, with the full gradient and a constant
-stepsize, through :mod:`solvers.lean` (the same numbers with about a quarter of the
+stepsize, through :mod:`solvers.lean` (the same numbers with about half the
 tensor operations); elsewhere this module's loop. On a CPU that loop
 takes its random numbers (coins, sketches, minibatches, noise, compressors)
 ``rng.BLOCK`` steps at a time (:class:`solvers.rng.block_draws`): the same numbers,

@@ -2,11 +2,12 @@ r"""The engine's iteration for small problems on a CPU: the same numbers, a frac
 
 On a CPU a small problem's step is bound by per-operation overhead, not arithmetic: at
 d = 256 the engine's general loop (:func:`solvers.iteration.advance` around
-``method.step``) dispatches about 150 tensor operations a step, each ~1-2 us, for a few
-thousand flops (``benchmarks/bench_small.py``). This module runs the same iteration for
-the configurations that dominate small-problem sweeps, the weight-space methods
-(Bernoulli-LoRA with any sketch, FPFT) with the full gradient (:class:`GD`) and a
-constant stepsize, with about a quarter of the operations:
+``method.step``) dispatches about 140 tensor operations a step, each ~1-2 us, for a few
+thousand flops (``torch_ops_per_step`` in ``paper_results/cpu/bench_small_cpu.json``, from
+``benchmarks/bench_small.py``). This module runs the same iteration for the configurations
+that dominate small-problem sweeps, the weight-space methods (Bernoulli-LoRA with any
+sketch, FPFT) with the full gradient (:class:`GD`) and a constant stepsize, with about half
+the tensor operations per step and, for one or two runs, draws of 256 steps at once:
 
 * the coins and sketches of ``K`` steps come from one block draw (as in
   :mod:`solvers.fused`), and the pseudo-inverses of the Gram matrices of the sketches a
