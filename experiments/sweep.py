@@ -226,9 +226,10 @@ def main(argv=None):
         summary["threads"] = torch.get_num_threads()
     except Exception:  # pragma: no cover - informational only
         pass
+    from resultstore.files import atomic_write, text_writer
+
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "sweep_timing.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
+    atomic_write(os.path.join(out, "sweep_timing.json"), text_writer(json.dumps(summary, indent=2)))
     print(json.dumps(summary))
     return 0
 

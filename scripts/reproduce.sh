@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every experiment of paper_repro.md through the Hydra app, then one results table,
+# Every experiment of paper_repro.md (the Hydra app's jobs), then one results table,
 # the bound verdicts and every figure:
 #     bash scripts/reproduce.sh                # SIZE=ci: the linreg figures at the small preset (minutes, CPU)
 #     SIZE=paper DEVICE=cuda bash scripts/reproduce.sh   # the paper's sizes (the linreg GD sweep is
@@ -29,19 +29,23 @@ stamp() { printf '[%4d s] %s\n' $((SECONDS - T0)) "$*" | tee -a "$OUT/timing.txt
 # the same jobs, folders and numbers as one `python -m experiments.run -m` each, without
 # paying the import of torch, pandas and Hydra per experiment): a line per experiment
 # with its time, its output in $OUT/logs/NN.log; a failing one prints its log and stops.
+# RUNNER=sweep (the default) runs each line's jobs through experiments.sweep (the same
+# jobs, config hashes and numbers, batched and without Hydra's per-job composition: the
+# collected table is the one RUNNER=hydra gives, every column but time_s bitwise, see
+# scripts/compare_collected.py); RUNNER=hydra runs each line as a Hydra multirun of the app.
 # The figures are drawn FIG_JOBS at a time (default: the number of cores; the same files).
 run() {  # queue one Hydra multirun (its overrides, tab-separated)
   N=$((N + 1)); (IFS=$'\t'; printf '%s\n' "$*") >> "$OUT/queue.txt"
 }
 drain() {  # run the queued multiruns
   $PY -m experiments.multirun "$OUT/queue.txt" --timing "$OUT/timing.txt" --logs "$OUT/logs" \
-      --since $((SECONDS - T0)) -- size=$SIZE device=$DEVICE results_root="$OUT" \
+      --since $((SECONDS - T0)) --runner "${RUNNER:-sweep}" -- size=$SIZE device=$DEVICE results_root="$OUT" \
       hydra.sweep.dir="$OUT/sweeps/\${now:%Y-%m-%d_%H-%M-%S}_\${blora_unique:}" || exit 1
 }
 mkdir -p "$OUT/logs"
 : > "$OUT/timing.txt"
 : > "$OUT/queue.txt"
-stamp "SIZE=$SIZE DEVICE=$DEVICE OUT=$OUT"
+stamp "SIZE=$SIZE DEVICE=$DEVICE OUT=$OUT RUNNER=${RUNNER:-sweep}"
 run experiment=counterexample method=lora,cola,asymm_lora stepsize.factor=1.0
 run experiment=counterexample method=bernoulli_lora method.p=0,0.5,1 stepsize.factor=1.0
 run problem=counterexample method=fpft stepsize.factor=1.0 steps=1500 seeds=10 eval_every=10

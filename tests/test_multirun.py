@@ -55,3 +55,29 @@ def test_a_failing_multirun_stops_the_queue(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["01.log"]  # the second never ran
     assert "experiment 1 failed" in (tmp_path / "t.txt").read_text()
     assert not complete_jobs(root) if root.exists() else True
+
+
+def test_the_sweep_runner_makes_the_hydra_runners_table(tmp_path):
+    """``--runner sweep`` (scripts/reproduce.sh's default) runs the same jobs as the Hydra
+    multiruns, with the same config hashes and, every column but time_s, the same numbers
+    (the p-sweep is one batched engine call there); and a bad line stops the queue."""
+    import pandas as pd
+
+    from scripts.compare_collected import compare
+
+    queue = tmp_path / "queue.txt"
+    queue.write_text("\t".join(["method.p=0.2,0.8", *TINY]) + "\n" + "\t".join(["estimator=sgd", "estimator.noise=0.1", "estimator.batch=null",
+                                                                              *TINY]) + "\n")
+    tables = {}
+    for runner in ("hydra", "sweep"):
+        root = tmp_path / runner
+        status = multirun.main([str(queue), "--timing", str(tmp_path / f"{runner}.txt"), "--logs",
+                                str(tmp_path / f"logs_{runner}"), "--runner", runner, "--", *_common(root)])
+        assert status == 0
+        tables[runner] = load_results(root)
+    assert len(tables["sweep"]) == 3 * 2 * 4 and compare(tables["hydra"], tables["sweep"]) == []
+    assert isinstance(tables["sweep"], pd.DataFrame)
+    queue.write_text("method.p=2\t" + "\t".join(TINY) + "\n")
+    status = multirun.main([str(queue), "--timing", str(tmp_path / "t.txt"), "--logs", str(tmp_path / "logs_bad"),
+                            "--runner", "sweep", "--", *_common(tmp_path / "bad")])
+    assert status == 1
