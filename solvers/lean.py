@@ -14,8 +14,8 @@ the tensor operations per step and, for one or two runs, draws of 256 steps at o
   run will use, :math:`(B_S^\top B_S)^+` or :math:`(A_S A_S^\top)^+`, are computed for the
   whole block at once; per step only the three products of
   :func:`solvers.projections.project_left_pinv` / ``project_right_pinv`` remain;
-* the coins are read on the host once per block, so a step projects on one side when
-  all runs took it (always, for one run) and on both, selected per run, otherwise;
+* the coins are read on the host once per block, so a step projects every run on one
+  side when all runs took it (always, for one run), else each run on its own side;
 * the running statistics, costs and iterate are updated in place, and the masks of
   frozen runs are applied only while some run is frozen (the same values: ``where``
   with an all-true mask is the identity).
@@ -123,8 +123,12 @@ class LeanRun:
             return project_left_pinv(B, PL, self.G)
         if not some:
             return project_right_pinv(A, PR, self.G)
-        return torch.where(self.left[:, None, None], project_left_pinv(B, PL, self.G),
-                           project_right_pinv(A, PR, self.G))
+        # a mixed batch: each run projected on its own side only (per-run values: the same bits)
+        left, right, G = self.left, ~self.left, self.G
+        D = torch.empty_like(G)
+        D[left] = project_left_pinv(B[left], PL[left], G[left])
+        D[right] = project_right_pinv(A[right], PR[right], G[right])
+        return D
 
     def step(self, evaluate=True):
         if self.pos == self.block:
