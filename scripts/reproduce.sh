@@ -66,16 +66,28 @@ run experiment=exact_isotropic
 drain
 stamp "collecting the job tables"
 $PY -m experiments.collect "$OUT" -o "$OUT/collected.parquet"
-stamp "verifying the bounds"
-status=0
-$PY -m experiments.verify "$OUT" --out "$OUT/verdicts.csv" > "$OUT/verdicts.txt" || status=$?
-tail -1 "$OUT/verdicts.txt"
-stamp "summary table, median curves, rates"
-$PY -m experiments.summarize "$OUT/collected.parquet" -o "$OUT/summary.csv" > /dev/null
-$PY scripts/derive_numbers.py curves "$OUT/collected.parquet" -o "$OUT/median_curves.csv" > /dev/null
-$PY scripts/derive_numbers.py rates "$OUT/collected.parquet" -o "$OUT/rates.csv" > /dev/null
-stamp "figures"
+# verify, the summaries and the figures read the finished tables and write files of their own:
+# verify and the summaries (one core each) run beside the figures, so no core idles while a
+# single-process stage runs; each says when it is done, and their files are those of one by one
+stamp "verifying the bounds; summary table, median curves, rates; figures (side by side)"
+$PY -m experiments.verify "$OUT" --out "$OUT/verdicts.csv" > "$OUT/verdicts.txt" &
+verify_pid=$!
+( set -e
+  $PY -m experiments.summarize "$OUT/collected.parquet" -o "$OUT/summary.csv" > /dev/null
+  $PY scripts/derive_numbers.py curves "$OUT/collected.parquet" -o "$OUT/median_curves.csv" > /dev/null
+  $PY scripts/derive_numbers.py rates "$OUT/collected.parquet" -o "$OUT/rates.csv" > /dev/null
+  stamp "summary table, median curves, rates done" ) &
+summaries_pid=$!
+# a failure below stops the script: end the stages still running beside it first
+trap 'rc=$?; set +e; pkill -P $summaries_pid 2>/dev/null; kill $verify_pid $summaries_pid 2>/dev/null; exit $rc' EXIT
 $PY -m figures.make "$OUT/collected.parquet" --out "$OUT/figures" --jobs "${FIG_JOBS:-$(nproc 2>/dev/null || echo 1)}" > /dev/null
+stamp "figures done"
+wait $summaries_pid
+status=0
+wait $verify_pid || status=$?
+trap - EXIT
+stamp "verify done"
+tail -1 "$OUT/verdicts.txt"
 stamp "results in $OUT: collected.parquet, verdicts.txt, summary.csv, median_curves.csv, rates.csv, figures/, logs/"
 stamp "total $((SECONDS - T0)) s (load average now: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo ?))"
 if [ $status != 0 ]; then stamp "verify exited with status $status (see $OUT/verdicts.txt)"; fi
