@@ -12,7 +12,8 @@
 # exact expectations (numpy) several times faster, but their last bits then differ from a
 # run with numpy's default threads.
 # Exit status: that of `experiments.verify` (1 if a bound is violated), after the summary
-# and the figures have been made anyway; any other failure stops at once with its log.
+# and the figures have been made anyway; any other failure stops at once with its log (and
+# ends the stages running beside it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # PY: the interpreter (default .venv/bin/python, created by scripts/setup.sh when missing)
@@ -29,7 +30,9 @@ stamp() { printf '[%4d s] %s\n' $((SECONDS - T0)) "$*" | tee -a "$OUT/timing.txt
 # the same jobs, folders and numbers as one `python -m experiments.run -m` each, without
 # paying the import of torch, pandas and Hydra per experiment): a line per experiment
 # with its time, its output in $OUT/logs/NN.log; a failing one prints its log and stops.
-# The figures are drawn FIG_JOBS at a time (default: the number of cores; the same files).
+# The figures are drawn FIG_JOBS at a time (default: the number of cores; the same files),
+# while verify and the summaries run beside them (they only read collected.parquet or the
+# job folders): timing.txt then says when each of the three is done.
 run() {  # queue one Hydra multirun (its overrides, tab-separated)
   N=$((N + 1)); (IFS=$'\t'; printf '%s\n' "$*") >> "$OUT/queue.txt"
 }
