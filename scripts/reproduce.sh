@@ -30,9 +30,7 @@ stamp() { printf '[%4d s] %s\n' $((SECONDS - T0)) "$*" | tee -a "$OUT/timing.txt
 # the same jobs, folders and numbers as one `python -m experiments.run -m` each, without
 # paying the import of torch, pandas and Hydra per experiment): a line per experiment
 # with its time, its output in $OUT/logs/NN.log; a failing one prints its log and stops.
-# The figures are drawn FIG_JOBS at a time (default: the number of cores; the same files),
-# while verify and the summaries run beside them (they only read collected.parquet or the
-# job folders): timing.txt then says when each of the three is done.
+# The figures are drawn FIG_JOBS at a time (default: the number of cores; the same files).
 run() {  # queue one Hydra multirun (its overrides, tab-separated)
   N=$((N + 1)); (IFS=$'\t'; printf '%s\n' "$*") >> "$OUT/queue.txt"
 }
@@ -69,11 +67,14 @@ run experiment=exact_isotropic
 drain
 stamp "collecting the job tables"
 $PY -m experiments.collect "$OUT" -o "$OUT/collected.parquet"
-# verify, the summaries and the figures read the finished tables and write files of their own:
-# verify and the summaries (one core each) run beside the figures, so no core idles while a
-# single-process stage runs; each says when it is done, and their files are those of one by one
+# verify and the summaries (one core each) run beside the figures: they read the same finished
+# tables and write files of their own, so no core idles while a single-process stage runs, the
+# files are those of one stage after the other, and timing.txt says when each is done
 stamp "verifying the bounds; summary table, median curves, rates; figures (side by side)"
-$PY -m experiments.verify "$OUT" --out "$OUT/verdicts.csv" > "$OUT/verdicts.txt" &
+( rc=0
+  $PY -m experiments.verify "$OUT" --out "$OUT/verdicts.csv" > "$OUT/verdicts.txt" || rc=$?
+  stamp "verify done"
+  exit $rc ) &
 verify_pid=$!
 ( set -e
   $PY -m experiments.summarize "$OUT/collected.parquet" -o "$OUT/summary.csv" > /dev/null
@@ -82,14 +83,13 @@ verify_pid=$!
   stamp "summary table, median curves, rates done" ) &
 summaries_pid=$!
 # a failure below stops the script: end the stages still running beside it first
-trap 'rc=$?; set +e; pkill -P $summaries_pid 2>/dev/null; kill $verify_pid $summaries_pid 2>/dev/null; exit $rc' EXIT
+trap 'rc=$?; set +e; { pkill -P $verify_pid; pkill -P $summaries_pid; kill $verify_pid $summaries_pid; } 2>/dev/null; exit $rc' EXIT
 $PY -m figures.make "$OUT/collected.parquet" --out "$OUT/figures" --jobs "${FIG_JOBS:-$(nproc 2>/dev/null || echo 1)}" > /dev/null
 stamp "figures done"
 wait $summaries_pid
 status=0
 wait $verify_pid || status=$?
 trap - EXIT
-stamp "verify done"
 tail -1 "$OUT/verdicts.txt"
 stamp "results in $OUT: collected.parquet, verdicts.txt, summary.csv, median_curves.csv, rates.csv, figures/, logs/"
 stamp "total $((SECONDS - T0)) s (load average now: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo ?))"
