@@ -65,25 +65,28 @@ done
 run experiment=exact_pairs
 run experiment=exact_isotropic
 drain
-stamp "collecting the job tables"
-$PY -m experiments.collect "$OUT" -o "$OUT/collected.parquet"
-# verify and the summaries (one core each) run beside the figures: they read the same finished
-# tables and write files of their own, so no core idles while a single-process stage runs, the
-# files are those of one stage after the other, and timing.txt says when each is done
-stamp "verifying the bounds; summary table, median curves, rates; figures (side by side)"
+# verify (it reads the job folders) runs beside collect, the summaries beside the figures (both
+# read collected.parquet): each writes files of its own, so no core idles while a single-process
+# stage runs, the files are those of one stage after the other, and timing.txt says when each
+# is done
+stamp "collecting the job tables; verifying the bounds (side by side)"
+verify_pid= summaries_pid=
+# a failure below stops the script: end the stages still running beside it first
+trap 'rc=$?; set +e; { kids="$(pgrep -d " " -P "$verify_pid"; pgrep -d " " -P "$summaries_pid")"
+                        kill $verify_pid $summaries_pid $kids; } 2>/dev/null; exit $rc' EXIT
 ( rc=0
   $PY -m experiments.verify "$OUT" --out "$OUT/verdicts.csv" > "$OUT/verdicts.txt" || rc=$?
   stamp "verify done"
   exit $rc ) &
 verify_pid=$!
+$PY -m experiments.collect "$OUT" -o "$OUT/collected.parquet"
+stamp "summary table, median curves, rates; figures (side by side)"
 ( set -e
   $PY -m experiments.summarize "$OUT/collected.parquet" -o "$OUT/summary.csv" > /dev/null
   $PY scripts/derive_numbers.py curves "$OUT/collected.parquet" -o "$OUT/median_curves.csv" > /dev/null
   $PY scripts/derive_numbers.py rates "$OUT/collected.parquet" -o "$OUT/rates.csv" > /dev/null
   stamp "summary table, median curves, rates done" ) &
 summaries_pid=$!
-# a failure below stops the script: end the stages still running beside it first
-trap 'rc=$?; set +e; { pkill -P $verify_pid; pkill -P $summaries_pid; kill $verify_pid $summaries_pid; } 2>/dev/null; exit $rc' EXIT
 $PY -m figures.make "$OUT/collected.parquet" --out "$OUT/figures" --jobs "${FIG_JOBS:-$(nproc 2>/dev/null || echo 1)}" > /dev/null
 stamp "figures done"
 wait $summaries_pid
