@@ -101,29 +101,40 @@ def config_ids(df: pd.DataFrame) -> pd.Series:
     return group.map(names).astype(str)
 
 
-def configs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (:func:`config_ids`), in the table's order: its
-    configuration columns (first row's values), any ``DERIVED`` column, and
-    ``config_hash`` (the configuration's id)."""
+def configs(df: pd.DataFrame, *, ids: pd.Series | None = None) -> pd.DataFrame:
+    """One row per configuration (:func:`config_ids`, or ``ids`` when the caller
+    has them), in the table's order: its configuration columns (first row's
+    values), any ``DERIVED`` column, and ``config_hash`` (the configuration's id)."""
     keep = config_columns(df) + [c for c in df.columns if c in DERIVED]
-    first = df.assign(config_hash=config_ids(df).to_numpy()).drop_duplicates("config_hash")
+    ids = config_ids(df) if ids is None else ids
+    first = df.assign(config_hash=ids.to_numpy()).drop_duplicates("config_hash")
     return first[keep + ["config_hash"]].reset_index(drop=True)
 
 
-def row_keys(df: pd.DataFrame, cols) -> pd.Series:
-    """One comparable string per row from the columns ``cols`` (NaN-safe)."""
+def row_keys(df: pd.DataFrame, cols, *, texts: dict | None = None) -> pd.Series:
+    """One comparable string per row from the columns ``cols`` (NaN-safe): their
+    texts joined by ``|``. ``texts``: a dict of the columns' texts already made
+    (filled with those made here), for callers that key the same table many times."""
     if not cols:
         return pd.Series("all", index=df.index)
-    return pd.concat([_text(df[c]) for c in cols], axis=1).agg("|".join, axis=1)
+    texts = {} if texts is None else texts
+    for c in cols:
+        if c not in texts:
+            texts[c] = _text(df[c]).tolist()
+    return pd.Series(["|".join(t) for t in zip(*(texts[c] for c in cols))], index=df.index, dtype=object)
 
 
-def curves(df: pd.DataFrame, cf: pd.DataFrame | None = None):
+def curves(df: pd.DataFrame, cf: pd.DataFrame | None = None, *, ids: pd.Series | None = None):
     """(configuration dict, rows) per configuration of ``cf`` (default
-    :func:`configs` of ``df``), in its order."""
-    cf = configs(df) if cf is None else cf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", InconsistentHash)  # said once, by configs()
-        ids = config_ids(df)
+    :func:`configs` of ``df``), in its order; ``ids``: :func:`config_ids` of
+    ``df`` when the caller has them (they are computed once either way)."""
+    if ids is None and cf is None:
+        ids = config_ids(df)  # an inconsistent hash is said here, once
+    elif ids is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InconsistentHash)  # said once, by configs()
+            ids = config_ids(df)
+    cf = configs(df, ids=ids) if cf is None else cf
     by = dict(iter(df.groupby(ids.to_numpy(), sort=False)))
     for kv in cf.to_dict("records"):
         if kv["config_hash"] in by:
@@ -139,9 +150,10 @@ def sort_key(v):
     return (1, 0.0, repr(v))
 
 
-def n_distinct(cf: pd.DataFrame, cols) -> int:
+def n_distinct(cf: pd.DataFrame, cols, *, texts: dict | None = None) -> int:
+    """The number of distinct rows of ``cf`` over ``cols`` (:func:`row_keys`)."""
     cols = [c for c in cols if c in cf.columns]
-    return int(row_keys(cf, cols).nunique()) if len(cf) else 0
+    return int(row_keys(cf, cols, texts=texts).nunique()) if len(cf) else 0
 
 
 def distinguishing(cf: pd.DataFrame, candidates, given=()) -> list[str]:
@@ -152,11 +164,12 @@ def distinguishing(cf: pd.DataFrame, candidates, given=()) -> list[str]:
     under another name (``method.p`` beside ``p``) is not shown twice."""
     chosen: list[str] = []
     base = [c for c in given if c in cf.columns]
-    count = n_distinct(cf, base)
+    texts: dict = {}  # each column's texts made once
+    count = n_distinct(cf, base, texts=texts)
     for c in candidates:
         if c not in cf.columns or c in base:
             continue
-        k = n_distinct(cf, base + chosen + [c])
+        k = n_distinct(cf, base + chosen + [c], texts=texts)
         if k > count:
             chosen.append(c)
             count = k
@@ -259,6 +272,24 @@ def rate_metric(df: pd.DataFrame) -> str | None:
     return None
 
 
+def _seed_runs(curve: pd.DataFrame, cols):
+    """(seed, [values of each of ``cols``]) per run, as ``curve.groupby("seed")``
+    gives them (increasing seed, rows in table order, missing seeds dropped;
+    the whole curve as seed 0 without a ``seed`` column), without pandas'
+    cost per group."""
+    arrays = [curve[c].to_numpy() for c in cols]
+    if "seed" not in curve.columns:
+        yield 0, arrays
+        return
+    seeds = curve["seed"].to_numpy()
+    rows = np.flatnonzero(pd.notna(seeds))
+    rows = rows[np.argsort(seeds[rows], kind="stable")]
+    ordered = seeds[rows]
+    for run in np.split(rows, np.flatnonzero(ordered[1:] != ordered[:-1]) + 1):
+        if run.size:
+            yield seeds[run[0]], [a[run] for a in arrays]
+
+
 def rate_table(df: pd.DataFrame, metric: str, *, quantiles=(0.1, 0.9), geometric_r2: float = 0.999) -> pd.DataFrame:
     """One row per configuration: its :func:`configs` row, the median and quantile
     band over (non-diverged) seeds of the fitted linear rate of ``metric``,
@@ -270,11 +301,10 @@ def rate_table(df: pd.DataFrame, metric: str, *, quantiles=(0.1, 0.9), geometric
         ok = ~curve["diverged"].astype(bool) if "diverged" in curve.columns else pd.Series(True, index=curve.index)
         bad_seeds = set(curve.loc[~ok, "seed"]) if "seed" in curve.columns else set()
         rates = []
-        by_seed = curve.groupby("seed") if "seed" in curve.columns else [(0, curve)]
-        for seed, run in by_seed:
+        for seed, (its, vals) in _seed_runs(curve, ("iteration", metric)):
             if seed in bad_seeds:
                 continue
-            r, _ = fit_log_slope(run["iteration"], run[metric])
+            r, _ = fit_log_slope(its, vals)
             if np.isfinite(r):
                 rates.append(r)
         theory = np.nan

@@ -86,6 +86,20 @@ def _draw(task, out_dir) -> tuple[list[Path], str | None]:
         return [], f"skip {name}: {why}"
 
 
+def _heaviest_first(tasks) -> list[int]:
+    """The tasks' indices, those of the problems with the most configurations
+    first (a figure's time grows with its curves and panels), else in order: the
+    workers then end on short figures instead of one waiting for the other."""
+    sizes: dict = {}
+
+    def size(table):
+        if id(table) not in sizes:
+            sizes[id(table)] = table["config_hash"].nunique() if "config_hash" in table.columns else len(table)
+        return sizes[id(table)]
+
+    return sorted(range(len(tasks)), key=lambda i: -size(tasks[i][0]))
+
+
 _PENDING: list = []  # (task, out_dir) for the forked workers of make_all (inherited, not pickled)
 
 
@@ -103,12 +117,16 @@ def make_all(df: pd.DataFrame, out_dir, *, log=print, jobs: int = 1) -> tuple[li
         raise ValueError(f"jobs: must be an integer >= 1, got {jobs!r}")
     tasks = list(_tasks(df))
     if jobs > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        _PENDING[:] = [(t, out_dir) for t in tasks]
+        order = _heaviest_first(tasks)
+        _PENDING[:] = [(tasks[i], out_dir) for i in order]
         try:
             with multiprocessing.get_context("fork").Pool(min(jobs, len(tasks))) as pool:
-                results = pool.map(_draw_pending, range(len(tasks)), chunksize=1)
+                drawn = pool.map(_draw_pending, range(len(tasks)), chunksize=1)
         finally:
             _PENDING.clear()
+        results = [None] * len(tasks)
+        for i, result in zip(order, drawn):
+            results[i] = result
     else:
         results = [_draw(t, out_dir) for t in tasks]
     written, skipped = [], []

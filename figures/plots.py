@@ -20,7 +20,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
 
 from figures import style
-from figures.data import (FINAL_RATIO, NotEnoughData, configs, curves, has_values, is_missing,
+from figures.data import (FINAL_RATIO, NotEnoughData, config_ids, configs, curves, has_values, is_missing,
                           label_columns, n_distinct, sort_key, stepsize_column, summarize, tightness_table)
 from figures.layout import (METHOD_KEYS, bound_handle, clip_log_ylim, diverged_handle, grid, legend,
                             line_label, n_cols, save, settings)
@@ -146,10 +146,11 @@ def convergence_figure(df: pd.DataFrame, *, metric: str = "grad_norm_sq", x: str
     if x != "iteration" and df[x].nunique() < 2:
         raise NotEnoughData(f"{x} does not vary")
     row = stepsize_column(df) if row == STEPSIZE else row
-    cf = configs(df)
+    ids = config_ids(df)
+    cf = configs(df, ids=ids)
     panel_list, extra, per_row = panels(cf, facet=facet, row=row)
     labels, kws = line_looks(panel_list, extra)
-    rows_of = {kv["config_hash"]: rows for kv, rows in curves(df, cf)}
+    rows_of = {kv["config_hash"]: rows for kv, rows in curves(df, cf, ids=ids)}
     bounded = bound and "bound_metric" in df.columns and \
         (df["bound_metric"].astype(str).eq(metric) & df["bound"].gt(0)).any()
     diverged = "diverged" in df.columns and df["diverged"].astype(bool).any()

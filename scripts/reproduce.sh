@@ -12,7 +12,8 @@
 # exact expectations (numpy) several times faster, but their last bits then differ from a
 # run with numpy's default threads.
 # Exit status: that of `experiments.verify` (1 if a bound is violated), after the summary
-# and the figures have been made anyway; any other failure stops at once with its log.
+# and the figures have been made anyway; any other failure stops at once with its log (and
+# ends the stages running beside it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # PY: the interpreter (default .venv/bin/python, created by scripts/setup.sh when missing)
@@ -68,18 +69,35 @@ done
 run experiment=exact_pairs
 run experiment=exact_isotropic
 drain
-stamp "collecting the job tables"
+# verify (it reads the job folders) runs beside collect, the summaries beside the figures (both
+# read collected.parquet): each writes files of its own, so no core idles while a single-process
+# stage runs, the files are those of one stage after the other, and timing.txt says when each
+# is done
+stamp "collecting the job tables; verifying the bounds (side by side)"
+verify_pid= summaries_pid=
+# a failure below stops the script: end the stages still running beside it first
+trap 'rc=$?; set +e; { kids="$(pgrep -d " " -P "$verify_pid"; pgrep -d " " -P "$summaries_pid")"
+                        kill $verify_pid $summaries_pid $kids; } 2>/dev/null; exit $rc' EXIT
+( rc=0
+  $PY -m experiments.verify "$OUT" --out "$OUT/verdicts.csv" > "$OUT/verdicts.txt" || rc=$?
+  stamp "verify done"
+  exit $rc ) &
+verify_pid=$!
 $PY -m experiments.collect "$OUT" -o "$OUT/collected.parquet"
-stamp "verifying the bounds"
-status=0
-$PY -m experiments.verify "$OUT" --out "$OUT/verdicts.csv" > "$OUT/verdicts.txt" || status=$?
-tail -1 "$OUT/verdicts.txt"
-stamp "summary table, median curves, rates"
-$PY -m experiments.summarize "$OUT/collected.parquet" -o "$OUT/summary.csv" > /dev/null
-$PY scripts/derive_numbers.py curves "$OUT/collected.parquet" -o "$OUT/median_curves.csv" > /dev/null
-$PY scripts/derive_numbers.py rates "$OUT/collected.parquet" -o "$OUT/rates.csv" > /dev/null
-stamp "figures"
+stamp "summary table, median curves, rates; figures (side by side)"
+( set -e
+  $PY -m experiments.summarize "$OUT/collected.parquet" -o "$OUT/summary.csv" > /dev/null
+  $PY scripts/derive_numbers.py curves "$OUT/collected.parquet" -o "$OUT/median_curves.csv" > /dev/null
+  $PY scripts/derive_numbers.py rates "$OUT/collected.parquet" -o "$OUT/rates.csv" > /dev/null
+  stamp "summary table, median curves, rates done" ) &
+summaries_pid=$!
 $PY -m figures.make "$OUT/collected.parquet" --out "$OUT/figures" --jobs "${FIG_JOBS:-$(nproc 2>/dev/null || echo 1)}" > /dev/null
+stamp "figures done"
+wait $summaries_pid
+status=0
+wait $verify_pid || status=$?
+trap - EXIT
+tail -1 "$OUT/verdicts.txt"
 stamp "results in $OUT: collected.parquet, verdicts.txt, summary.csv, median_curves.csv, rates.csv, figures/, logs/"
 stamp "total $((SECONDS - T0)) s (load average now: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo ?))"
 if [ $status != 0 ]; then stamp "verify exited with status $status (see $OUT/verdicts.txt)"; fi

@@ -34,10 +34,17 @@ def _reproduce(tmp_path, fail_module, status):
 def test_reproduce_exits_with_verify_status_after_making_the_figures(tmp_path):
     r, calls = _reproduce(tmp_path, "experiments.verify", 1)
     assert r.returncode == 1, r.stdout + r.stderr
-    # every later stage still ran after the failed verify, the figures last
-    after = calls[calls.index("experiments.verify") + 1:]
-    assert after == ["experiments.summarize", "curves", "rates", "figures.make"]
+    # every later stage still ran beside the failed verify (side by side: in any order
+    # but the summaries' own), and the script waited for them all
+    after = calls[calls.index("experiments.multirun") + 1:]
+    assert sorted(after) == sorted(["experiments.collect", "experiments.verify", "experiments.summarize", "curves",
+                                    "rates", "figures.make"])
+    assert after.index("experiments.collect") < min(after.index(c) for c in ("experiments.summarize", "figures.make"))
+    assert [c for c in after if c in ("experiments.summarize", "curves", "rates")] == \
+        ["experiments.summarize", "curves", "rates"]
     assert "verify exited with status 1" in r.stdout
+    timing = (tmp_path / "out" / "timing.txt").read_text()
+    assert all(f"{stage} done" in timing for stage in ("figures", "verify", "summary table, median curves, rates"))
     assert "verify exited with status 1" in (tmp_path / "out" / "timing.txt").read_text()
 
 
@@ -60,7 +67,19 @@ def test_reproduce_runs_every_experiment_in_one_process(tmp_path):
 def test_reproduce_stops_at_once_on_any_other_failure(tmp_path, module):
     r, calls = _reproduce(tmp_path, module, 3)
     assert r.returncode != 0
-    assert calls[-1] == module and "figures.make" not in calls
+    # nothing after it ran (verify starts beside collect, so it may be logged after it)
+    assert module in calls and not {"experiments.summarize", "curves", "rates", "figures.make"} & set(calls)
+    assert calls[-1] in (module, "experiments.verify")
+
+
+@pytest.mark.parametrize("module", ["experiments.summarize", "figures.make"])
+def test_reproduce_fails_when_a_stage_beside_verify_fails(tmp_path, module):
+    """The summaries and the figures run beside verify: a failure of either still fails the
+    script (its status, not verify's 0), and no total line is written."""
+    r, calls = _reproduce(tmp_path, module, 3)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert module in calls
+    assert "total" not in (tmp_path / "out" / "timing.txt").read_text()
 
 
 def test_cpu_linreg_authors_never_clears_a_named_work_folder(tmp_path):

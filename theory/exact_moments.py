@@ -229,12 +229,18 @@ class Component:
     T0: np.ndarray
     pieces: Sequence = ()
 
+    @functools.cached_property
+    def _means(self):
+        """The pieces' means and :math:`\bar T`: the same at every step, made at the first
+        (the component is frozen; its pieces are frozen too)."""
+        means = [p.mean() for p in self.pieces]
+        return means, self.T0 + sum(means, np.zeros_like(self.T0))
+
     def mean(self):
-        return self.T0 + sum((p.mean() for p in self.pieces), np.zeros_like(self.T0))
+        return self._means[1].copy()
 
     def push(self, S):
-        means = [p.mean() for p in self.pieces]
-        Tbar = self.T0 + sum(means, np.zeros_like(self.T0))
+        means, Tbar = self._means
         out = Tbar @ S @ Tbar.T
         for piece, M in zip(self.pieces, means):
             out += piece.second(S) - M @ S @ M.T
