@@ -39,8 +39,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from resultstore.schema import (JOB, KINDS, REAL_MODEL, REAL_MODEL_VERSION, SCHEMA_VERSION, coerce, empty_table,
-                                rename_old_columns, validate)
+from resultstore.schema import (JOB, KINDS, REAL_MODEL, REAL_MODEL_VERSION, SCHEMA_VERSION, canonical_order, coerce,
+                                empty_table, rename_old_columns, validate)
 
 RESULTS_FILE = "results.parquet"
 CONFIG_FILE = "config.yaml"
@@ -334,7 +334,23 @@ def read_tables(path: str | os.PathLike, *, kind: str = JOB, check: bool = True,
             tables.append(t)
     if not tables:
         return empty_table(kind) if check else pd.DataFrame()
-    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    if p.is_file():
+        return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    # read from folders: the tables in the order of their configurations and the columns in
+    # canonical order, so that the table depends on the jobs only, never on where they were
+    # written (a Hydra sweep's folders, experiments.sweep's) or in what order
+    tables.sort(key=_table_order)
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    return table[canonical_order(table.columns, kind)]
+
+
+_ORDER = ("problem", "method", "estimator", "sketch", "compressor", "stepsize_rule", "p", "rank", "stepsize_factor",
+          "data", "config_hash")
+
+
+def _table_order(t: pd.DataFrame) -> tuple:
+    """Sort key of a one-job table: its configuration's leading columns, then its hash."""
+    return tuple(str(t[c].iloc[0]) if c in t.columns and len(t) else "" for c in _ORDER)
 
 
 __all__ = ["RESULTS_FILE", "CONFIG_FILE", "COMPLETE_MARKER", "COLLECTED_FILE", "JOB_FILES", "TEMP_RE", "HOST",

@@ -123,6 +123,16 @@ def is_configuration(col) -> bool:
     return not is_measured(col) and str(col) not in DERIVED
 
 
+def canonical_order(columns: Iterable, kind: str = JOB) -> list:
+    """``columns`` in the order a collected table has them: the kind's required columns in
+    schema order, then every other column by name (so the layout of a table read from many
+    job folders depends on its columns only, never on where or in what order the jobs
+    were written)."""
+    columns = list(columns)
+    required = [c for c in (COLUMNS if kind == JOB else REAL_MODEL_COLUMNS) if c in columns]
+    return required + sorted((c for c in columns if c not in required), key=str)
+
+
 def configuration_columns(columns: Iterable) -> list:
     """The columns among ``columns`` (in order) that describe the configuration."""
     return [c for c in columns if is_configuration(c)]
