@@ -113,13 +113,8 @@ def test_cpu_draws_take_the_uint32_path_and_a_wrong_one_is_caught(monkeypatch):
     monkeypatch.setattr(rng, "_words_tensor", lambda k, count: (_ for _ in ()).throw(AssertionError("int64 path")))
     assert torch.equal(rng.normal(seeds, rng.Stream.SKETCH, 17, (4, 3)), ref)  # never reached the int64 path
 
-    def off_by_one(x):  # a slip in one constant of the uint32 hash
-        x ^= x >> np.uint32(16)
-        x *= np.uint32(0x7FEB352B)
-        x ^= x >> np.uint32(15)
-        x *= np.uint32(0x846CA68B)
-        x ^= x >> np.uint32(16)
-        return x
+    hash_ = rng._hash32_numpy
+    off_by_one = lambda x: hash_(x) ^ np.uint32(1)  # noqa: E731  (a slip flipping the lowest bit)
 
     monkeypatch.setattr(rng, "_hash32_numpy", off_by_one)
     assert not torch.equal(rng.normal(seeds, rng.Stream.SKETCH, 17, (4, 3)), ref)
