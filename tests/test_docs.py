@@ -10,11 +10,9 @@ from theory import bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = {"theory": ROOT / "docs" / "theory.md", "design": ROOT / "docs" / "design.md"}
-#: files whose references are integrated by the lead from docs/README_changes.md;
-#: remove a name from here once its changes are applied
+#: files exempt from the reference checks (none: every document is checked)
 PENDING: set = set()
-#: quotes the old README text on purpose
-QUOTES_OLD_TEXT = {"README_changes.md"}
+QUOTES_OLD_TEXT: set = set()
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".yaml", ".toml", ".txt"}
 # a cited document that is not in the repository, or the old citation forms
 FOREIGN = re.compile(r"DESIGN\.md|shared/research|theory\.md item|theory item|\(item \d|(?<![\w/.-])(?:theory|design)\.md(?!#)")
