@@ -51,9 +51,10 @@ def gram_pinv(S: torch.Tensor) -> torch.Tensor:
     return bmm(U * inv[..., None, :], U.transpose(-1, -2))
 
 
-def _gram_solve(S: torch.Tensor, rhs: torch.Tensor, full_rank: bool) -> torch.Tensor:
-    r"""``(S^T S)^+ rhs``; with ``full_rank`` by Cholesky and two triangular solves
-    (no host synchronisation), NaN for a run whose Gram matrix is numerically singular.
+def _gram_cholesky_solve(S: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    r"""``(S^T S)^{-1} rhs`` by Cholesky and two triangular solves (no host
+    synchronisation; the ``full_rank`` path), NaN for a run whose Gram matrix is
+    numerically singular.
 
     Cholesky often *succeeds* on an exactly singular Gram matrix (a repeated column
     leaves a rounding-sized pivot), so success alone proves nothing. Every pivot
@@ -61,8 +62,6 @@ def _gram_solve(S: torch.Tensor, rhs: torch.Tensor, full_rank: bool) -> torch.Te
     rank-deficient one has a pivot of rounding size; a run is flagged when its smallest
     pivot is below the pseudo-inverse's cut-off ``_RTOL * r`` times its largest diagonal
     entry (the scale of :math:`\lambda_{\max}` up to a factor r)."""
-    if not full_rank:
-        return bmm(gram_pinv(S), rhs)
     gram = bmm(S.transpose(-1, -2), S)
     chol, info = per_matrix(torch.linalg.cholesky_ex, gram)
     y = per_matrix(lambda c, b: torch.linalg.solve_triangular(c, b, upper=False), chol, rhs)
@@ -78,7 +77,7 @@ def project_left(B: torch.Tensor, G: torch.Tensor, *, full_rank: bool = False) -
     r"""Return :math:`H_B G` for left sketches ``B`` (R, m, r) and ``G`` (R, m, n)."""
     if not full_rank:
         return project_left_pinv(B, gram_pinv(B), G)
-    return bmm(B, _gram_solve(B, bmm(B.transpose(-1, -2), G), True))
+    return bmm(B, _gram_cholesky_solve(B, bmm(B.transpose(-1, -2), G)))
 
 
 def project_left_pinv(B: torch.Tensor, P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
@@ -94,7 +93,7 @@ def project_right(A: torch.Tensor, G: torch.Tensor, *, full_rank: bool = False) 
     if not full_rank:
         return project_right_pinv(A, gram_pinv(At), G)
     # G A^T (A A^T)^{-1} = ((A A^T)^{-1} A G^T)^T: the Gram matrix is symmetric
-    return bmm(_gram_solve(At, bmm(A, G.transpose(-1, -2)), True).transpose(-1, -2), A)
+    return bmm(_gram_cholesky_solve(At, bmm(A, G.transpose(-1, -2))).transpose(-1, -2), A)
 
 
 def project_right_pinv(A: torch.Tensor, P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
