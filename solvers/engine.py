@@ -47,7 +47,7 @@ import torch
 from solvers import rng
 from solvers.fused import check_graph, make_fused
 from solvers.lean import make_lean
-from solvers.iteration import Carry, RunningStats, advance, current
+from solvers.iteration import Carry, RunningStats, advance, as_f64, current
 from solvers.linalg import run_sum
 
 
@@ -76,10 +76,6 @@ class Trajectory:
                 row["seed"] = int(self.seeds[r])
                 out.append(row)
         return out
-
-
-def _f64(t):
-    return t if t.dtype == torch.float64 else t.to(torch.float64)
 
 
 def _sync(device):
@@ -144,7 +140,7 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
         dist = run_sum((W - W_star) ** 2).to(torch.float64) if W_star is not None else nan
         tracked = track_every_step and t > 0
         sum_g, sum_f, min_g, min_f, count = stats
-        loss64 = _f64(loss)
+        loss64 = as_f64(loss)
         values = {  # the per-run fields, one copy to the host for all of them
             "epochs": state.est.epochs, "bits": state.est.bits, "loss": loss64, "f_gap": loss64 - f_star,
             "grad_norm_sq": g2, "dist_sq": dist,
@@ -152,7 +148,7 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
             "avg_f_gap": sum_f / count if tracked else nan, "min_f_gap": min_f if tracked else nan,
             "diverged": diverged,
         }
-        host = torch.stack([_f64(v.detach()) for v in values.values()]).to("cpu").numpy()
+        host = torch.stack([as_f64(v.detach()) for v in values.values()]).to("cpu").numpy()
         for key, row in zip(values, host):
             records[key].append(row)
         records["iteration"].append(np.full(R, t, dtype=np.float64))
@@ -164,24 +160,24 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     record(0, loss, grad, None)
     limit = divergence_factor * f_start
     carry = Carry(W, state, loss, grad, stats, diverged)
-    fused = None
+    runner = None
     if steps > 0:  # CUDA graphs (solvers.fused), the lean CPU iteration (solvers.lean), else the loop below
         kw = dict(f_star=f_star, limit=limit, track=track_every_step, graph=graph)
-        fused = make_fused(method, oracle, carry, **kw) or make_lean(method, oracle, carry, steps=steps, **kw)
+        runner = make_fused(method, oracle, carry, **kw) or make_lean(method, oracle, carry, steps=steps, **kw)
     plain = lambda W, state: method.step(W, state, oracle)  # noqa: E731
     t = 0
     # on a CPU the plain loop's coins, sketches and other per-step draws come rng.BLOCK steps
     # at a time (bitwise the per-step numbers, far fewer small kernels: solvers.rng.block_draws)
     block = min(rng.BLOCK, steps + 1)  # the steps drawn never exceed the run's
-    draws = rng.block_draws(state.seeds, block=block) if fused is None and device.type == "cpu" \
+    draws = rng.block_draws(state.seeds, block=block) if runner is None and device.type == "cpu" \
         else contextlib.nullcontext()
     with draws:
         for t in range(1, steps + 1):
             point = t % eval_every == 0 or t == steps
-            if fused is not None:  # the same iteration, on block draws (graph-captured on CUDA)
-                fused.step(evaluate=track_every_step or point)
+            if runner is not None:  # the same iteration, on block draws (solvers.fused or solvers.lean)
+                runner.step(evaluate=track_every_step or point)
                 if point:
-                    carry = fused.snapshot()
+                    carry = runner.snapshot()
             else:
                 carry = advance(carry, plain, method=method, oracle=oracle, f_star=f_star, limit=limit,
                                 track=track_every_step, evaluate=track_every_step or point)

@@ -61,6 +61,11 @@ class Carry(NamedTuple):
     diverged: torch.Tensor  # (R,) bool
 
 
+def as_f64(t):
+    """``t`` in float64 (itself when it already is: no copy, no kernel)."""
+    return t if t.dtype == torch.float64 else t.to(torch.float64)
+
+
 def diverging(loss, W, limit):
     """Runs whose loss is not finite or exceeds ``limit`` (R,), or whose iterate is not finite."""
     return ~torch.isfinite(loss) | (loss.abs() > limit) | ~torch.isfinite(W).all(-1).all(-1)

@@ -37,7 +37,7 @@ import torch
 
 from solvers import rng
 from solvers.estimators import GD, EstimatorState, _value_and_grad
-from solvers.iteration import Carry, RunningStats, diverging
+from solvers.iteration import Carry, RunningStats, as_f64, diverging
 from solvers.linalg import run_sum
 from solvers.methods import FPFT, BernoulliLoRA, MethodState
 from solvers.projections import gram_pinv, project_left_pinv, project_right_pinv
@@ -48,10 +48,6 @@ def eligible(method, oracle, device) -> bool:
     constant stepsize, on a CPU."""
     return (device.type == "cpu" and type(method) in (BernoulliLoRA, FPFT)
             and type(getattr(method, "estimator", None)) is GD and method.stepsize_rule == "constant")
-
-
-def _f64(t):
-    return t if t.dtype == torch.float64 else t.to(torch.float64)
 
 
 def _block_pinvs(S, use):
@@ -83,7 +79,6 @@ class LeanRun:
         self.diverged, self.active = carry.diverged.clone(), state.active.clone()
         self.left = state.left.clone()
         self.frozen = bool(self.diverged.any()) or not bool(self.active.all())
-        self.finite_limit = bool(torch.isfinite(torch.as_tensor(limit)).all())
         self.gamma = method.gamma(W, None, state, oracle)  # constant rule: (R, 1, 1)
         self.sided = isinstance(method, BernoulliLoRA)
         self.done, self.pos, self.block = 0, 0, 0
@@ -134,7 +129,7 @@ class LeanRun:
         if self.pos == self.block:
             self._refill()
         if self.track:
-            gap, g2 = _f64(self.loss) - self.f_star, run_sum(_f64(self.grad) ** 2)
+            gap, g2 = as_f64(self.loss) - self.f_star, run_sum(as_f64(self.grad) ** 2)
             if self.frozen:
                 self.stats = self.stats.add(gap, g2, ~self.diverged)
             else:  # RunningStats.add with every run live, in place
@@ -155,20 +150,13 @@ class LeanRun:
         if evaluate:
             self.loss = self.est_loss if self.est_loss is not None else self.oracle.loss(W_new)
             self.grad = self.G
-            bad = self._diverging(self.loss, W_new)
+            bad = diverging(self.loss, W_new, self.limit)
             if bool(bad.any()):
                 self.diverged = self.diverged | bad
                 self.active = self.active & ~self.diverged
                 self.frozen = True
         self.pos += 1
         self.done += 1
-
-    def _diverging(self, loss, W):
-        """:func:`solvers.iteration.diverging`; with every limit finite, ``~isfinite(loss) |
-        (|loss| > limit)`` is ``~(|loss| <= limit)`` (NaN compares false), two ops fewer."""
-        if not self.finite_limit:
-            return diverging(loss, W, self.limit)
-        return ~(loss.abs() <= self.limit) | ~torch.isfinite(W).reshape(W.shape[0], -1).all(-1)
 
     def snapshot(self) -> Carry:
         """The carry after the iterations so far, as the general loop holds it (copies)."""
