@@ -55,15 +55,20 @@ def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
     return (lo + hi) & _MASK32
 
 
+#: Wellons' lowbias32: (xor-shift, multiply) rounds, then a last xor-shift; every form of
+#: the hash below (int64 tensors, Python ints, numpy uint32) reads these
+_HASH_ROUNDS = ((16, 0x7FEB352D), (15, 0x846CA68B))
+_HASH_LAST_SHIFT = 16
+#: added to the hashed (key ^ element) word before the last hash of _bits_core
+_WORD_OFFSET = 0x27D4EB2F
+
+
 def hash32(x: torch.Tensor) -> torch.Tensor:
     """Wellons' lowbias32 integer hash on int64 tensors holding uint32 values."""
     x = x & _MASK32
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    x = x ^ (x >> 16)
-    return x
+    for shift, mul in _HASH_ROUNDS:
+        x = _mul32(x ^ (x >> shift), mul)
+    return x ^ (x >> _HASH_LAST_SHIFT)
 
 
 def _as_seed_tensor(seeds, device) -> torch.Tensor:
@@ -76,12 +81,9 @@ def _as_seed_tensor(seeds, device) -> torch.Tensor:
 def _hash32_int(x: int) -> int:
     """:func:`hash32` on one Python integer (same function, no tensor)."""
     x &= _MASK32
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & _MASK32
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & _MASK32
-    x ^= x >> 16
-    return x
+    for shift, mul in _HASH_ROUNDS:
+        x = ((x ^ (x >> shift)) * mul) & _MASK32
+    return x ^ (x >> _HASH_LAST_SHIFT)
 
 
 def _key_constants(stream: int, step: int, sub: int) -> tuple[int, int, int]:
@@ -123,28 +125,27 @@ def _bits_core(seeds: torch.Tensor, stream_key, step_lo, mix, count: int) -> tor
 def _words_tensor(k: torch.Tensor, count: int) -> torch.Tensor:
     """The words of the run keys ``k`` (R, [K]) and element indices ``0..count-1``."""
     idx = torch.arange(count, dtype=torch.int64, device=k.device)
-    return hash32(hash32(k[..., None] ^ hash32(idx)) + 0x27D4EB2F)
+    return hash32(hash32(k[..., None] ^ hash32(idx)) + _WORD_OFFSET)
 
 
 def _hash32_numpy(x: np.ndarray) -> np.ndarray:
     """:func:`hash32` on a uint32 array, in place (unsigned arithmetic wraps mod 2**32)."""
-    x ^= x >> np.uint32(16)
-    x *= np.uint32(0x7FEB352D)
-    x ^= x >> np.uint32(15)
-    x *= np.uint32(0x846CA68B)
-    x ^= x >> np.uint32(16)
+    for shift, mul in _HASH_ROUNDS:
+        x ^= x >> np.uint32(shift)
+        x *= np.uint32(mul)
+    x ^= x >> np.uint32(_HASH_LAST_SHIFT)
     return x
 
 
 def _words_numpy(k: torch.Tensor, count: int) -> torch.Tensor:
-    """:func:`_words_tensor` on a CPU, in numpy's uint32:
-    the same integers (every operation is exact mod 2**32), about ten times faster than
-    the int64 tensors with split products that the other devices use (this is most of a
-    small problem's draw cost). Returned as int64 like the tensor path."""
+    """:func:`_words_tensor` on a CPU, in numpy's uint32: the same integers (every
+    operation is exact mod 2**32), with one multiplication where the int64 tensors that
+    the other devices use need two split products and three masks (the hashing is most
+    of a small problem's draw cost). Returned as int64 like the tensor path."""
     idx = _hash32_numpy(np.arange(count, dtype=np.uint32))
     x = k.numpy().astype(np.uint32)[..., None] ^ idx
     x = _hash32_numpy(x)
-    x += np.uint32(0x27D4EB2F)
+    x += np.uint32(_WORD_OFFSET)
     return torch.from_numpy(_hash32_numpy(x).astype(np.int64))
 
 
