@@ -100,10 +100,7 @@ def run_one_sweep(overrides: list[str], log_path: Path) -> int:
         raise ValueError("--runner sweep: give results_root=DIR among the overrides")
     items = [o for o in overrides if not o.startswith(("hydra.", "results_root="))]
     with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        try:
-            return sweep.main([*items, "--out", roots[-1]])
-        finally:
-            log.flush()
+        return sweep.main([*items, "--out", roots[-1]])
 
 
 RUNNERS = {"hydra": run_one, "sweep": run_one_sweep}

@@ -231,7 +231,7 @@ class Component:
 
     @functools.cached_property
     def _means(self):
-        """The pieces' means and :math:`\bar T`: the same at every step, made at the first
+        r"""The pieces' means and :math:`\bar T`: the same at every step, made at the first
         (the component is frozen; its pieces are frozen too)."""
         means = [p.mean() for p in self.pieces]
         return means, self.T0 + sum(means, np.zeros_like(self.T0))
