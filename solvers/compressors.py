@@ -60,7 +60,7 @@ Pass a different ``sub`` for two compressions within one step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 import torch
@@ -399,10 +399,6 @@ class Natural:
         return Y.reshape(X.shape), _bits(X, self.bits_per_block(d))
 
 
-COMPRESSORS = {"identity": Identity, "randk": RandK, "randk_unscaled": RandKUnscaled, "topk": TopK,
-               "dither": Dithering, "natural": Natural}
-
-
 # configuration schemas (the build passes d = m n, the block size of a gradient)
 
 
@@ -440,10 +436,13 @@ class NaturalConf:
     name: str = "natural"
 
 
-for _cls, _conf in ((Identity, IdentityConf), (RandK, RandKConf), (RandKUnscaled, RandKUnscaledConf), (TopK, TopKConf),
-                    (Dithering, DitherConf), (Natural, NaturalConf)):
+_BUILT_IN = ((Identity, IdentityConf), (RandK, RandKConf), (RandKUnscaled, RandKUnscaledConf), (TopK, TopKConf),
+             (Dithering, DitherConf), (Natural, NaturalConf))
+for _cls, _conf in _BUILT_IN:
     register("compressor", conf=_conf)(_cls)
-_PARAMS = {"identity": (), "randk": ("k",), "randk_unscaled": ("k",), "topk": ("k",), "dither": ("s",), "natural": ()}
+#: name -> class, and name -> the parameters its configuration declares (all required here)
+COMPRESSORS = {_conf().name: _cls for _cls, _conf in _BUILT_IN}
+_PARAMS = {_conf().name: tuple(f.name for f in fields(_conf) if f.name != "name") for _, _conf in _BUILT_IN}
 
 
 def make_compressor(name: str, **params):

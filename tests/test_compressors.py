@@ -266,3 +266,18 @@ def test_k_larger_than_block_fails_at_call(name):
 def test_bad_seeds_shape():
     with pytest.raises(ValueError, match="seeds"):
         make_compressor("natural").compress(torch.zeros(3, 2, 2, 2), [0, 1], 0)
+
+
+def test_make_compressor_refuses_bad_names_and_parameters():
+    """The names and parameters come from the registered configurations (CompressorConf
+    fields): every built-in builds with its own keys; an unknown name, a key it does not
+    take and a missing one are refused with one line naming the field."""
+    for name, params in (("identity", {}), ("randk", {"k": 2}), ("randk_unscaled", {"k": 2}), ("topk", {"k": 2}),
+                         ("dither", {"s": 2}), ("natural", {})):
+        assert make_compressor(name, **params) is not None
+    with pytest.raises(ValueError, match=r"^compressor: unknown name 'randq'"):
+        make_compressor("randq")
+    with pytest.raises(ValueError, match=r"^compressor\.s: not a parameter of topk"):
+        make_compressor("topk", k=2, s=3)
+    with pytest.raises(ValueError, match=r"^compressor\.k: required by randk"):
+        make_compressor("randk")
