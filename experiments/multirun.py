@@ -23,7 +23,7 @@ same jobs, configurations, config hashes and numbers: :mod:`experiments.presets`
 the overrides as Hydra does, and a batched run's numbers are its own alone, bitwise), into
 ``results_root`` (``hydra.*`` overrides do not apply): the jobs that differ only in p,
 stepsize and seed become one engine call, and no job pays Hydra's composition of its
-configuration (about 0.2 s each on a small CPU, most of a small job's time).
+configuration (on a small CPU most of a small job's time).
 """
 from __future__ import annotations
 

@@ -2,9 +2,9 @@ r"""The engine's iteration for small problems on a CPU: the same numbers, a frac
 
 On a CPU a small problem's step is bound by per-operation overhead, not arithmetic: at
 d = 256 the engine's general loop (:func:`solvers.iteration.advance` around
-``method.step``) dispatches about 140 tensor operations a step, each ~1-2 us, for a few
-thousand flops (``torch_ops_per_step`` in ``paper_results/cpu/bench_small_cpu.json``, from
-``benchmarks/bench_small.py``). This module runs the same iteration for the configurations
+``method.step``) dispatches about 140 tensor operations a step, each a fixed dispatch
+cost, for a few thousand flops (``torch_ops_per_step`` in
+``paper_results/cpu/bench_small_cpu.json``, from ``benchmarks/bench_small.py``). This module runs the same iteration for the configurations
 that dominate small-problem sweeps, the weight-space methods (Bernoulli-LoRA with any
 sketch, FPFT) with the full gradient (:class:`GD`) and a constant stepsize, with about half
 the tensor operations per step and, for one or two runs, draws of 256 steps at once:
@@ -16,7 +16,7 @@ the tensor operations per step and, for one or two runs, draws of 256 steps at o
   :func:`solvers.projections.project_left_pinv` / ``project_right_pinv`` remain;
 * the coins are read on the host once per block, so a step projects every run on one
   side when all runs took it (always, for one run), else each run on its own side;
-* the running statistics, costs and iterate are updated in place, and the masks of
+* the running statistics and costs are updated in place, and the masks of
   frozen runs are applied only while some run is frozen (the same values: ``where``
   with an all-true mask is the identity).
 
