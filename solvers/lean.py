@@ -130,15 +130,7 @@ class LeanRun:
             self._refill()
         if self.track:
             gap, g2 = as_f64(self.loss) - self.f_star, run_sum(as_f64(self.grad) ** 2)
-            if self.frozen:
-                self.stats = self.stats.add(gap, g2, ~self.diverged)
-            else:  # RunningStats.add with every run live, in place
-                sum_g, sum_f, min_g, min_f, count = self.stats
-                sum_g.add_(g2)
-                sum_f.add_(gap)
-                torch.minimum(min_g, g2, out=min_g)
-                torch.minimum(min_f, gap, out=min_f)
-                count.add_(1.0)
+            self.stats = self.stats.add(gap, g2, ~self.diverged) if self.frozen else self.stats.add_live_(gap, g2)
         W_new = self.W - self.gamma * self._direction()
         if self.frozen:
             W_new = torch.where(self.active[:, None, None], W_new, self.W)
