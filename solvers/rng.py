@@ -137,24 +137,44 @@ def _hash32_numpy(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _words_numpy(k: torch.Tensor, count: int) -> torch.Tensor:
+def _words_uint32(k: torch.Tensor, count: int) -> np.ndarray:
     """:func:`_words_tensor` on a CPU, in numpy's uint32: the same integers (every
     operation is exact mod 2**32), with one multiplication where the int64 tensors that
     the other devices use need two split products and three masks (the hashing is most
-    of a small problem's draw cost). Returned as int64 like the tensor path."""
+    of a small problem's draw cost)."""
     idx = _hash32_numpy(np.arange(count, dtype=np.uint32))
     x = k.numpy().astype(np.uint32)[..., None] ^ idx
     x = _hash32_numpy(x)
     x += np.uint32(_WORD_OFFSET)
-    return torch.from_numpy(_hash32_numpy(x).astype(np.int64))
+    return _hash32_numpy(x)
+
+
+def _words_numpy(k: torch.Tensor, count: int) -> torch.Tensor:
+    """:func:`_words_uint32` as int64, like the tensor path."""
+    return torch.from_numpy(_words_uint32(k, count).astype(np.int64))
+
+
+#: a uniform from two words: (a * 2**26 + b + 0.5) / 2**53 with a, b their top 27 and 26 bits
+_TWO_26, _TWO_53 = 67108864.0, 9007199254740992.0
+
+
+def _uniform_from_words(a, b):
+    """The uniform of the top-bit integers ``a`` and ``b`` (float64 tensors or arrays):
+    every operation is one IEEE double operation, so numpy and torch give the same bits."""
+    return (a * _TWO_26 + b + 0.5) / _TWO_53
 
 
 def _uniform_core(seeds, stream_key, step_lo, mix, count: int) -> torch.Tensor:
-    words = _bits_core(seeds, stream_key, step_lo, mix, 2 * count)
-    words = words.reshape(*words.shape[:-1], count, 2)
-    a = (words[..., 0] >> 5).to(torch.float64)
-    b = (words[..., 1] >> 6).to(torch.float64)
-    return (a * 67108864.0 + b + 0.5) / 9007199254740992.0
+    k = _run_keys(seeds, stream_key, step_lo, mix)
+    if k.device.type == "cpu" and not torch.compiler.is_compiling():
+        # the whole conversion in numpy (the same IEEE operations, one pass each over
+        # uint32 words instead of int64 tensors): bitwise the tensor path, in half the time
+        words = _words_uint32(k, 2 * count).reshape(*k.shape, count, 2)
+        a = (words[..., 0] >> np.uint32(5)).astype(np.float64)
+        b = (words[..., 1] >> np.uint32(6)).astype(np.float64)
+        return torch.from_numpy(_uniform_from_words(a, b))
+    words = _words_tensor(k, 2 * count).reshape(*k.shape, count, 2)
+    return _uniform_from_words((words[..., 0] >> 5).to(torch.float64), (words[..., 1] >> 6).to(torch.float64))
 
 
 def _normal_core(seeds, stream_key, step_lo, mix, count: int) -> torch.Tensor:

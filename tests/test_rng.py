@@ -107,6 +107,35 @@ def test_cpu_words_in_uint32_are_the_int64_words(keys, count, block):
     assert int(a.min()) >= 0 and int(a.max()) <= 2**32 - 1
 
 
+def _check_cpu_uniforms(seeds, count, step):
+    seeds = torch.tensor(seeds, dtype=torch.int64)
+    for consts in (rng._key_constants(2, step, 1), rng._key_constants_steps(2, [step, step + 3], 1, "cpu")):
+        k = rng._run_keys(seeds, *consts)
+        words = rng._words_tensor(k, 2 * count).reshape(*k.shape, count, 2)
+        a, b = (words[..., 0] >> 5).to(torch.float64), (words[..., 1] >> 6).to(torch.float64)
+        ref = (a * 2.0**26 + b + 0.5) / 2.0**53  # written out here, not read from rng
+        got = rng._uniform_core(seeds, *consts, count)
+        assert got.dtype == torch.float64 and torch.equal(got, ref)
+        assert bool((got > 0).all() and (got < 1).all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=8), st.integers(1, 40), st.integers(0, 2**40))
+def test_cpu_uniforms_from_uint32_words_are_the_tensor_paths(seeds, count, step):
+    """On a CPU the words become uniforms in numpy (rng._uniform_core); the other devices
+    convert int64 tensors: the same doubles, bitwise (each is one IEEE operation), for
+    one step and a block of steps; the normals built on them are therefore the same too."""
+    _check_cpu_uniforms(seeds, count, step)
+
+
+def test_cpu_uniform_conversion_slip_is_caught(monkeypatch):
+    """The check above fails when the numpy conversion is off by one in the low word."""
+    convert = rng._uniform_from_words
+    monkeypatch.setattr(rng, "_uniform_from_words", lambda a, b: convert(a, b + 1.0))
+    with pytest.raises(AssertionError):
+        _check_cpu_uniforms([0, 7, 2**32 - 1], 5, 3)
+
+
 def test_cpu_draws_take_the_uint32_path_and_a_wrong_one_is_caught(monkeypatch):
     seeds = torch.tensor([0, 5, 2**31 + 3])
     ref = rng.normal(seeds, rng.Stream.SKETCH, 17, (4, 3))
