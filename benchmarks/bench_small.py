@@ -21,14 +21,16 @@ side by side in each repetition (their order rotating):
 * ``single_general_loop``: the same run through the engine's general loop (``graph='off'``),
   bitwise the same numbers;
 * ``batched``: ``runs`` runs in one engine call;
-* ``single_fast``, ``batched_fast``: the same in :mod:`solvers.linalg`'s fast mode
-  (``set_invariant(False)``, what ``python -m experiments.sweep --fast-cpu`` uses): one BLAS
-  or LAPACK call per batch, so a run's last bits depend on its batch (documented there).
+* ``single_fast``, ``batched_fast``: the same in fast mode (``set_invariant(False)``, what
+  ``python -m experiments.sweep --fast-cpu`` uses): the engine runs the numpy iteration of
+  :mod:`solvers.lean` (:class:`~solvers.lean.NumpyLeanRun`; the quadratic has a numpy
+  oracle), one BLAS call per batch, so a run's last bits differ from invariant mode's and
+  depend on its batch (documented in :mod:`solvers.linalg`).
 
 Reported per repetition and as median [min, max]: milliseconds per step (wall and process
 CPU time) and the two ratios the issue's targets are stated in: ``single / numpy`` (target
 at most 3) and the throughput of ``runs`` batched runs against ``runs`` single runs,
-``runs * single / batched`` (target at least 5); and ``torch_eager_floor / numpy`` (the part
+``runs * single / batched`` (target at least 5), in each mode; and ``torch_eager_floor / numpy`` (the part
 of the first ratio no torch-eager engine can remove), ``single / torch_eager_floor`` and
 ``general loop / single`` (what the lean iteration saves); and the torch operations each
 way dispatches per step (``torch_ops_per_step``, counted by torch.profiler). The machine, its load average before and

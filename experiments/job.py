@@ -103,15 +103,17 @@ def trajectory_table(traj, job, cfg, config_hash) -> pd.DataFrame:
     ``steps``, ...), then the engine's measurements (:data:`solvers.engine.FIELDS`)
     and the run's ``seed``, then what the job derived from its configuration:
     ``gamma`` (the stepsize used), ``lambda_min_p``, ``lambda_max_p``, the
-    problem's shape ``m``, ``n``, the ``device`` and the ``config_hash``.
+    problem's shape ``m``, ``n``, the ``device``, the ``kernels`` (``'invariant'`` or
+    ``'fast'``: :func:`solvers.linalg.kernels`, whose last bits differ) and the ``config_hash``.
     """
     from experiments.conf.check import config_columns
+    from solvers.linalg import kernels
 
     R, P = traj["iteration"].shape
     conf = config_columns(cfg)
     derived = {"seed": np.repeat(traj.seeds, P), "gamma": job.gamma, "lambda_min_p": job.lmin_p,
                "lambda_max_p": job.lmax_p, "m": job.problem.shape[0], "n": job.problem.shape[1],
-               "device": str(job.device), "config_hash": config_hash}
+               "device": str(job.device), "kernels": kernels(job.device), "config_hash": config_hash}
     clash = (set(conf) & (set(FIELDS) | set(derived))) | (set(FIELDS) & set(derived))
     if clash:
         raise AssertionError(f"results columns named twice: {sorted(clash)}")

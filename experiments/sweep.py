@@ -185,8 +185,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--list", action="store_true",
                     help="print each job's config hash and overrides, run nothing (default: off)")
     ap.add_argument("--fast-cpu", action="store_true",
-                    help="use one GEMM per contraction on CPU too (faster; batch-invariant only up to "
-                         "rounding) (default: off)")
+                    help="fast mode on CPU too: one GEMM per contraction, and for the quadratics the numpy "
+                         "iteration of solvers/lean.py (faster; last bits differ from the default and between "
+                         "batch sizes; the results' kernels column says 'fast') (default: off)")
     return ap
 
 

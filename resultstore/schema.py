@@ -100,7 +100,7 @@ MEASUREMENTS = frozenset({
 })
 #: Which run a row is, where and how it ran, and what the bound is about.
 BOOKKEEPING = frozenset({
-    "seed", "config_hash", "device", "bound_status", "bound_metric", "wall_s", "batched_runs",
+    "seed", "config_hash", "device", "kernels", "bound_status", "bound_metric", "wall_s", "batched_runs",
 })
 #: Functions of the configuration (shown beside it, never used to tell configurations apart).
 DERIVED = frozenset({"gamma", "lambda_min_p", "lambda_max_p", "trainable_params", "trainable_params_max"})

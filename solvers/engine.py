@@ -171,7 +171,8 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     block = min(rng.BLOCK, steps + 1)  # the steps drawn never exceed the run's
     draws = rng.block_draws(state.seeds, block=block) if runner is None and device.type == "cpu" \
         else contextlib.nullcontext()
-    with draws:
+    # a diverging run overflows: it is detected and frozen, numpy need not warn (solvers.lean)
+    with draws, np.errstate(over="ignore", invalid="ignore"):
         for t in range(1, steps + 1):
             point = t % eval_every == 0 or t == steps
             if runner is not None:  # the same iteration, on block draws (solvers.fused or solvers.lean)

@@ -27,18 +27,30 @@ compares every recorded field). In fast mode (``set_invariant(False)``, not
 batch-invariant by design) the block's pseudo-inverses are one batched call over
 ``R x K`` matrices, so the numbers match the loop's to rounding, not bitwise.
 
+In fast mode a second form, :class:`NumpyLeanRun`, keeps the block draws but does each
+step's arithmetic in numpy, for problems that give a numpy form of their oracle
+(:meth:`~experiments.problems.base.Problem.numpy_oracle`; the quadratics do): a numpy call
+costs a fraction of a torch operation's dispatch, which is what a small problem's step is
+made of (``benchmarks/bench_small.py``: the numpy loop's step written in torch's eager
+operations is about 3 times the numpy loop itself, so no torch-dispatching step reaches a
+plain numpy loop's speed). Its numbers are the loop's to rounding, not bitwise (numpy's
+BLAS and sums), and the batch's gradients are one GEMM, so it is used only where that is
+the contract: fast mode (``tests/test_lean_numpy.py``).
+
 Selected by the engine's ``graph`` argument: ``'auto'`` uses it on a CPU where
-:func:`eligible`, ``'off'`` keeps the general loop (the reference), ``'lean'`` asks for
-it (the general loop where not eligible).
+:func:`eligible` (in fast mode the numpy form where the problem has one), ``'off'`` keeps
+the general loop (the reference), ``'lean'`` asks for the torch form (the general loop
+where not eligible).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from solvers import rng
 from solvers.estimators import GD, EstimatorState, _value_and_grad
 from solvers.iteration import Carry, RunningStats, as_f64, diverging
-from solvers.linalg import run_sum
+from solvers.linalg import invariant, run_sum
 from solvers.methods import FPFT, BernoulliLoRA, MethodState
 from solvers.projections import gram_pinv, project_left_pinv, project_right_pinv
 
@@ -86,28 +98,42 @@ class LeanRun:
         # runs amortise the draws' fixed cost over 4 x rng.BLOCK steps, batches over rng.BLOCK
         self.block_steps = rng.BLOCK * (4 if W.shape[0] <= 2 else 1)
 
-    def _refill(self):
+    def _draw_block(self):
+        """The next block's draws: its coins (R, K) and, per side some run takes at some
+        step, ``(ks, S, P)``: the steps ``ks`` (block positions) where it is drawn, their
+        sketches ``S`` (R, len(ks), ...) and Gram pseudo-inverses ``P``. A side no run takes
+        at a step is not drawn (counter-based: the drawn steps' numbers do not change)."""
         start = self.first_step + self.done
         self.block = K = min(self.block_steps, self.steps - self.done)
         self.pos = 0
-        if not self.sided:
-            return
-        method, seeds, W = self.method, self.seeds, self.W
+        method, seeds, W = self.method, self.seeds, self._W_tensor()
         left = method.coins(seeds, range(start, start + K), W)
         self.sides = [(all(c), any(c)) for c in left.T.tolist()]  # per step: every run left, any
-        # per step (left coins, B, (B^T B)^+, A, (A A^T)^+) as views; a side no run takes at a
-        # step is not drawn (counter-based: the drawn steps' numbers do not change)
-        per_step = [[c, None, None, None, None] for c in left.unbind(1)]
-        for side, slot, need in (("left", 1, lambda e, s: s), ("right", 3, lambda e, s: not e)):
+        drawn = {}
+        for side, need in (("left", lambda e, s: s), ("right", lambda e, s: not e)):
             ks = [k for k, (every, some) in enumerate(self.sides) if need(every, some)]
-            if not ks:
-                continue
-            S = method.sketches(seeds, [start + k for k in ks], W, side)
-            use = left[:, ks] if side == "left" else ~left[:, ks]
-            P = _block_pinvs(S if side == "left" else S.transpose(-1, -2), use)
-            for k, s, p in zip(ks, S.unbind(1), P.unbind(1)):
-                per_step[k][slot], per_step[k][slot + 1] = s, p
+            if ks:
+                S = method.sketches(seeds, [start + k for k in ks], W, side)
+                use = left[:, ks] if side == "left" else ~left[:, ks]
+                drawn[side] = ks, S, _block_pinvs(S if side == "left" else S.transpose(-1, -2), use)
+        return left, drawn
+
+    def _refill(self):
+        if not self.sided:
+            self.block, self.pos = min(self.block_steps, self.steps - self.done), 0
+            return
+        left, drawn = self._draw_block()
+        # per step (left coins, B, (B^T B)^+, A, (A A^T)^+) as views
+        per_step = [[c, None, None, None, None] for c in left.unbind(1)]
+        for side, slot in (("left", 1), ("right", 3)):
+            if side in drawn:
+                ks, S, P = drawn[side]
+                for k, s, p in zip(ks, S.unbind(1), P.unbind(1)):
+                    per_step[k][slot], per_step[k][slot + 1] = s, p
         self.drawn = per_step
+
+    def _W_tensor(self):
+        return self.W
 
     def _direction(self):
         if not self.sided:
@@ -161,11 +187,130 @@ class LeanRun:
         return Carry(c(self.W), state, c(self.loss), c(self.grad), stats, c(self.diverged))
 
 
+#: sketch entries (both sides) :class:`NumpyLeanRun` draws at once, at least rng.BLOCK steps
+BLOCK_ENTRIES = 1 << 20
+
+
+class NumpyLeanRun(LeanRun):
+    """:class:`LeanRun` with the per-step arithmetic in numpy, for the CPU fast mode.
+
+    The block draws (coins, sketches, Gram pseudo-inverses) are :class:`LeanRun`'s, in torch,
+    once per block; each step's projection, update, gradient (the problem's
+    :meth:`~experiments.problems.base.Problem.numpy_oracle`), statistics and divergence test
+    are numpy operations on arrays that live across steps, a fraction of a torch
+    operation's fixed cost each. The same iteration with other kernels (numpy's BLAS and
+    sums), so the numbers agree with :class:`LeanRun`'s to rounding, not bitwise, and a
+    run's last bits depend on its batch (one GEMM for the batch's gradients): hence only
+    in fast mode, where that is the documented contract (:mod:`solvers.linalg`)."""
+
+    def __init__(self, method, oracle, carry, *, f_star, limit, track, steps, loss_and_grad):
+        super().__init__(method, oracle, carry, f_star=f_star, limit=limit, track=track, steps=steps)
+        self.loss_and_grad = loss_and_grad
+        arr = lambda t: t.detach().numpy()  # noqa: E731  (super() made the copies)
+        self.W, self.G, self.loss, self.grad = arr(self.W), arr(self.G), arr(self.loss), arr(self.grad)
+        self.est_loss = self.loss if self.est_loss is None else arr(self.est_loss).copy()
+        self.epochs, self.limit, self.gamma = arr(self.epochs), arr(limit).copy(), arr(self.gamma)
+        self.stats = [arr(t) for t in self.stats]
+        self.diverged, self.active, self.left = arr(self.diverged), arr(self.active), arr(self.left)
+        # steps drawn at once (a cost knob only): up to BLOCK_ENTRIES sketch entries a block,
+        # so one or a few draws serve a small problem's whole run
+        m, n = self.W.shape[-2:]
+        rank = getattr(method, "rank", 1)
+        self.block_steps = max(rng.BLOCK, BLOCK_ENTRIES // (self.W.shape[0] * (m + n) * rank))
+
+    def _W_tensor(self):
+        return torch.from_numpy(self.W)
+
+    def _refill(self):
+        if not self.sided:
+            self.block, self.pos = min(self.block_steps, self.steps - self.done), 0
+            return
+        left, drawn = self._draw_block()
+        self.coins = np.ascontiguousarray(left.numpy().T)  # (K, R): step-major, one view a step
+        self.drawn = {}
+        for side, (ks, S, P) in drawn.items():
+            at = np.full(self.block, -1)
+            at[ks] = np.arange(len(ks))
+            self.drawn[side] = (at, np.ascontiguousarray(S.numpy().swapaxes(0, 1)),
+                                np.ascontiguousarray(P.numpy().swapaxes(0, 1)))
+
+    def _direction(self):
+        if not self.sided:
+            return self.G
+        pos, G = self.pos, self.G
+        every, some = self.sides[pos]
+        self.left = left = self.coins[pos]
+        if some:
+            at, S, P = self.drawn["left"]
+            B = S[at[pos]]
+            DL = B @ (P[at[pos]] @ (B.transpose(0, 2, 1) @ G))
+        if not every:
+            at, S, P = self.drawn["right"]
+            A = S[at[pos]]
+            DR = ((G @ A.transpose(0, 2, 1)) @ P[at[pos]]) @ A
+        if every:
+            return DL
+        return DR if not some else np.where(left[:, None, None], DL, DR)
+
+    def step(self, evaluate=True):
+        if self.pos == self.block:
+            self._refill()
+        if self.track:
+            grad = self.grad.astype(np.float64, copy=False)
+            gap, g2 = self.loss.astype(np.float64, copy=False) - self.f_star, np.einsum("rij,rij->r", grad, grad)
+            sum_g, sum_f, min_g, min_f, count = self.stats
+            if self.frozen:
+                live = ~self.diverged
+                self.stats = [np.where(live, sum_g + g2, sum_g), np.where(live, sum_f + gap, sum_f),
+                              np.where(live, np.minimum(min_g, g2), min_g), np.where(live, np.minimum(min_f, gap), min_f),
+                              count + live]
+            else:
+                sum_g += g2
+                sum_f += gap
+                np.minimum(min_g, g2, out=min_g)
+                np.minimum(min_f, gap, out=min_f)
+                count += 1.0
+        W_new = self.W - self.gamma * self._direction()
+        if self.frozen:
+            W_new = np.where(self.active[:, None, None], W_new, self.W)
+            self.epochs = np.where(self.active, self.epochs + 1.0, self.epochs)
+        else:
+            self.epochs += 1.0
+        self.W = W_new
+        self.est_loss, self.G = self.loss_and_grad(W_new)
+        if evaluate:
+            self.loss, self.grad = self.est_loss, self.G
+            bad = ~np.isfinite(self.loss) | (np.abs(self.loss) > self.limit) | ~np.isfinite(W_new).all((1, 2))
+            if bad.any():
+                self.diverged = self.diverged | bad
+                self.active = self.active & ~self.diverged
+                self.frozen = True
+        self.pos += 1
+        self.done += 1
+
+    def snapshot(self) -> Carry:
+        """The carry after the iterations so far, as torch tensors (copies)."""
+        c = lambda a: torch.from_numpy(np.array(a))  # noqa: E731  (a copy)
+        est = EstimatorState(G=c(self.G), epochs=c(self.epochs), bits=torch.clone(self.bits), loss=c(self.est_loss))
+        state = MethodState(step=self.first_step + self.done, seeds=self.seeds, est=est,
+                            active=c(self.active), left=c(self.left))
+        return Carry(c(self.W), state, c(self.loss), c(self.grad), RunningStats(*(c(t) for t in self.stats)),
+                     c(self.diverged))
+
+
 def make_lean(method, oracle, carry, *, f_star, limit, track, steps, graph="auto"):
-    """A :class:`LeanRun` for this run, or None where the general loop applies."""
+    """A :class:`LeanRun` for this run (with ``graph='auto'`` in fast mode a
+    :class:`NumpyLeanRun` where the problem has a numpy oracle), or None where the general
+    loop applies."""
     if graph not in ("auto", "lean") or not eligible(method, oracle, carry.W.device):
         return None
-    return LeanRun(method, oracle, carry, f_star=f_star, limit=limit, track=track, steps=steps)
+    kw = dict(f_star=f_star, limit=limit, track=track, steps=steps)
+    numpy_oracle = getattr(oracle, "numpy_oracle", None)
+    if graph == "auto" and not invariant(carry.W.device) and numpy_oracle is not None:
+        loss_and_grad = numpy_oracle()
+        if loss_and_grad is not None:
+            return NumpyLeanRun(method, oracle, carry, loss_and_grad=loss_and_grad, **kw)
+    return LeanRun(method, oracle, carry, **kw)
 
 
-__all__ = ["LeanRun", "eligible", "make_lean"]
+__all__ = ["LeanRun", "NumpyLeanRun", "eligible", "make_lean"]

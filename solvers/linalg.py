@@ -74,11 +74,19 @@ def one_thread():
 
 
 def _invariant(t: torch.Tensor, flag):
-    if flag is not None:
-        return flag
-    if _INVARIANT is not None:
-        return _INVARIANT
-    return t.device.type == "cpu"
+    return flag if flag is not None else invariant(t.device)
+
+
+def invariant(device) -> bool:
+    """Whether the batch-invariant kernels apply on ``device`` (a torch.device or its name)
+    now: the process-wide setting of :func:`set_invariant`, else by device (CPU only)."""
+    return _INVARIANT if _INVARIANT is not None else torch.device(device).type == "cpu"
+
+
+def kernels(device) -> str:
+    """``'invariant'`` or ``'fast'``: the kernels :func:`invariant` picks on ``device`` (the
+    results table's ``kernels`` column, so that runs of the two modes are told apart)."""
+    return "invariant" if invariant(device) else "fast"
 
 
 def _standard(x: torch.Tensor) -> torch.Tensor:

@@ -95,13 +95,17 @@ def _key_constants(stream: int, step: int, sub: int) -> tuple[int, int, int]:
 
 
 def _key_constants_steps(stream: int, steps, sub: int, device) -> tuple:
-    """:func:`_key_constants` for a block of steps: the step words as (K,) int64 tensors."""
-    consts = [_key_constants(stream, t, sub) for t in steps]
-    if not consts:
+    """:func:`_key_constants` for a block of steps: the step words as (K,) int64 tensors
+    (the same masks and xor, on an int64 array of the steps)."""
+    if len(steps) == 0:
         raise ValueError("steps: need at least one step")
-    lo = torch.tensor([c[1] for c in consts], dtype=torch.int64, device=device)
-    mix = torch.tensor([c[2] for c in consts], dtype=torch.int64, device=device)
-    return consts[0][0], lo, mix
+    t = np.asarray(steps, dtype=np.int64)
+    if t.ndim != 1:
+        raise ValueError("steps: expected a sequence of integers")
+    key, _, sub_key = _key_constants(stream, 0, sub)  # the step-0 words: no step bits in sub_key
+    lo = torch.from_numpy(t & _MASK32).to(device)
+    mix = torch.from_numpy(((t >> 32) & _MASK32) ^ sub_key).to(device)
+    return key, lo, mix
 
 
 def _run_keys(seeds, stream_key, step_lo, mix):

@@ -88,5 +88,11 @@ class Problem:
             out.append("W_star")
         return tuple(out)
 
+    def numpy_oracle(self):
+        """``loss_and_grad`` in numpy for :mod:`solvers.lean`'s numpy iteration (the CPU fast
+        mode): a function of ``W`` (R, m, n) returning ``(loss (R,), grad (R, m, n))`` arrays,
+        or None where the problem has no numpy form (the default; the torch iteration runs)."""
+        return None
+
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r}, shape={getattr(self, 'shape', None)})"

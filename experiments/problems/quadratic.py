@@ -143,15 +143,34 @@ class Quadratic(Problem):
         ``client_grads(W).mean(1)`` with clients."""
         return self.loss_and_grad(W)[1]
 
+    def _loss_and_grad(self, W, W_star, hv, rsum):
+        """The formula, on torch tensors or numpy arrays: ``hv`` is the product with Q and
+        ``rsum`` the per-run sum of that library."""
+        D = W - W_star
+        G = hv(D)
+        return 0.5 * rsum(D * G) + self.f_star, G
+
     def loss_and_grad(self, W: torch.Tensor):
         """(loss, grad), bitwise equal to :meth:`loss` and :meth:`grad`: one product with Q
         (and, with clients, the gradient as the mean of :meth:`client_grads`)."""
-        D = W - self.W_star
-        G = self._hv(D)
-        loss = 0.5 * run_sum(D * G) + self.f_star
+        loss, G = self._loss_and_grad(W, self.W_star, self._hv, run_sum)
         if self.n_clients is not None:
             G = self.client_grads(W).mean(1)
         return loss, G
+
+    def numpy_oracle(self):
+        """:meth:`loss_and_grad` in numpy (one product with Q, a BLAS call; the per-run sums
+        numpy's), for tensors on a CPU; None with clients (their gradient is another formula)."""
+        if self.n_clients is not None or self.W_star.device.type != "cpu":
+            return None
+        W_star, L = self.W_star.numpy(), self.L
+        Q = None if self.Q is None else self.Q.numpy()
+
+        def hv(D):  # Q is symmetric: the rows of D Q are the products Q vec(D_r)
+            return L * D if Q is None else (D.reshape(D.shape[0], -1) @ Q).reshape(D.shape)
+
+        rsum = lambda x: x.reshape(x.shape[0], -1).sum(1)  # noqa: E731
+        return lambda W: self._loss_and_grad(W, W_star, hv, rsum)
 
     def _need_samples(self):
         if self.A is None:
