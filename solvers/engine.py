@@ -47,7 +47,7 @@ import torch
 from solvers import rng
 from solvers.fused import check_graph, make_fused
 from solvers.lean import make_lean
-from solvers.iteration import Carry, RunningStats, advance, as_f64, current
+from solvers.iteration import Carry, RunningStats, advance, as_f64, current, record_values
 from solvers.linalg import run_sum
 
 
@@ -130,25 +130,23 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     records = {f: [] for f in FIELDS}
     eval_time = 0.0
 
-    def record(t, loss, grad, g2):
+    def record(t, values=None):
+        """Record evaluation point ``t``: the carry's values (computed here), or ``values``
+        (a runner's own, :meth:`solvers.lean.NumpyLeanRun.record_values`)."""
         nonlocal eval_time
         _sync(device)
         now = time.perf_counter() - t0 - eval_time
         e0 = time.perf_counter()
-        if g2 is None:
+        if values is None:
             g2 = run_sum(grad.to(torch.float64) ** 2)
-        dist = run_sum((W - W_star) ** 2).to(torch.float64) if W_star is not None else nan
-        tracked = track_every_step and t > 0
-        sum_g, sum_f, min_g, min_f, count = stats
-        loss64 = as_f64(loss)
-        values = {  # the per-run fields, one copy to the host for all of them
-            "epochs": state.est.epochs, "bits": state.est.bits, "loss": loss64, "f_gap": loss64 - f_star,
-            "grad_norm_sq": g2, "dist_sq": dist,
-            "avg_grad_norm_sq": sum_g / count if tracked else nan, "min_grad_norm_sq": min_g if tracked else nan,
-            "avg_f_gap": sum_f / count if tracked else nan, "min_f_gap": min_f if tracked else nan,
-            "diverged": diverged,
-        }
-        host = torch.stack([as_f64(v.detach()) for v in values.values()]).to("cpu").numpy()
+            dist = run_sum((W - W_star) ** 2).to(torch.float64) if W_star is not None else nan
+            values = record_values(epochs=state.est.epochs, bits=state.est.bits, loss=as_f64(loss), g2=g2,
+                                   dist=dist, stats=stats, diverged=diverged, f_star=f_star,
+                                   tracked=track_every_step and t > 0, nan=nan)
+            # the per-run fields, one copy to the host for all of them
+            host = torch.stack([as_f64(v.detach()) for v in values.values()]).to("cpu").numpy()
+        else:
+            host = np.stack([np.asarray(v, dtype=np.float64) for v in values.values()])
         for key, row in zip(values, host):
             records[key].append(row)
         records["iteration"].append(np.full(R, t, dtype=np.float64))
@@ -157,13 +155,14 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
         if progress is not None:
             progress(t, steps)
 
-    record(0, loss, grad, None)
+    record(0)
     limit = divergence_factor * f_start
     carry = Carry(W, state, loss, grad, stats, diverged)
     runner = None
     if steps > 0:  # CUDA graphs (solvers.fused), the lean CPU iteration (solvers.lean), else the loop below
         kw = dict(f_star=f_star, limit=limit, track=track_every_step, graph=graph)
         runner = make_fused(method, oracle, carry, **kw) or make_lean(method, oracle, carry, steps=steps, **kw)
+    own_values = hasattr(runner, "record_values")  # solvers.lean.NumpyLeanRun records from its arrays
     plain = lambda W, state: method.step(W, state, oracle)  # noqa: E731
     t = 0
     # on a CPU the plain loop's coins, sketches and other per-step draws come rng.BLOCK steps
@@ -177,6 +176,11 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
             point = t % eval_every == 0 or t == steps
             if runner is not None:  # the same iteration, on block draws (solvers.fused or solvers.lean)
                 runner.step(evaluate=track_every_step or point)
+                if point and own_values:  # the runner's values, no carry rebuilt
+                    record(t, runner.record_values(f_star=f_star, W_star=W_star, tracked=track_every_step))
+                    if runner.all_diverged():
+                        break
+                    continue
                 if point:
                     carry = runner.snapshot()
             else:
@@ -184,13 +188,16 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
                                 track=track_every_step, evaluate=track_every_step or point)
             if point:
                 W, state, loss, grad, stats, diverged = carry
-                record(t, loss, grad, None)
+                record(t)
                 if bool(diverged.all()):
                     break
+    if own_values and t > 0:
+        W = runner.snapshot().W
     # every run is frozen: the remaining points repeat its values (as they would in a batch)
     for t in range(t + 1, steps + 1):
         if t % eval_every == 0 or t == steps:
-            record(t, loss, grad, None)
+            record(t, runner.record_values(f_star=f_star, W_star=W_star, tracked=track_every_step)
+                   if own_values else None)
     data = {k: np.stack(v, axis=1) for k, v in records.items()}
     data["diverged"] = data["diverged"].astype(bool)
     return Trajectory(data=data, seeds=seeds.cpu().numpy(), W=W)

@@ -81,6 +81,18 @@ def diverging(loss, W, limit):
     return ~torch.isfinite(loss) | (loss.abs() > limit) | ~torch.isfinite(W).all(-1).all(-1)
 
 
+def record_values(*, epochs, bits, loss, g2, dist, stats, diverged, f_star, tracked, nan) -> dict:
+    """The per-run fields the engine records at an evaluation point, by name (torch tensors
+    or numpy arrays alike): ``loss`` and the squared norms ``g2`` of the gradient and
+    ``dist`` of :math:`W - W^*` in float64, the running statistics as averages and minima
+    where ``tracked`` (else ``nan``, an all-NaN per-run vector)."""
+    sum_g, sum_f, min_g, min_f, count = stats
+    return {"epochs": epochs, "bits": bits, "loss": loss, "f_gap": loss - f_star, "grad_norm_sq": g2,
+            "dist_sq": dist, "avg_grad_norm_sq": sum_g / count if tracked else nan,
+            "min_grad_norm_sq": min_g if tracked else nan, "avg_f_gap": sum_f / count if tracked else nan,
+            "min_f_gap": min_f if tracked else nan, "diverged": diverged}
+
+
 def loss_and_grad(oracle, W):
     """``(loss, grad)`` at ``W`` (one shared call where the oracle has ``loss_and_grad``)."""
     if hasattr(oracle, "loss_and_grad"):

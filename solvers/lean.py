@@ -49,10 +49,11 @@ import torch
 
 from solvers import rng
 from solvers.estimators import GD, EstimatorState, _value_and_grad
-from solvers.iteration import Carry, RunningStats, as_f64, diverging
-from solvers.linalg import invariant, run_sum
+from solvers.iteration import Carry, RunningStats, as_f64, diverging, record_values
+from solvers.linalg import invariant, one_thread, run_sum
 from solvers.methods import FPFT, BernoulliLoRA, MethodState
 from solvers.projections import gram_pinv, project_left_pinv, project_right_pinv
+from solvers.sketches import make_sketch
 
 
 def eligible(method, oracle, device) -> bool:
@@ -98,17 +99,21 @@ class LeanRun:
         # runs amortise the draws' fixed cost over 4 x rng.BLOCK steps, batches over rng.BLOCK
         self.block_steps = rng.BLOCK * (4 if W.shape[0] <= 2 else 1)
 
-    def _draw_block(self):
-        """The next block's draws: its coins (R, K) and, per side some run takes at some
-        step, ``(ks, S, P)``: the steps ``ks`` (block positions) where it is drawn, their
-        sketches ``S`` (R, len(ks), ...) and Gram pseudo-inverses ``P``. A side no run takes
-        at a step is not drawn (counter-based: the drawn steps' numbers do not change)."""
+    def _block_coins(self):
+        """Start the next block: its first step and coins (R, K), True: left."""
         start = self.first_step + self.done
         self.block = K = min(self.block_steps, self.steps - self.done)
         self.pos = 0
-        method, seeds, W = self.method, self.seeds, self._W_tensor()
-        left = method.coins(seeds, range(start, start + K), W)
+        left = self.method.coins(self.seeds, range(start, start + K), self._W_tensor())
         self.sides = [(all(c), any(c)) for c in left.T.tolist()]  # per step: every run left, any
+        return start, left
+
+    def _draw_block(self, start, left):
+        """The block's draws per side some run takes at some step: ``(ks, S, P)``, the
+        steps ``ks`` (block positions) where it is drawn, their sketches ``S`` (R, len(ks),
+        ...) and Gram pseudo-inverses ``P``. A side no run takes at a step is not drawn
+        (counter-based: the drawn steps' numbers do not change)."""
+        method, seeds, W = self.method, self.seeds, self._W_tensor()
         drawn = {}
         for side, need in (("left", lambda e, s: s), ("right", lambda e, s: not e)):
             ks = [k for k, (every, some) in enumerate(self.sides) if need(every, some)]
@@ -116,13 +121,14 @@ class LeanRun:
                 S = method.sketches(seeds, [start + k for k in ks], W, side)
                 use = left[:, ks] if side == "left" else ~left[:, ks]
                 drawn[side] = ks, S, _block_pinvs(S if side == "left" else S.transpose(-1, -2), use)
-        return left, drawn
+        return drawn
 
     def _refill(self):
         if not self.sided:
             self.block, self.pos = min(self.block_steps, self.steps - self.done), 0
             return
-        left, drawn = self._draw_block()
+        start, left = self._block_coins()
+        drawn = self._draw_block(start, left)
         # per step (left coins, B, (B^T B)^+, A, (A A^T)^+) as views
         per_step = [[c, None, None, None, None] for c in left.unbind(1)]
         for side, slot in (("left", 1), ("right", 3)):
@@ -212,6 +218,8 @@ class NumpyLeanRun(LeanRun):
         self.epochs, self.limit, self.gamma = arr(self.epochs), arr(limit).copy(), arr(self.gamma)
         self.stats = [arr(t) for t in self.stats]
         self.diverged, self.active, self.left = arr(self.diverged), arr(self.active), arr(self.left)
+        self.rows = np.arange(self.W.shape[0])
+        self.W_star = None  # the minimiser as a float64 array, at the first record
         # steps drawn at once (a cost knob only): up to BLOCK_ENTRIES sketch entries a block,
         # so one or a few draws serve a small problem's whole run
         m, n = self.W.shape[-2:]
@@ -225,14 +233,48 @@ class NumpyLeanRun(LeanRun):
         if not self.sided:
             self.block, self.pos = min(self.block_steps, self.steps - self.done), 0
             return
-        left, drawn = self._draw_block()
-        self.coins = np.ascontiguousarray(left.numpy().T)  # (K, R): step-major, one view a step
+        # the draws on one torch thread: a second one would spin against numpy's BLAS
+        # threads of the steps (measured: both slow down)
+        with one_thread():
+            self._draw_numpy()
+
+    def _draw_numpy(self):
+        start, left = self._block_coins()
+        L = left.numpy()
+        R, K = L.shape
+        self.coins = np.ascontiguousarray(L.T)  # (K, R): step-major, one view a step
         self.drawn = {}
-        for side, (ks, S, P) in drawn.items():
-            at = np.full(self.block, -1)
-            at[ks] = np.arange(len(ks))
-            self.drawn[side] = (at, np.ascontiguousarray(S.numpy().swapaxes(0, 1)),
-                                np.ascontiguousarray(P.numpy().swapaxes(0, 1)))
+        if make_sketch(self.method.sketch).block_draws:
+            # each run draws a side only at its own steps that take it: the first J positions
+            # of its order "this side first" (J: the most any run takes; the rest of a short
+            # row are real steps of that run too, drawn and unused), so a batch draws about
+            # half of what drawing both sides of every step would
+            method, seeds, W = self.method, self.seeds, self._W_tensor()
+            sides = {}
+            for side, take in (("left", L), ("right", ~L)):
+                J = int(take.sum(1).max())
+                if J:
+                    order = np.argsort(~take, axis=1, kind="stable")[:, :J]  # (R, J) block positions
+                    S = method.sketches(seeds, start + order, W, side)
+                    flat = S.reshape(-1, *S.shape[2:])
+                    P = gram_pinv(flat if side == "left" else flat.transpose(-1, -2))
+                    at = np.zeros((K, R), dtype=np.int64)  # run r's column of block position k
+                    at[order.T, np.arange(R)] = np.arange(J)[:, None]
+                    sides[side] = at, S, P.reshape(*S.shape[:2], *P.shape[1:])
+        else:  # LeanRun's draws: the steps some run takes a side at, for every run
+            sides = {}
+            for side, (ks, S, P) in self._draw_block(start, left).items():
+                at = np.zeros((K, R), dtype=np.int64)
+                at[ks] = np.arange(len(ks))[:, None]
+                sides[side] = at, S, P
+        # per side: the sketches and the sketches times their Gram pseudo-inverses, runs and
+        # columns flattened, and per block position the rows of each run's (one take a step),
+        # so a step is two products: H_B G = (B P)(B^T G), G H_A = (G A^T)(P A)
+        for side, (at, S, P) in sides.items():
+            S, P = S.numpy(), P.numpy()
+            SP = S @ P if side == "left" else P @ S
+            flat = lambda X: X.reshape(-1, *X.shape[2:])  # noqa: E731
+            self.drawn[side] = (np.ascontiguousarray(at + np.arange(R) * S.shape[1]), flat(S), flat(SP))
 
     def _direction(self):
         if not self.sided:
@@ -241,13 +283,11 @@ class NumpyLeanRun(LeanRun):
         every, some = self.sides[pos]
         self.left = left = self.coins[pos]
         if some:
-            at, S, P = self.drawn["left"]
-            B = S[at[pos]]
-            DL = B @ (P[at[pos]] @ (B.transpose(0, 2, 1) @ G))
+            at, S, SP = self.drawn["left"]
+            DL = SP.take(at[pos], 0) @ (S.take(at[pos], 0).transpose(0, 2, 1) @ G)
         if not every:
-            at, S, P = self.drawn["right"]
-            A = S[at[pos]]
-            DR = ((G @ A.transpose(0, 2, 1)) @ P[at[pos]]) @ A
+            at, S, SP = self.drawn["right"]
+            DR = (G @ S.take(at[pos], 0).transpose(0, 2, 1)) @ SP.take(at[pos], 0)
         if every:
             return DL
         return DR if not some else np.where(left[:, None, None], DL, DR)
@@ -287,6 +327,27 @@ class NumpyLeanRun(LeanRun):
                 self.frozen = True
         self.pos += 1
         self.done += 1
+
+    def record_values(self, *, f_star, W_star, tracked) -> dict:
+        """:func:`solvers.iteration.record_values` of the current iterate from the arrays
+        (what the engine would compute from :meth:`snapshot`, in numpy: one array
+        operation each instead of a carry rebuilt and a dozen torch operations)."""
+        R = self.W.shape[0]
+        nan = np.full(R, np.nan)
+        grad = self.grad.astype(np.float64, copy=False)
+        if W_star is not None:
+            if self.W_star is None:
+                self.W_star = W_star.detach().to("cpu", torch.float64).numpy()
+            E = (self.W - self.W_star).reshape(R, -1)
+            dist = np.einsum("ri,ri->r", E, E)
+        else:
+            dist = nan
+        return record_values(epochs=self.epochs, bits=self.bits.numpy(), loss=self.loss.astype(np.float64),
+                             g2=np.einsum("rij,rij->r", grad, grad), dist=dist, stats=self.stats,
+                             diverged=self.diverged, f_star=f_star, tracked=tracked, nan=nan)
+
+    def all_diverged(self) -> bool:
+        return bool(self.diverged.all())
 
     def snapshot(self) -> Carry:
         """The carry after the iterations so far, as torch tensors (copies)."""

@@ -293,7 +293,8 @@ class BernoulliLoRA(_WeightSpace):
 
     def sketches(self, seeds, step, W, side):
         """The ``side`` ('left': B, (R, [K,] m, r); 'right': A, (R, [K,] r, n)) sketches of
-        step ``step`` (an int, a range or a list of steps), contiguous."""
+        step ``step`` (an int, a range or a list of steps, or for a sketch with
+        ``block_draws`` an (R, K) array of per-run steps), contiguous."""
         sketch = make_sketch(self.sketch)
         m, n = W.shape[-2:]
         kw = dict(device=W.device, dtype=W.dtype)

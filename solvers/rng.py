@@ -15,7 +15,9 @@ Every random number a solver draws is a pure function of
 ``random_bits``, ``uniform``, ``normal``, ``bernoulli``, ``signs``, ``subset`` and
 ``integers`` also take a block of steps (a ``range`` or
 list of ints) for ``step`` and return ``(R, K, *shape)``, element ``[:, k]`` bitwise equal
-to the draw of step ``steps[k]`` alone: a solver can draw K steps' sketches in one call,
+to the draw of step ``steps[k]`` alone, or an (R, K) integer array of per-run steps,
+element ``[r, k]`` the draw of run r at step ``steps[r, k]`` (a run's own steps only, e.g.
+the steps at which its coin chose the side being drawn): a solver can draw K steps' sketches in one call,
 and inside :class:`block_draws` (used by the engine's CPU loop) every one-step draw for a
 run's seeds is served from such a block.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 import threading
 import warnings
 
@@ -95,13 +98,13 @@ def _key_constants(stream: int, step: int, sub: int) -> tuple[int, int, int]:
 
 
 def _key_constants_steps(stream: int, steps, sub: int, device) -> tuple:
-    """:func:`_key_constants` for a block of steps: the step words as (K,) int64 tensors
-    (the same masks and xor, on an int64 array of the steps)."""
-    if len(steps) == 0:
-        raise ValueError("steps: need at least one step")
+    """:func:`_key_constants` for a block of steps: the step words as int64 tensors of the
+    block's shape, (K,) or per run (R, K) (the same masks and xor, on an int64 array)."""
     t = np.asarray(steps, dtype=np.int64)
-    if t.ndim != 1:
-        raise ValueError("steps: expected a sequence of integers")
+    if t.ndim not in (1, 2):
+        raise ValueError("steps: expected a sequence of integers, or an (R, K) array of them per run")
+    if t.size == 0:
+        raise ValueError("steps: need at least one step")
     key, _, sub_key = _key_constants(stream, 0, sub)  # the step-0 words: no step bits in sub_key
     lo = torch.from_numpy(t & _MASK32).to(device)
     mix = torch.from_numpy(((t >> 32) & _MASK32) ^ sub_key).to(device)
@@ -110,7 +113,8 @@ def _key_constants_steps(stream: int, steps, sub: int, device) -> tuple:
 
 def _run_keys(seeds, stream_key, step_lo, mix):
     """Per-run keys (R,) for one step, or (R, K) when ``step_lo`` and ``mix`` are (K,)
-    tensors of a block of steps (the same function of (seed, stream, step, sub))."""
+    tensors of a block of steps or (R, K) ones of per-run steps (the same function of
+    (seed, stream, step, sub))."""
     k = hash32(hash32(seeds & _MASK32) ^ stream_key)
     if isinstance(step_lo, torch.Tensor):
         k = k[:, None]
@@ -132,13 +136,42 @@ def _words_tensor(k: torch.Tensor, count: int) -> torch.Tensor:
     return hash32(hash32(k[..., None] ^ hash32(idx)) + _WORD_OFFSET)
 
 
-def _hash32_numpy(x: np.ndarray) -> np.ndarray:
-    """:func:`hash32` on a uint32 array, in place (unsigned arithmetic wraps mod 2**32)."""
+def _hash32_numpy(x: np.ndarray, tmp: np.ndarray | None = None) -> np.ndarray:
+    """:func:`hash32` on a uint32 array, in place (unsigned arithmetic wraps mod 2**32);
+    ``tmp``, an array of x's shape, holds the shifted words (else one is allocated)."""
+    tmp = np.empty_like(x) if tmp is None else tmp
     for shift, mul in _HASH_ROUNDS:
-        x ^= x >> np.uint32(shift)
+        np.right_shift(x, np.uint32(shift), out=tmp)
+        x ^= tmp
         x *= np.uint32(mul)
-    x ^= x >> np.uint32(_HASH_LAST_SHIFT)
+    np.right_shift(x, np.uint32(_HASH_LAST_SHIFT), out=tmp)
+    x ^= tmp
     return x
+
+
+#: uint32 words hashed at a time by _words_uint32: its passes over them stay in cache
+_WORDS_CHUNK = 1 << 15
+
+
+def _word_chunks(k: torch.Tensor, count: int, out: np.ndarray | None = None):
+    """Yield ``(i, x)``: the words (rows, count) of the keys ``k`` (flattened) from row i on,
+    hashed in place in chunks of about ``_WORDS_CHUNK`` words, so the eighteen passes over
+    a chunk run in cache; ``x`` is a view of ``out`` (all keys' words) if given, else of a
+    buffer reused by the next chunk."""
+    idx = _hash32_numpy(np.arange(count, dtype=np.uint32))
+    keys = k.numpy().astype(np.uint32).reshape(-1)
+    rows = max(1, _WORDS_CHUNK // count)
+    buf = np.empty((min(rows, keys.size), count), dtype=np.uint32) if out is None else None
+    tmp = np.empty((min(rows, keys.size), count), dtype=np.uint32)
+    for i in range(0, keys.size, rows):
+        n = min(rows, keys.size - i)
+        x = out[i:i + n] if out is not None else buf[:n]
+        t = tmp[:n]
+        np.bitwise_xor(keys[i:i + n, None], idx, out=x)
+        _hash32_numpy(x, t)
+        x += np.uint32(_WORD_OFFSET)
+        _hash32_numpy(x, t)
+        yield i, x
 
 
 def _words_uint32(k: torch.Tensor, count: int) -> np.ndarray:
@@ -146,11 +179,30 @@ def _words_uint32(k: torch.Tensor, count: int) -> np.ndarray:
     operation is exact mod 2**32), with one multiplication where the int64 tensors that
     the other devices use need two split products and three masks (the hashing is most
     of a small problem's draw cost)."""
-    idx = _hash32_numpy(np.arange(count, dtype=np.uint32))
-    x = k.numpy().astype(np.uint32)[..., None] ^ idx
-    x = _hash32_numpy(x)
-    x += np.uint32(_WORD_OFFSET)
-    return _hash32_numpy(x)
+    out = np.empty((math.prod(k.shape), count), dtype=np.uint32)
+    for _ in _word_chunks(k, count, out):
+        pass
+    return out.reshape(*k.shape, count)
+
+
+def _uniforms_numpy(k: torch.Tensor, count: int) -> np.ndarray:
+    """The uniforms (``*k.shape``, count) of :func:`_uniform_core` on a little-endian CPU,
+    each chunk of words converted while in cache. Bitwise the tensor path: a * 2**26 + b
+    is an integer below 2**53, so forming it in integers and converting once is exact, as
+    the float product and sum are; then the same + 0.5 and / 2**53. A pair of words read
+    as one uint64 (the first word low) gives a and b by shifts."""
+    u = np.empty((math.prod(k.shape), count), dtype=np.float64)
+    for i, x in _word_chunks(k, 2 * count):
+        x = x.view(np.uint64)
+        c = x >> np.uint64(5)
+        c &= np.uint64(0x7FFFFFF)  # a: the top 27 bits of the first word
+        c <<= np.uint64(26)
+        c |= x >> np.uint64(38)  # b: the top 26 bits of the second word
+        v = u[i:i + len(c)]
+        v[...] = c
+        v += 0.5
+        v /= _TWO_53
+    return u.reshape(*k.shape, count)
 
 
 def _words_numpy(k: torch.Tensor, count: int) -> torch.Tensor:
@@ -171,12 +223,12 @@ def _uniform_from_words(a, b):
 def _uniform_core(seeds, stream_key, step_lo, mix, count: int) -> torch.Tensor:
     k = _run_keys(seeds, stream_key, step_lo, mix)
     if k.device.type == "cpu" and not torch.compiler.is_compiling():
-        # the whole conversion in numpy (the same IEEE operations, one pass each over
-        # uint32 words instead of int64 tensors): bitwise the tensor path, in half the time
+        # the conversion in numpy (_uniforms_numpy), bitwise the tensor path
+        if sys.byteorder == "little":
+            return torch.from_numpy(_uniforms_numpy(k, count))
         words = _words_uint32(k, 2 * count).reshape(*k.shape, count, 2)
-        a = (words[..., 0] >> np.uint32(5)).astype(np.float64)
-        b = (words[..., 1] >> np.uint32(6)).astype(np.float64)
-        return torch.from_numpy(_uniform_from_words(a, b))
+        return torch.from_numpy(_uniform_from_words((words[..., 0] >> np.uint32(5)).astype(np.float64),
+                                                    (words[..., 1] >> np.uint32(6)).astype(np.float64)))
     words = _words_tensor(k, 2 * count).reshape(*k.shape, count, 2)
     return _uniform_from_words((words[..., 0] >> 5).to(torch.float64), (words[..., 1] >> 6).to(torch.float64))
 
@@ -282,6 +334,7 @@ def _call(core, seeds: torch.Tensor, stream: int, step, sub: int, count: int) ->
         if hit is not None:
             return hit
     if _is_block(step):
+        _lead(seeds, step)  # refuses per-run steps of another run count before any work
         consts = _key_constants_steps(stream, step, sub, seeds.device)
     else:
         consts = _key_constants(stream, step, sub)
@@ -299,12 +352,18 @@ def _call(core, seeds: torch.Tensor, stream: int, step, sub: int, count: int) ->
 
 
 def _is_block(step) -> bool:
-    return isinstance(step, (range, list, tuple))
+    return isinstance(step, (range, list, tuple, np.ndarray))
 
 
 def _lead(seeds, step) -> tuple:
-    """Leading output axes: (R,) for one step, (R, K) for a block of K steps."""
-    return (seeds.shape[0], len(step)) if _is_block(step) else (seeds.shape[0],)
+    """Leading output axes: (R,) for one step, (R, K) for a block of K steps or an (R, K)
+    array of per-run steps."""
+    R = seeds.shape[0]
+    if isinstance(step, np.ndarray) and step.ndim == 2:
+        if step.shape[0] != R:
+            raise ValueError(f"steps: an array of per-run steps needs {R} rows (one per seed), got {step.shape[0]}")
+        return (R, step.shape[1])
+    return (R, len(step)) if _is_block(step) else (R,)
 
 
 def random_bits(seeds, stream: int, step: int, shape, *, sub: int = 0, device=None) -> torch.Tensor:

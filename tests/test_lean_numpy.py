@@ -99,6 +99,11 @@ def test_numpy_freezes_diverging_runs_like_the_loop_without_warnings(quad, fast)
         _assert_close(a, b)
     fp = FPFT(estimator=GD(), stepsize=(0.2, 3.0))
     _assert_close(_records(fp, quad, [0, 1], "off"), _records(fp, quad, [0, 1], "auto"))
+    # every run diverges: the engine stops stepping and repeats the frozen values
+    both = BernoulliLoRA(p=0.5, rank=2, estimator=GD(), stepsize=(8.0, 12.0))
+    a, b = _records(both, quad, [0, 1], "off", steps=300), _records(both, quad, [0, 1], "auto", steps=300)
+    assert a["diverged"][:, -1].all() and not a["diverged"][:, 0].any()
+    _assert_close(a, b)
 
 
 def test_numpy_iteration_on_an_isotropic_quadratic(fast):

@@ -87,6 +87,31 @@ def test_block_of_steps_equals_per_step_draws(first, K, a, b, sub):
     assert torch.equal(coins[:, -1], rng.uniform(seeds, rng.Stream.COIN, first + K - 1, ()))
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**40), min_size=3, max_size=3), min_size=1, max_size=4),
+       st.integers(1, 3), st.integers(0, 3))
+def test_per_run_steps_equal_per_step_draws(rows, a, sub):
+    """An (R, K) array of per-run steps gives, element [r, k], bitwise run r's draw at step
+    steps[r, k] alone (bits, uniforms, normals, coins), whatever the other rows hold."""
+    steps = np.array(rows, dtype=np.int64)
+    seeds = torch.arange(len(rows)) * 7 + 1
+    for draw in (rng.random_bits, rng.uniform, rng.normal):
+        block = draw(seeds, rng.Stream.SKETCH, steps, (a, 2), sub=sub)
+        assert block.shape == (len(rows), 3, a, 2)
+        for r in range(len(rows)):
+            for k in range(3):
+                one = draw(seeds[r:r + 1], rng.Stream.SKETCH, int(steps[r, k]), (a, 2), sub=sub)[0]
+                assert torch.equal(block[r, k], one)
+    coins = rng.bernoulli(seeds, rng.Stream.COIN, steps, 0.5)
+    assert coins.shape == steps.shape
+    assert coins[0, 1] == rng.bernoulli(seeds[:1], rng.Stream.COIN, int(steps[0, 1]), 0.5)[0]
+
+
+def test_per_run_steps_of_another_run_count_are_refused():
+    with pytest.raises(ValueError, match="steps: an array of per-run steps needs 3 rows"):
+        rng.normal(torch.arange(3), rng.Stream.SKETCH, np.zeros((1, 4), dtype=np.int64), (2,))
+
+
 def test_empty_block_fails_clearly():
     with pytest.raises(ValueError, match="steps"):
         rng.normal(torch.tensor([1]), rng.Stream.SKETCH, range(3, 3), (2,))
@@ -129,9 +154,9 @@ def test_cpu_uniforms_from_uint32_words_are_the_tensor_paths(seeds, count, step)
 
 
 def test_cpu_uniform_conversion_slip_is_caught(monkeypatch):
-    """The check above fails when the numpy conversion is off by one in the low word."""
-    convert = rng._uniform_from_words
-    monkeypatch.setattr(rng, "_uniform_from_words", lambda a, b: convert(a, b + 1.0))
+    """The check above fails when the numpy conversion divides by the next double after
+    2**53 (a last-bits slip)."""
+    monkeypatch.setattr(rng, "_TWO_53", float(np.nextafter(2.0**53, np.inf)))
     with pytest.raises(AssertionError):
         _check_cpu_uniforms([0, 7, 2**32 - 1], 5, 3)
 
@@ -143,7 +168,10 @@ def test_cpu_draws_take_the_uint32_path_and_a_wrong_one_is_caught(monkeypatch):
     assert torch.equal(rng.normal(seeds, rng.Stream.SKETCH, 17, (4, 3)), ref)  # never reached the int64 path
 
     hash_ = rng._hash32_numpy
-    off_by_one = lambda x: hash_(x) ^ np.uint32(1)  # noqa: E731  (a slip flipping the lowest bit)
+    def off_by_one(x, tmp=None):  # a slip flipping the lowest bit (in place, as the hash works)
+        hash_(x, tmp)
+        x ^= np.uint32(1)
+        return x
 
     monkeypatch.setattr(rng, "_hash32_numpy", off_by_one)
     assert not torch.equal(rng.normal(seeds, rng.Stream.SKETCH, 17, (4, 3)), ref)
