@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from solvers import rng
+from solvers import hashing, rng
 
 
 def test_uniform_is_uniform_ks():
@@ -156,7 +156,7 @@ def test_cpu_uniforms_from_uint32_words_are_the_tensor_paths(seeds, count, step)
 def test_cpu_uniform_conversion_slip_is_caught(monkeypatch):
     """The check above fails when the numpy conversion divides by the next double after
     2**53 (a last-bits slip)."""
-    monkeypatch.setattr(rng, "_TWO_53", float(np.nextafter(2.0**53, np.inf)))
+    monkeypatch.setattr(hashing, "_TWO_53", float(np.nextafter(2.0**53, np.inf)))
     with pytest.raises(AssertionError):
         _check_cpu_uniforms([0, 7, 2**32 - 1], 5, 3)
 
@@ -167,11 +167,11 @@ def test_cpu_draws_take_the_uint32_path_and_a_wrong_one_is_caught(monkeypatch):
     monkeypatch.setattr(rng, "_words_tensor", lambda k, count: (_ for _ in ()).throw(AssertionError("int64 path")))
     assert torch.equal(rng.normal(seeds, rng.Stream.SKETCH, 17, (4, 3)), ref)  # never reached the int64 path
 
-    hash_ = rng._hash32_numpy
+    hash_ = hashing._hash32_numpy
     def off_by_one(x, tmp=None):  # a slip flipping the lowest bit (in place, as the hash works)
         hash_(x, tmp)
         x ^= np.uint32(1)
         return x
 
-    monkeypatch.setattr(rng, "_hash32_numpy", off_by_one)
+    monkeypatch.setattr(hashing, "_hash32_numpy", off_by_one)
     assert not torch.equal(rng.normal(seeds, rng.Stream.SKETCH, 17, (4, 3)), ref)
