@@ -30,7 +30,8 @@ One iteration is :func:`solvers.iteration.advance`. The weight-space methods
 :mod:`solvers.fused` on CUDA (block draws, one captured CUDA graph per iteration; the
 same numbers), selected by ``graph``; on a CPU, with the full gradient and a constant
 stepsize, through :mod:`solvers.lean` (the same numbers with about half the
-tensor operations); elsewhere this module's loop. On a CPU that loop
+tensor operations; in fast mode, for a problem with a numpy oracle, its numpy iteration,
+the same iteration to rounding); elsewhere this module's loop. On a CPU that loop
 takes its random numbers (coins, sketches, minibatches, noise, compressors)
 ``rng.BLOCK`` steps at a time (:class:`solvers.rng.block_draws`): the same numbers,
 bitwise, for a fraction of the small kernels a one-step draw costs.

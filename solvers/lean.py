@@ -200,8 +200,10 @@ BLOCK_ENTRIES = 1 << 20
 class NumpyLeanRun(LeanRun):
     """:class:`LeanRun` with the per-step arithmetic in numpy, for the CPU fast mode.
 
-    The block draws (coins, sketches, Gram pseudo-inverses) are :class:`LeanRun`'s, in torch,
-    once per block; each step's projection, update, gradient (the problem's
+    The block draws (coins, sketches, Gram pseudo-inverses) are made in torch once per
+    block, a run's sketch of a side only at its own steps that take that side (per-run
+    step arrays of :mod:`solvers.rng`; the same numbers as :class:`LeanRun`'s draws, about
+    half as many for a batch); each step's projection, update, gradient (the problem's
     :meth:`~experiments.problems.base.Problem.numpy_oracle`), statistics and divergence test
     are numpy operations on arrays that live across steps, a fraction of a torch
     operation's fixed cost each. The same iteration with other kernels (numpy's BLAS and
@@ -233,8 +235,8 @@ class NumpyLeanRun(LeanRun):
         if not self.sided:
             self.block, self.pos = min(self.block_steps, self.steps - self.done), 0
             return
-        # the draws on one torch thread: a second one would spin against numpy's BLAS
-        # threads of the steps (measured: both slow down)
+        # the draws on one torch thread: a second one would compete for the cores with
+        # the BLAS threads numpy's products use between the draws
         with one_thread():
             self._draw_numpy()
 
