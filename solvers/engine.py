@@ -39,6 +39,7 @@ bitwise, for a fraction of the small kernels a one-step draw costs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -163,7 +164,9 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
     if steps > 0:  # CUDA graphs (solvers.fused), the lean CPU iteration (solvers.lean), else the loop below
         kw = dict(f_star=f_star, limit=limit, track=track_every_step, graph=graph)
         runner = make_fused(method, oracle, carry, **kw) or make_lean(method, oracle, carry, steps=steps, **kw)
-    own_values = hasattr(runner, "record_values")  # solvers.lean.NumpyLeanRun records from its arrays
+    # solvers.lean.NumpyLeanRun records from its own arrays (no carry rebuilt at each point)
+    runner_values = functools.partial(runner.record_values, f_star=f_star, W_star=W_star,
+                                      tracked=track_every_step) if hasattr(runner, "record_values") else None
     plain = lambda W, state: method.step(W, state, oracle)  # noqa: E731
     t = 0
     # on a CPU the plain loop's coins, sketches and other per-step draws come rng.BLOCK steps
@@ -177,8 +180,8 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
             point = t % eval_every == 0 or t == steps
             if runner is not None:  # the same iteration, on block draws (solvers.fused or solvers.lean)
                 runner.step(evaluate=track_every_step or point)
-                if point and own_values:  # the runner's values, no carry rebuilt
-                    record(t, runner.record_values(f_star=f_star, W_star=W_star, tracked=track_every_step))
+                if point and runner_values is not None:
+                    record(t, runner_values())
                     if runner.all_diverged():
                         break
                     continue
@@ -192,13 +195,12 @@ def run(method, oracle, W0, seeds, *, steps: int, eval_every: int = 1, f_star=No
                 record(t)
                 if bool(diverged.all()):
                     break
-    if own_values and t > 0:
+    if runner_values is not None:
         W = runner.snapshot().W
     # every run is frozen: the remaining points repeat its values (as they would in a batch)
     for t in range(t + 1, steps + 1):
         if t % eval_every == 0 or t == steps:
-            record(t, runner.record_values(f_star=f_star, W_star=W_star, tracked=track_every_step)
-                   if own_values else None)
+            record(t, None if runner_values is None else runner_values())
     data = {k: np.stack(v, axis=1) for k, v in records.items()}
     data["diverged"] = data["diverged"].astype(bool)
     return Trajectory(data=data, seeds=seeds.cpu().numpy(), W=W)

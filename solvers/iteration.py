@@ -20,14 +20,22 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from solvers.linalg import run_sum
 
 
+def _xp(t):
+    """The array library of ``t``: numpy for an ndarray (:class:`solvers.lean.NumpyLeanRun`),
+    else torch; the helpers below are written once for both."""
+    return np if isinstance(t, np.ndarray) else torch
+
+
 class RunningStats(NamedTuple):
     r"""Per-run running sums and minima of :math:`\|\nabla f\|^2` and :math:`f - f^*`
-    over the iterates of a run while it is live, and how many there were (R,) each."""
+    over the iterates of a run while it is live, and how many there were (R,) each
+    (torch tensors, or numpy arrays in :class:`solvers.lean.NumpyLeanRun`)."""
 
     sum_g: torch.Tensor
     sum_f: torch.Tensor
@@ -43,20 +51,22 @@ class RunningStats(NamedTuple):
 
     def add(self, gap, g2, live):
         """Add one iterate's ``gap`` and ``g2`` (R,) to the runs where ``live`` (R,) bool."""
-        return RunningStats(torch.where(live, self.sum_g + g2, self.sum_g),
-                            torch.where(live, self.sum_f + gap, self.sum_f),
-                            torch.where(live, torch.minimum(self.min_g, g2), self.min_g),
-                            torch.where(live, torch.minimum(self.min_f, gap), self.min_f),
-                            self.count + live.to(torch.float64))
+        xp = _xp(self.sum_g)
+        return RunningStats(xp.where(live, self.sum_g + g2, self.sum_g),
+                            xp.where(live, self.sum_f + gap, self.sum_f),
+                            xp.where(live, xp.minimum(self.min_g, g2), self.min_g),
+                            xp.where(live, xp.minimum(self.min_f, gap), self.min_f),
+                            self.count + live)  # float64 + bool: + 1.0 where live
 
     def add_live_(self, gap, g2):
         """:meth:`add` with every run live, in place (the same values: ``where`` with an
         all-true mask is the identity); returns ``self``."""
-        self.sum_g.add_(g2)
-        self.sum_f.add_(gap)
-        torch.minimum(self.min_g, g2, out=self.min_g)
-        torch.minimum(self.min_f, gap, out=self.min_f)
-        self.count.add_(1.0)
+        xp, (sum_g, sum_f, min_g, min_f, count) = _xp(self.sum_g), self
+        sum_g += g2
+        sum_f += gap
+        xp.minimum(min_g, g2, out=min_g)
+        xp.minimum(min_f, gap, out=min_f)
+        count += 1.0
         return self
 
 
@@ -73,12 +83,15 @@ class Carry(NamedTuple):
 
 def as_f64(t):
     """``t`` in float64 (itself when it already is: no copy, no kernel)."""
+    if isinstance(t, np.ndarray):
+        return t.astype(np.float64, copy=False)
     return t if t.dtype == torch.float64 else t.to(torch.float64)
 
 
 def diverging(loss, W, limit):
     """Runs whose loss is not finite or exceeds ``limit`` (R,), or whose iterate is not finite."""
-    return ~torch.isfinite(loss) | (loss.abs() > limit) | ~torch.isfinite(W).all(-1).all(-1)
+    xp = _xp(W)
+    return ~xp.isfinite(loss) | (abs(loss) > limit) | ~xp.isfinite(W).all(-1).all(-1)
 
 
 def record_values(*, epochs, bits, loss, g2, dist, stats, diverged, f_star, tracked, nan) -> dict:

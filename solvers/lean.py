@@ -99,12 +99,15 @@ class LeanRun:
         # runs amortise the draws' fixed cost over 4 x rng.BLOCK steps, batches over rng.BLOCK
         self.block_steps = rng.BLOCK * (4 if W.shape[0] <= 2 else 1)
 
+    def _next_block(self):
+        """Start the next block (up to ``block_steps`` steps, position 0); its first step."""
+        self.block, self.pos = min(self.block_steps, self.steps - self.done), 0
+        return self.first_step + self.done
+
     def _block_coins(self):
         """Start the next block: its first step and coins (R, K), True: left."""
-        start = self.first_step + self.done
-        self.block = K = min(self.block_steps, self.steps - self.done)
-        self.pos = 0
-        left = self.method.coins(self.seeds, range(start, start + K), self._W_tensor())
+        start = self._next_block()
+        left = self.method.coins(self.seeds, range(start, start + self.block), self._W_tensor())
         self.sides = [(all(c), any(c)) for c in left.T.tolist()]  # per step: every run left, any
         return start, left
 
@@ -125,7 +128,7 @@ class LeanRun:
 
     def _refill(self):
         if not self.sided:
-            self.block, self.pos = min(self.block_steps, self.steps - self.done), 0
+            self._next_block()
             return
         start, left = self._block_coins()
         drawn = self._draw_block(start, left)
@@ -197,6 +200,12 @@ class LeanRun:
 BLOCK_ENTRIES = 1 << 20
 
 
+def _run_sq(X):
+    """Per-run squared norm of an (R, ...) array (numpy's contraction)."""
+    X = X.reshape(X.shape[0], -1)
+    return np.einsum("ri,ri->r", X, X)
+
+
 class NumpyLeanRun(LeanRun):
     """:class:`LeanRun` with the per-step arithmetic in numpy, for the CPU fast mode.
 
@@ -218,7 +227,7 @@ class NumpyLeanRun(LeanRun):
         self.W, self.G, self.loss, self.grad = arr(self.W), arr(self.G), arr(self.loss), arr(self.grad)
         self.est_loss = self.loss if self.est_loss is None else arr(self.est_loss).copy()
         self.epochs, self.limit, self.gamma = arr(self.epochs), arr(limit).copy(), arr(self.gamma)
-        self.stats = [arr(t) for t in self.stats]
+        self.stats = RunningStats(*(arr(t) for t in self.stats))
         self.diverged, self.active, self.left = arr(self.diverged), arr(self.active), arr(self.left)
         self.rows = np.arange(self.W.shape[0])
         self.W_star = None  # the minimiser as a float64 array, at the first record
@@ -233,7 +242,7 @@ class NumpyLeanRun(LeanRun):
 
     def _refill(self):
         if not self.sided:
-            self.block, self.pos = min(self.block_steps, self.steps - self.done), 0
+            self._next_block()
             return
         # the draws on one torch thread: a second one would compete for the cores with
         # the BLAS threads numpy's products use between the draws
@@ -298,20 +307,8 @@ class NumpyLeanRun(LeanRun):
         if self.pos == self.block:
             self._refill()
         if self.track:
-            grad = self.grad.astype(np.float64, copy=False)
-            gap, g2 = self.loss.astype(np.float64, copy=False) - self.f_star, np.einsum("rij,rij->r", grad, grad)
-            sum_g, sum_f, min_g, min_f, count = self.stats
-            if self.frozen:
-                live = ~self.diverged
-                self.stats = [np.where(live, sum_g + g2, sum_g), np.where(live, sum_f + gap, sum_f),
-                              np.where(live, np.minimum(min_g, g2), min_g), np.where(live, np.minimum(min_f, gap), min_f),
-                              count + live]
-            else:
-                sum_g += g2
-                sum_f += gap
-                np.minimum(min_g, g2, out=min_g)
-                np.minimum(min_f, gap, out=min_f)
-                count += 1.0
+            gap, g2 = as_f64(self.loss) - self.f_star, _run_sq(as_f64(self.grad))
+            self.stats = self.stats.add(gap, g2, ~self.diverged) if self.frozen else self.stats.add_live_(gap, g2)
         W_new = self.W - self.gamma * self._direction()
         if self.frozen:
             W_new = np.where(self.active[:, None, None], W_new, self.W)
@@ -322,7 +319,7 @@ class NumpyLeanRun(LeanRun):
         self.est_loss, self.G = self.loss_and_grad(W_new)
         if evaluate:
             self.loss, self.grad = self.est_loss, self.G
-            bad = ~np.isfinite(self.loss) | (np.abs(self.loss) > self.limit) | ~np.isfinite(W_new).all((1, 2))
+            bad = diverging(self.loss, W_new, self.limit)
             if bad.any():
                 self.diverged = self.diverged | bad
                 self.active = self.active & ~self.diverged
@@ -334,18 +331,12 @@ class NumpyLeanRun(LeanRun):
         """:func:`solvers.iteration.record_values` of the current iterate from the arrays
         (what the engine would compute from :meth:`snapshot`, in numpy: one array
         operation each instead of a carry rebuilt and a dozen torch operations)."""
-        R = self.W.shape[0]
-        nan = np.full(R, np.nan)
-        grad = self.grad.astype(np.float64, copy=False)
-        if W_star is not None:
-            if self.W_star is None:
-                self.W_star = W_star.detach().to("cpu", torch.float64).numpy()
-            E = (self.W - self.W_star).reshape(R, -1)
-            dist = np.einsum("ri,ri->r", E, E)
-        else:
-            dist = nan
-        return record_values(epochs=self.epochs, bits=self.bits.numpy(), loss=self.loss.astype(np.float64),
-                             g2=np.einsum("rij,rij->r", grad, grad), dist=dist, stats=self.stats,
+        nan = np.full(self.W.shape[0], np.nan)
+        if W_star is not None and self.W_star is None:
+            self.W_star = W_star.detach().to("cpu", torch.float64).numpy()
+        dist = nan if W_star is None else _run_sq(self.W - self.W_star)
+        return record_values(epochs=self.epochs, bits=self.bits.numpy(), loss=as_f64(self.loss),
+                             g2=_run_sq(as_f64(self.grad)), dist=dist, stats=self.stats,
                              diverged=self.diverged, f_star=f_star, tracked=tracked, nan=nan)
 
     def all_diverged(self) -> bool:

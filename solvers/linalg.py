@@ -80,7 +80,9 @@ def _invariant(t: torch.Tensor, flag):
 def invariant(device) -> bool:
     """Whether the batch-invariant kernels apply on ``device`` (a torch.device or its name)
     now: the process-wide setting of :func:`set_invariant`, else by device (CPU only)."""
-    return _INVARIANT if _INVARIANT is not None else torch.device(device).type == "cpu"
+    if _INVARIANT is not None:
+        return _INVARIANT
+    return (device if isinstance(device, torch.device) else torch.device(device)).type == "cpu"
 
 
 def kernels(device) -> str:
