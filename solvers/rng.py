@@ -22,8 +22,9 @@ the steps at which its coin chose the side being drawn): a solver can draw K ste
 and inside :class:`block_draws` (used by the engine's CPU loop) every one-step draw for a
 run's seeds is served from such a block.
 
-All integer arithmetic is done on int64 tensors holding 32-bit values, and every
-product is split so that it stays below 2**63: no reliance on signed overflow.
+The integer arithmetic (:mod:`solvers.hashing`) is exact mod 2**32: in numpy's uint32 on a
+CPU, and elsewhere on int64 tensors holding 32-bit values, every product split so that it
+stays below 2**63 (no reliance on signed overflow).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from solvers.hashing import (_MASK32, _hash32_int, _uniform_from_words, _uniforms_numpy, _words_numpy,
-                             _words_tensor, _words_uint32, hash32)
+                             _words_tensor, hash32)
 
 
 class Stream(enum.IntEnum):
@@ -93,24 +94,27 @@ def _run_keys(seeds, stream_key, step_lo, mix):
     return hash32(k ^ mix)
 
 
+def _in_numpy(k: torch.Tensor) -> bool:
+    """Whether the words of the keys ``k`` are made in numpy (on a CPU, outside torch.compile)."""
+    return k.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _words(k: torch.Tensor, count: int) -> torch.Tensor:
+    """The words (``*k.shape``, count) of the keys ``k``, int64: numpy's uint32 hash on a CPU,
+    the int64 tensor hash elsewhere (the same integers)."""
+    return _words_numpy(k, count) if _in_numpy(k) else _words_tensor(k, count)
+
+
 def _bits_core(seeds: torch.Tensor, stream_key, step_lo, mix, count: int) -> torch.Tensor:
     """Uniform 32-bit words (R, [K,] count) for the run keys of (seed, stream, step, sub)."""
-    k = _run_keys(seeds, stream_key, step_lo, mix)
-    if k.device.type == "cpu" and not torch.compiler.is_compiling():
-        return _words_numpy(k, count)
-    return _words_tensor(k, count)
+    return _words(_run_keys(seeds, stream_key, step_lo, mix), count)
 
 
 def _uniform_core(seeds, stream_key, step_lo, mix, count: int) -> torch.Tensor:
     k = _run_keys(seeds, stream_key, step_lo, mix)
-    if k.device.type == "cpu" and not torch.compiler.is_compiling():
-        # the conversion in numpy (_uniforms_numpy), bitwise the tensor path
-        if sys.byteorder == "little":
-            return torch.from_numpy(_uniforms_numpy(k, count))
-        words = _words_uint32(k, 2 * count).reshape(*k.shape, count, 2)
-        return torch.from_numpy(_uniform_from_words((words[..., 0] >> np.uint32(5)).astype(np.float64),
-                                                    (words[..., 1] >> np.uint32(6)).astype(np.float64)))
-    words = _words_tensor(k, 2 * count).reshape(*k.shape, count, 2)
+    if _in_numpy(k) and sys.byteorder == "little":  # words and conversion in numpy, bitwise the same
+        return torch.from_numpy(_uniforms_numpy(k, count))
+    words = _words(k, 2 * count).reshape(*k.shape, count, 2)
     return _uniform_from_words((words[..., 0] >> 5).to(torch.float64), (words[..., 1] >> 6).to(torch.float64))
 
 
