@@ -164,16 +164,16 @@ class LeanRun:
         if self.pos == self.block:
             self._refill()
         if self.track:
-            gap, g2 = as_f64(self.loss) - self.f_star, run_sum(as_f64(self.grad) ** 2)
+            gap, g2 = as_f64(self.loss) - self.f_star, self._sq_norms(as_f64(self.grad))
             self.stats = self.stats.add(gap, g2, ~self.diverged) if self.frozen else self.stats.add_live_(gap, g2)
         W_new = self.W - self.gamma * self._direction()
         if self.frozen:
-            W_new = torch.where(self.active[:, None, None], W_new, self.W)
-            self.epochs = torch.where(self.active, self.epochs + 1.0, self.epochs)
+            W_new = self._where(self.active[:, None, None], W_new, self.W)
+            self.epochs = self._where(self.active, self.epochs + 1.0, self.epochs)
         else:
-            self.epochs.add_(1.0)
+            self.epochs += 1.0
         self.W = W_new
-        self.est_loss, self.G = _value_and_grad(self.oracle, W_new)  # GD.update_given
+        self.est_loss, self.G = self._value_and_grad(W_new)  # GD.update_given
         if evaluate:
             self.loss = self.est_loss if self.est_loss is not None else self.oracle.loss(W_new)
             self.grad = self.G
@@ -185,9 +185,24 @@ class LeanRun:
         self.pos += 1
         self.done += 1
 
+    # the array operations a step needs beyond the shared helpers (NumpyLeanRun: numpy's)
+    _where = staticmethod(torch.where)
+
+    @staticmethod
+    def _sq_norms(X):
+        return run_sum(X ** 2)
+
+    def _value_and_grad(self, W):
+        return _value_and_grad(self.oracle, W)
+
+    @staticmethod
+    def _copy(t):
+        """A copy of the iterated value ``t`` as a torch tensor."""
+        return torch.clone(t)
+
     def snapshot(self) -> Carry:
         """The carry after the iterations so far, as the general loop holds it (copies)."""
-        c = torch.clone
+        c = self._copy
         est = EstimatorState(G=c(self.G), epochs=c(self.epochs), bits=c(self.bits),
                              loss=None if self.est_loss is None else c(self.est_loss))
         state = MethodState(step=self.first_step + self.done, seeds=self.seeds, est=est,
@@ -229,7 +244,6 @@ class NumpyLeanRun(LeanRun):
         self.epochs, self.limit, self.gamma = arr(self.epochs), arr(limit).copy(), arr(self.gamma)
         self.stats = RunningStats(*(arr(t) for t in self.stats))
         self.diverged, self.active, self.left = arr(self.diverged), arr(self.active), arr(self.left)
-        self.rows = np.arange(self.W.shape[0])
         self.W_star = None  # the minimiser as a float64 array, at the first record
         # steps drawn at once (a cost knob only): up to BLOCK_ENTRIES sketch entries a block,
         # so one or a few draws serve a small problem's whole run
@@ -303,29 +317,15 @@ class NumpyLeanRun(LeanRun):
             return DL
         return DR if not some else np.where(left[:, None, None], DL, DR)
 
-    def step(self, evaluate=True):
-        if self.pos == self.block:
-            self._refill()
-        if self.track:
-            gap, g2 = as_f64(self.loss) - self.f_star, _run_sq(as_f64(self.grad))
-            self.stats = self.stats.add(gap, g2, ~self.diverged) if self.frozen else self.stats.add_live_(gap, g2)
-        W_new = self.W - self.gamma * self._direction()
-        if self.frozen:
-            W_new = np.where(self.active[:, None, None], W_new, self.W)
-            self.epochs = np.where(self.active, self.epochs + 1.0, self.epochs)
-        else:
-            self.epochs += 1.0
-        self.W = W_new
-        self.est_loss, self.G = self.loss_and_grad(W_new)
-        if evaluate:
-            self.loss, self.grad = self.est_loss, self.G
-            bad = diverging(self.loss, W_new, self.limit)
-            if bad.any():
-                self.diverged = self.diverged | bad
-                self.active = self.active & ~self.diverged
-                self.frozen = True
-        self.pos += 1
-        self.done += 1
+    _where = staticmethod(np.where)
+    _sq_norms = staticmethod(_run_sq)
+
+    def _value_and_grad(self, W):
+        return self.loss_and_grad(W)
+
+    @staticmethod
+    def _copy(a):
+        return torch.from_numpy(a.copy()) if isinstance(a, np.ndarray) else torch.clone(a)  # bits: a tensor
 
     def record_values(self, *, f_star, W_star, tracked) -> dict:
         """:func:`solvers.iteration.record_values` of the current iterate from the arrays
@@ -341,15 +341,6 @@ class NumpyLeanRun(LeanRun):
 
     def all_diverged(self) -> bool:
         return bool(self.diverged.all())
-
-    def snapshot(self) -> Carry:
-        """The carry after the iterations so far, as torch tensors (copies)."""
-        c = lambda a: torch.from_numpy(np.array(a))  # noqa: E731  (a copy)
-        est = EstimatorState(G=c(self.G), epochs=c(self.epochs), bits=torch.clone(self.bits), loss=c(self.est_loss))
-        state = MethodState(step=self.first_step + self.done, seeds=self.seeds, est=est,
-                            active=c(self.active), left=c(self.left))
-        return Carry(c(self.W), state, c(self.loss), c(self.grad), RunningStats(*(c(t) for t in self.stats)),
-                     c(self.diverged))
 
 
 def make_lean(method, oracle, carry, *, f_star, limit, track, steps, graph="auto"):
